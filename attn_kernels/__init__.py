@@ -1,0 +1,34 @@
+"""attn_kernels: fused channel-attention blocks (SE, eSE, ECA, CECA, CBAM, ...) for PyTorch.
+
+    import attn_kernels as ak
+    y = ak.functional.se(x, w1, b1, w2, b2, act="relu", gate="sigmoid")
+    with ak.use_backend("triton"):
+        ...
+"""
+from . import functional, reference
+from ._backend import BACKENDS, BackendUnavailableError, get_backend, set_backend, use_backend
+from ._backend import info as _backend_info
+from .modules import FusedAdaptiveSE, FusedCBAM, FusedECA, FusedEffectiveSE, FusedSE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional", "reference", "BACKENDS", "BackendUnavailableError", "get_backend", "set_backend",
+    "use_backend", "info", "FusedSE", "FusedEffectiveSE", "FusedAdaptiveSE", "FusedECA", "FusedCBAM",
+]
+
+
+def info() -> dict:
+    """Versions and, per backend and device type, "available" or why not."""
+    import torch
+
+    out = {"attn_kernels": __version__, "torch": torch.__version__}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except Exception as exc:
+        out["triton"] = f"not importable ({exc})"
+    out["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    out["backends"] = _backend_info()
+    return out

@@ -1,0 +1,168 @@
+"""Backend selection and dispatch.
+
+Backends: ``reference`` (eager PyTorch, ``attn_kernels.reference``), ``triton`` (CUDA tensors; CPU
+tensors under ``TRITON_INTERPRET=1``, which is how CI runs every Triton kernel), ``cuda`` and ``cpu``
+(the C++/CUDA extension ``attn_kernels._C``), and ``auto`` (the best available for the tensor's device).
+
+Implementations are named here as ``"module:function"`` and imported on first use, so ``import
+attn_kernels`` stays cheap and a backend whose module fails to import reports why instead of breaking
+the package. Every implementation of an op takes the same arguments as its ``functional`` entry point,
+already validated.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from typing import Callable, Dict, Optional, Tuple
+
+BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
+
+# op → backend → "module:function"
+_IMPLS: Dict[str, Dict[str, str]] = {
+    "se": {
+        "reference": "attn_kernels.reference:se",
+    },
+    "eca": {
+        "reference": "attn_kernels.reference:eca",
+    },
+    "se_residual": {
+        "reference": "attn_kernels.reference:se_residual",
+    },
+    "eca_residual": {
+        "reference": "attn_kernels.reference:eca_residual",
+    },
+    "cbam": {
+        "reference": "attn_kernels.reference:cbam",
+    },
+}
+
+# What ``auto`` tries, in order, per device type. Kept as data so a measured table can refine it.
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+_current = "auto"
+_resolved: Dict[Tuple[str, str, str], Callable] = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run this op on this tensor; the message says why."""
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for every op from now on (``auto`` picks per device)."""
+    global _current
+    _current = _check_name(name)
+
+
+def get_backend() -> str:
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with use_backend("triton"): ...`` — the backend for the calls inside the block."""
+    global _current
+    previous = _current
+    _current = _check_name(name)
+    try:
+        yield
+    finally:
+        _current = previous
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _import_error(module: str) -> Optional[str]:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def unavailable_reason(backend: str, device_type: str) -> Optional[str]:
+    """None when ``backend`` can run on tensors of ``device_type``; otherwise why not."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        err = _import_error("triton")
+        if err:
+            return f"triton is not importable ({err})"
+        if device_type == "cuda":
+            return None
+        if device_type == "cpu":
+            if triton_interpret():
+                return None
+            return ("Triton kernels run on CUDA tensors; CPU tensors need TRITON_INTERPRET=1 "
+                    "(the Triton interpreter, for testing: slow)")
+        return f"Triton kernels do not run on {device_type} tensors"
+    if backend in ("cpu", "cuda"):
+        if device_type != backend:
+            return f"the {backend} backend runs on {backend} tensors, got a {device_type} tensor"
+        err = _import_error("attn_kernels._C")
+        if err:
+            return (f"the C++/CUDA extension attn_kernels._C is not built ({err}); "
+                    "reinstall with a C++ compiler (and nvcc for cuda), see README")
+        from . import _C  # noqa: F401  (imported above)
+        if backend == "cuda" and not getattr(_C, "has_cuda", lambda: False)():
+            return "attn_kernels._C was built without CUDA kernels (no nvcc or torch without CUDA at build time)"
+        return None
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _load(op: str, backend: str) -> Callable:
+    target = _IMPLS[op].get(backend)
+    if target is None:
+        have = ", ".join(sorted(_IMPLS[op]))
+        raise BackendUnavailableError(f"op {op!r} has no {backend!r} implementation (implemented: {have})")
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def resolve(op: str, device_type: str, backend: Optional[str] = None) -> Callable:
+    """The implementation of ``op`` that ``backend`` (default: the current one) runs on ``device_type``."""
+    backend = _current if backend is None else _check_name(backend)
+    key = (op, backend, device_type)
+    impl = _resolved.get(key)
+    if impl is not None:
+        return impl
+    if op not in _IMPLS:
+        raise ValueError(f"unknown op {op!r}")
+    if backend == "auto":
+        order = AUTO_ORDER.get(device_type, ("reference",))
+        chosen = next(b for b in order if b in _IMPLS[op] and unavailable_reason(b, device_type) is None)
+        impl = _load(op, chosen)
+    else:
+        reason = unavailable_reason(backend, device_type)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend {backend!r} is unavailable for {op!r}: {reason}")
+        impl = _load(op, backend)
+    _resolved[key] = impl
+    return impl
+
+
+def info() -> Dict[str, Dict[str, str]]:
+    """For each backend and device type: "available" or the reason it is not, plus its ops."""
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out: Dict[str, Dict[str, str]] = {}
+    for backend in BACKENDS[1:]:
+        row = {}
+        for dev in devices:
+            reason = unavailable_reason(backend, dev)
+            row[dev] = "available" if reason is None else reason
+        row["ops"] = ", ".join(op for op in _IMPLS if backend in _IMPLS[op]) or "-"
+        out[backend] = row
+    return out

@@ -1,0 +1,65 @@
+"""Functional API: each op validates its arguments once, then runs on the selected backend.
+
+``backend=None`` uses the current one (``set_backend`` / ``use_backend``, default ``auto``); naming a
+backend here pins it for this call. Ops return a new tensor and never modify their inputs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _checks
+from ._backend import resolve
+from .reference import OUT_ACTS
+
+__all__ = ["se", "eca", "se_residual", "eca_residual", "cbam"]
+
+
+def se(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,
+       b2: Optional[torch.Tensor], act: str = "relu", gate: str = "sigmoid", *,
+       backend: Optional[str] = None) -> torch.Tensor:
+    """Squeeze-and-excitation: ``x · gate(w2 · act(w1 · mean_spatial(x) + b1) + b2)``.
+
+    x (N, C, *spatial); w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None. ``w1=None`` (and
+    ``b1=None``) is effective SE: ``x · gate(w2 · mean(x) + b2)`` with w2 (C, C).
+    act ∈ relu/silu/gelu, gate ∈ sigmoid/hardsigmoid.
+    """
+    _checks.check_se_args(x, w1, b1, w2, b2, act, gate)
+    return resolve("se", x.device.type, backend)(x, w1, b1, w2, b2, act, gate)
+
+
+def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False, *,
+        backend: Optional[str] = None) -> torch.Tensor:
+    """Efficient channel attention: ``x · sigmoid(conv1d_k(mean_spatial(x)))`` across channels.
+
+    weight: the (k,) taps or the Conv1d weight (1, 1, k), k odd. ``circular=True`` is CECA.
+    """
+    _checks.check_eca_args(x, weight)
+    return resolve("eca", x.device.type, backend)(x, weight, circular)
+
+
+def se_residual(x: torch.Tensor, shortcut: torch.Tensor, w1, b1, w2, b2, act: str = "relu",
+                gate: str = "sigmoid", out_act: str = "relu", *, backend: Optional[str] = None) -> torch.Tensor:
+    """SE-ResNet block tail in one op: ``out_act(se(x) + shortcut)``."""
+    _checks.check_se_args(x, w1, b1, w2, b2, act, gate)
+    _checks.check_same_shape(x, shortcut, "shortcut")
+    _checks.check_choice(out_act, OUT_ACTS, "out_act")
+    return resolve("se_residual", x.device.type, backend)(x, shortcut, w1, b1, w2, b2, act, gate, out_act)
+
+
+def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor, circular: bool = False,
+                 out_act: str = "relu", *, backend: Optional[str] = None) -> torch.Tensor:
+    """ECA-ResNet block tail in one op: ``out_act(eca(x) + shortcut)``."""
+    _checks.check_eca_args(x, weight)
+    _checks.check_same_shape(x, shortcut, "shortcut")
+    _checks.check_choice(out_act, OUT_ACTS, "out_act")
+    return resolve("eca_residual", x.device.type, backend)(x, shortcut, weight, circular, out_act)
+
+
+def cbam(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, spatial_weight: torch.Tensor, *,
+         backend: Optional[str] = None) -> torch.Tensor:
+    """CBAM: channel attention (avg+max pool, shared bias-free MLP w1 (R, C), w2 (C, R)), then
+    spatial attention (k×…×k conv ``spatial_weight`` (1, 2, k, …) over [mean_c, max_c])."""
+    _checks.check_feature_map(x)
+    return resolve("cbam", x.device.type, backend)(x, w1, w2, spatial_weight)

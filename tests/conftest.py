@@ -1,0 +1,60 @@
+"""Test configuration.
+
+Without a GPU, Triton kernels run under the Triton interpreter on CPU tensors: TRITON_INTERPRET must
+be set before any ``@triton.jit`` function is defined, i.e. before attn_kernels.ops is imported, so
+it is set here. Kernel outputs are pre-filled with NaN (ATTN_KERNELS_NAN_FILL) so unwritten elements
+fail the comparisons.
+"""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("ATTN_KERNELS_NAN_FILL", "1")
+
+import pytest  # noqa: E402
+
+import attn_kernels  # noqa: E402
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+HAS_TRITON = _has_triton()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_triton = pytest.mark.skip(reason="triton is not importable")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "triton" in item.keywords and not HAS_TRITON:
+            item.add_marker(skip_triton)
+
+
+@pytest.fixture
+def device() -> str:
+    """Where kernels run: the GPU when there is one, else the CPU (Triton through the interpreter)."""
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    """Tests that call set_backend must not leak their choice into the next test."""
+    previous = attn_kernels.get_backend()
+    yield
+    attn_kernels.set_backend(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -58,3 +58,9 @@ def _restore_backend():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def on_gpu() -> bool:
+    """True when kernels run on a GPU: tests add their larger shapes only then (the interpreter is slow)."""
+    return HAS_CUDA

@@ -6,7 +6,7 @@
         ...
 """
 from . import functional, reference
-from ._backend import BACKENDS, BackendUnavailableError, get_backend, set_backend, use_backend
+from ._backend import BACKENDS, BackendUnavailableError, get_backend, preload, set_backend, use_backend
 from ._backend import info as _backend_info
 from .modules import FusedAdaptiveSE, FusedCBAM, FusedECA, FusedEffectiveSE, FusedSE
 
@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional", "reference", "BACKENDS", "BackendUnavailableError", "get_backend", "set_backend",
-    "use_backend", "info", "FusedSE", "FusedEffectiveSE", "FusedAdaptiveSE", "FusedECA", "FusedCBAM",
+    "use_backend", "preload", "info", "FusedSE", "FusedEffectiveSE", "FusedAdaptiveSE", "FusedECA", "FusedCBAM",
 ]
 
 

@@ -44,7 +44,9 @@ AUTO_ORDER = {
 }
 
 _current = "auto"
-_resolved: Dict[Tuple[str, str, str], Callable] = {}
+# (op, backend, device type) → implementation, or the BackendUnavailableError saying why not
+_resolved: Dict[Tuple[str, str, str], object] = {}
+_preloaded = False
 
 
 class BackendUnavailableError(RuntimeError):
@@ -130,26 +132,72 @@ def _load(op: str, backend: str) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
+def _resolve_uncached(op: str, backend: str, device_type: str):
+    """The implementation, or the BackendUnavailableError to raise (cached as well)."""
+    if backend == "auto":
+        order = AUTO_ORDER.get(device_type, ("reference",))
+        for candidate in order:
+            if candidate in _IMPLS[op] and unavailable_reason(candidate, device_type) is None:
+                try:
+                    return _load(op, candidate)
+                except Exception:  # a broken optional backend must not break auto: try the next
+                    continue
+        return _load(op, "reference")
+    reason = unavailable_reason(backend, device_type)
+    if reason is not None:
+        return BackendUnavailableError(f"backend {backend!r} is unavailable for {op!r}: {reason}")
+    try:
+        return _load(op, backend)
+    except BackendUnavailableError as exc:
+        return exc
+    except Exception as exc:
+        return BackendUnavailableError(f"backend {backend!r} failed to load {op!r}: {type(exc).__name__}: {exc}")
+
+
+def preload() -> None:
+    """Resolve every (op, backend, device type) once, importing the implementation modules.
+
+    ``torch.compile`` cannot trace an import; after this, ``resolve`` is a dict lookup it traces
+    without a graph break. Runs on the first eager op call and when a Fused module is built; call it
+    yourself before compiling code that uses ``functional`` ops that never ran eagerly.
+    """
+    global _preloaded
+    if _preloaded:
+        return
+    _preloaded = True
+    for op in _IMPLS:
+        for backend in BACKENDS:
+            for device_type in ("cpu", "cuda"):
+                key = (op, backend, device_type)
+                if key not in _resolved:
+                    _resolved[key] = _resolve_uncached(op, backend, device_type)
+
+
 def resolve(op: str, device_type: str, backend: Optional[str] = None) -> Callable:
     """The implementation of ``op`` that ``backend`` (default: the current one) runs on ``device_type``."""
     backend = _current if backend is None else _check_name(backend)
     key = (op, backend, device_type)
     impl = _resolved.get(key)
-    if impl is not None:
-        return impl
-    if op not in _IMPLS:
-        raise ValueError(f"unknown op {op!r}")
-    if backend == "auto":
-        order = AUTO_ORDER.get(device_type, ("reference",))
-        chosen = next(b for b in order if b in _IMPLS[op] and unavailable_reason(b, device_type) is None)
-        impl = _load(op, chosen)
-    else:
-        reason = unavailable_reason(backend, device_type)
-        if reason is not None:
-            raise BackendUnavailableError(f"backend {backend!r} is unavailable for {op!r}: {reason}")
-        impl = _load(op, backend)
-    _resolved[key] = impl
+    if impl is None:
+        if op not in _IMPLS:
+            raise ValueError(f"unknown op {op!r}")
+        if _is_compiling():
+            raise BackendUnavailableError(
+                f"{op!r} on backend {backend!r} was not resolved before torch.compile traced it; "
+                "call attn_kernels.preload() (or run the op once eagerly) before compiling")
+        preload()
+        impl = _resolved.get(key)
+        if impl is None:
+            impl = _resolved[key] = _resolve_uncached(op, backend, device_type)
+    if isinstance(impl, BackendUnavailableError):
+        raise impl
     return impl
+
+
+def _is_compiling() -> bool:
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 def info() -> Dict[str, Dict[str, str]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from . import functional
-from ._backend import _check_name
+from ._backend import _check_name, preload
 from .reference import CBAM, ECA, AdaptiveSE, EffectiveSE, SEBlock, _check_channels
 
 __all__ = ["FusedSE", "FusedEffectiveSE", "FusedAdaptiveSE", "FusedECA", "FusedCBAM"]
@@ -20,6 +20,7 @@ class _BackendMixin:
 
     def set_backend(self, backend: Optional[str]):
         self.backend = None if backend is None else _check_name(backend)
+        preload()  # resolve implementations now, so torch.compile never has to trace an import
         return self
 
 

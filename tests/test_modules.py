@@ -33,3 +33,11 @@ def test_fused_module_backend_is_validated():
         ak.FusedSE(8, backend="nope")
     m = ak.FusedSE(8, reduction=2).set_backend("reference")
     assert m.backend == "reference"
+
+
+def test_fused_modules_compile_without_graph_breaks():
+    """Dispatch is a dict lookup after preload(): torch.compile(fullgraph=True) traces through it."""
+    model = torch.nn.Sequential(ak.FusedSE(8, reduction=2), ak.FusedECA(8, k_size=3))
+    x = torch.randn(2, 8, 4, 4)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(x), model(x), name="compiled Fused modules")

@@ -1,0 +1,1 @@
+"""Triton kernels (and the C++/CUDA extension wrapper), one module per op family."""

@@ -1,0 +1,773 @@
+"""Fused squeeze-and-excitation in Triton: one launch forward, one launch backward, a real torch op.
+
+    p = mean_hw(x)                      (N, C)   pooled
+    u = W1 p + b1                       (N, R)   hidden pre-activation   (absent for effective SE)
+    z = W2 act(u) + b2   (eSE: W2 p + b2)  (N, C) gate logits
+    s = gate(z);  y = x · s             se
+                  y = out_act(x · s + shortcut)   se_residual (same kernels, RESIDUAL epilogue flag)
+
+The design problem is the global dependency: every gate needs the mean of every channel of its
+sample. Two schedules, chosen per call by the launcher and passed as the constexpr ``MULTI``:
+
+(a) ``MULTI=0`` — one program per sample. It pools all its channel tiles into an fp32 (N, C) buffer,
+    computes the excitation on chip (FC1 in [BLOCK_K, BLOCK_C] weight tiles against the pooled vector
+    re-read after ``tl.debug_barrier()``), then, tile by tile, the gate and the scaling. No
+    cross-program communication: this is the schedule that runs under ``TRITON_INTERPRET=1`` (where
+    programs run one after another, so any wait on another program would hang) and the one CI covers.
+(b) ``MULTI=1`` — several programs per sample (GPU only, small N): program j of sample n owns a slice
+    of ``chan_per_prog`` channels. It pools its slice and publishes the means to the (N, C) buffer,
+    then arrives at a per-sample counter (``atomic_add(+1, sem="release")``) and spins on
+    ``atomic_add(+0, sem="acquire")`` until all P programs of the sample have arrived. Every program
+    then computes the (tiny) hidden vector redundantly — identical bits, so the racing identical
+    stores of it are benign — and the gates and scaling of its own slice. The grid is N·P ≤ number of
+    SMs (one program per SM is always co-resident, so the spin cannot deadlock on a free GPU); the
+    spin is bounded (``max_spin`` iterations): on timeout the program sets an error flag and
+    poisons its outputs with NaN instead of hanging. The launcher reads the flag (a host sync) only
+    with ``ATTN_KERNELS_SE_CHECK=1`` — off by default so the launch path has no host sync and
+    CUDA-graph capture works; the NaN poison makes a broken schedule loud without it.
+    Counters: a fresh zeroed int32 (N + 1,) buffer per call (``torch.zeros``: one fill kernel, stream
+    ordered and capturable, safe across streams and graph replays; the +1 is the error flag).
+    Schedule (b) never runs under the interpreter, and never ran in this repository's CI (no GPU).
+
+Backward, same structure: pass 1 per channel g = Σ_hw gy'·x (gy' = grad_y, or grad_y·out_act'(x·s +
+shortcut) for se_residual), dz = g·gate'(z) published to (N, C); [sync in (b)]; the excitation
+backward du = (W2ᵀ dz)·act'(u) (every program, redundantly), dp = W1ᵀ du (eSE: W2ᵀ dz) for its own
+channels; pass 2 grad_x = gy'·s + dp/HW (and grad_shortcut = gy'). The kernel writes fp32 per-sample
+partials dz (N, C) and du (N, R); torch reduces them over the batch deterministically (no atomics):
+grad_w2 = dzᵀ act(u) (one GEMM), grad_b2 = Σ_n dz, grad_w1 = duᵀ p, grad_b1 = Σ_n du.
+
+Saved for backward: x (and shortcut for se_residual: needed to recompute the sign/derivative of
+out_act at x·s + shortcut; for out_act='identity' it is still saved — N·C·HW·|x| bytes — but never
+read), plus pooled (N, C), u (N, R) and z (N, C) in fp32 (the gate s is recomputed from z: exact at
+hardsigmoid's derivative boundaries). No full-size intermediate.
+
+Layouts: x (and grad_y, shortcut, the outputs) are addressed as (stride_n, stride_c, stride_hw):
+NCHW, channels_last, channels_last_3d, x[::2], expanded grad_y (stride 0) and any view whose spatial
+dims flatten to one stride run without a copy. Other views (e.g. spatial dims transposed) are copied
+to contiguous first — the documented fallback. Outputs are ``_alloc.empty_like(x)`` (same memory
+format). Any spatial rank, HW = 1. Offsets are int64 (``program_id.to(int64)``, int64 channel and hw
+offsets) so tensors past 2^31 elements address correctly — not tested here (no memory for it).
+
+Bytes per call (|x| = element size, M = N·C·HW):
+    forward    reads x twice (pool, then scale — the second read from L2 when the sample slabs in
+               flight fit; the tile is NOT kept on chip) + writes y:           3·M·|x|
+               se_residual also reads shortcut once:                            4·M·|x|
+    backward   reads grad_y and x (pass 1), grad_y again (pass 2), writes grad_x: 4·M·|x|
+               se_residual: pass 1 reads grad_y, x, shortcut; pass 2 the same (identity out_act: only
+               grad_y), writes grad_x and grad_shortcut:                    up to 8·M·|x|
+plus O(N·(C + R)) fp32 vectors and the weights once per program (L2-resident). The bound judged
+against is the compulsory floor: forward 2·M·|x| (read x, write y), backward 3·M·|x| (read x and
+grad_y, write grad_x) — fraction of a measured device copy, see bench/bench_se.py.
+
+Known cost, not yet tuned (no GPU was available when this was written): every program reads the FC
+weights from L2 — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048, R = 128, fp32 weights) — and schedule (b)
+recomputes the hidden vector in each of its P programs, so the L2 weight traffic is N·P·(that). At
+small HW (the 7×7 stage) this can rival the x traffic; splitting the FC1 rows across the P programs
+needs a second sync (not done). No measured GPU figure exists for either schedule yet.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .. import _alloc
+
+__all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
+
+_X_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_ACTS = {"relu": 0, "silu": 1, "gelu": 2, "identity": 3}
+_GATES = {"sigmoid": 0, "hardsigmoid": 1}
+_TILE = 4096  # elements per [BLOCK_C, BLOCK_HW] x tile and per [BLOCK_C, BLOCK_K] weight tile
+_MAX_BLOCK_HW = 1024
+_MAX_SPIN = 1 << 22  # iterations of the (b) wait loop before it gives up (seconds on any GPU)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _act(u, ACT: tl.constexpr):
+    """relu / silu / gelu (exact, erf) / identity."""
+    if ACT == 0:
+        return tl.maximum(u, 0.0)
+    elif ACT == 1:
+        return u / (1.0 + tl.exp(-u))
+    elif ACT == 2:
+        return 0.5 * u * (1.0 + tl.math.erf(u * 0.7071067811865476))
+    else:
+        return u
+
+
+@triton.jit
+def _act_grad(u, ACT: tl.constexpr):
+    """d act(u) / du (relu: 1 where u > 0, as torch)."""
+    if ACT == 0:
+        return tl.where(u > 0.0, 1.0, 0.0)
+    elif ACT == 1:
+        sg = 1.0 / (1.0 + tl.exp(-u))
+        return sg * (1.0 + u * (1.0 - sg))
+    elif ACT == 2:
+        return 0.5 * (1.0 + tl.math.erf(u * 0.7071067811865476)) + u * 0.3989422804014327 * tl.exp(-0.5 * u * u)
+    else:
+        return u * 0.0 + 1.0
+
+
+@triton.jit
+def _gate(z, GATE: tl.constexpr):
+    if GATE == 0:
+        return 1.0 / (1.0 + tl.exp(-z))
+    else:
+        return tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+
+
+@triton.jit
+def _gate_grad(z, GATE: tl.constexpr):
+    if GATE == 0:
+        sg = 1.0 / (1.0 + tl.exp(-z))
+        return sg * (1.0 - sg)
+    else:
+        return tl.where((z > -3.0) & (z < 3.0), 1.0 / 6.0, 0.0)
+
+
+@triton.jit
+def _sample_sync(cnt_ptr, err_ptr, target, max_spin):
+    """Schedule (b) only: arrive at this sample's counter and wait until ``target`` programs have.
+
+    Release on arrival publishes this program's stores (made visible CTA-wide by the barrier before
+    it); acquire on the polling load makes the other programs' stores visible. Bounded: returns
+    True (and sets the error flag) when the wait gave up.
+    """
+    tl.debug_barrier()
+    tl.atomic_add(cnt_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+    it = seen * 0
+    while (seen < target) & (it < max_spin):
+        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+        it += 1
+    failed = seen < target
+    if failed:
+        tl.atomic_xchg(err_ptr, 1)
+    tl.debug_barrier()
+    return failed
+
+
+@triton.jit
+def _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, HAS_B1: tl.constexpr, ACC: tl.constexpr,
+            BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """u[r] = Σ_c W1[r, c] p[c] + b1[r] for all R, from the pooled vector in memory; stored to u_base."""
+    for r0 in range(0, R, BLOCK_K):
+        offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_r = offs_r < R
+        acc = tl.zeros([BLOCK_K], dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            mask_c = offs_c < C
+            p = tl.load(p_base + offs_c, mask=mask_c, other=0.0, cache_modifier=".cg")
+            w = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :],
+                        other=0.0).to(ACC)
+            acc += tl.sum(w * p[None, :], axis=1)
+        if HAS_B1:
+            acc += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+        tl.store(u_base + offs_r, acc, mask=mask_r)
+
+
+@triton.jit
+def _matvec_rows(w_ptr, v_base, offs_c, mask_c, K, ACT: tl.constexpr, APPLY: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Σ_k W[c, k] f(v[k]) for the rows offs_c of a (C, K) row-major W; f = act if APPLY else identity."""
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = offs_k < K
+        v = tl.load(v_base + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg")
+        if APPLY:
+            v = tl.where(mask_k, _act(v, ACT), 0.0)
+        w = tl.load(w_ptr + offs_c[:, None] * K + offs_k[None, :], mask=mask_c[:, None] & mask_k[None, :],
+                    other=0.0).to(ACC)
+        acc += tl.sum(w * v[None, :], axis=1)
+    return acc
+
+
+@triton.jit
+def _matvec_cols(w_ptr, v_base, offs_c, mask_c, K, C, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """Σ_k W[k, c] v[k] for the columns offs_c of a (K, C) row-major W (a transposed matvec)."""
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = offs_k < K
+        v = tl.load(v_base + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg")
+        w = tl.load(w_ptr + offs_k[None, :] * C + offs_c[:, None], mask=mask_c[:, None] & mask_k[None, :],
+                    other=0.0).to(ACC)
+        acc += tl.sum(w * v[None, :], axis=1)
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward kernel
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _se_fwd_kernel(
+    x_ptr,  # (N, C, HW) strided, x dtype
+    sc_ptr,  # (N, C, HW) strided shortcut, x dtype (read only if RESIDUAL)
+    y_ptr,  # (N, C, HW) strided, x dtype (out)
+    w1_ptr,  # (R, C) row-major, any float (unused unless HAS_FC1)
+    b1_ptr,  # (R,) (unused unless HAS_B1)
+    w2_ptr,  # (C, R) row-major, or (C, C) for eSE
+    b2_ptr,  # (C,) (unused unless HAS_B2)
+    p_ptr,  # (N, C) ACC (out, saved): pooled means
+    u_ptr,  # (N, R) ACC (out, saved): hidden pre-activation (unused for eSE)
+    z_ptr,  # (N, C) ACC (out, saved): gate logits
+    sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
+    C, R, HW, P, chan_per_prog, max_spin,
+    sxn, sxc, sxhw, ssn, ssc, sshw, syn, syc, syhw,
+    HAS_FC1: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr,
+    GATE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, MULTI: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program (n, j) of P per sample (P = 1 in schedule (a)) on channels [j·chan_per_prog, +chan_per_prog).
+
+    Bytes: reads its x slice twice (pool; scale — from L2) and writes y once: 3·C·HW·|x| per sample
+    (+ C·HW·|x| shortcut for RESIDUAL); plus O(C + R) fp32 vectors and the FC weights (R·C each).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = pid % P
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
+    x_base = x_ptr + n * sxn
+    y_base = y_ptr + n * syn
+    sc_base = sc_ptr + n * ssn
+    p_base = p_ptr + n * C
+    u_base = u_ptr + n * R
+    z_base = z_ptr + n * C
+    # pass 1: pool this program's channels
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask_c = offs_c < c_hi
+        acc = tl.zeros([BLOCK_C], dtype=ACC)
+        for hw0 in range(0, HW, BLOCK_HW):
+            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+            m = mask_c[:, None] & (offs_hw < HW)[None, :]
+            v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
+            acc += tl.sum(v.to(ACC), axis=1)
+        tl.store(p_base + offs_c, acc / HW, mask=mask_c)
+    poison = 0.0
+    if MULTI:
+        failed = _sample_sync(sync_ptr + n, sync_ptr + tl.num_programs(0) // P, P, max_spin)
+        poison = tl.where(failed, float("nan"), 0.0)
+    else:
+        tl.debug_barrier()  # the pooled vector is re-read by other threads of this program
+    # excitation: hidden vector (all R, every program) then per-tile logits, gate, scale
+    if HAS_FC1:
+        _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, HAS_B1, ACC, BLOCK_C, BLOCK_K)
+        tl.debug_barrier()
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask_c = offs_c < c_hi
+        if HAS_FC1:
+            z = _matvec_rows(w2_ptr, u_base, offs_c, mask_c, R, ACT, 1, ACC, BLOCK_C, BLOCK_K)
+        else:
+            z = _matvec_rows(w2_ptr, p_base, offs_c, mask_c, C, ACT, 0, ACC, BLOCK_C, BLOCK_K)
+        if HAS_B2:
+            z += tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+        z += poison
+        tl.store(z_base + offs_c, z, mask=mask_c)
+        s = _gate(z, GATE)
+        for hw0 in range(0, HW, BLOCK_HW):
+            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+            m = mask_c[:, None] & (offs_hw < HW)[None, :]
+            v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
+            out = v.to(ACC) * s[:, None]
+            if RESIDUAL:
+                sc = tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0)
+                out = _act(out + sc.to(ACC), OUT_ACT)
+            tl.store(y_base + offs_c[:, None] * syc + offs_hw[None, :] * syhw, out.to(y_ptr.dtype.element_ty),
+                     mask=m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward kernel
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _grad_pre(gy, x, s, sc, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr):
+    """Gradient at x·s (fp32): grad_y, or grad_y · out_act'(x·s + shortcut) for se_residual."""
+    if RESIDUAL:
+        if OUT_ACT == 3:
+            return gy
+        else:
+            return gy * _act_grad(x * s + sc, OUT_ACT)
+    else:
+        return gy
+
+
+@triton.jit
+def _se_bwd_kernel(
+    gy_ptr,  # (N, C, HW) strided, grad_y
+    x_ptr,  # (N, C, HW) strided
+    sc_ptr,  # (N, C, HW) strided shortcut (RESIDUAL only)
+    gx_ptr,  # (N, C, HW) strided (out): grad_x
+    gsc_ptr,  # (N, C, HW) strided (out, RESIDUAL only): grad_shortcut
+    w1_ptr,  # (R, C) row-major (HAS_FC1)
+    w2_ptr,  # (C, R) row-major, or (C, C) for eSE
+    u_ptr,  # (N, R) ACC: hidden pre-activation (saved)
+    z_ptr,  # (N, C) ACC: gate logits (saved)
+    dz_ptr,  # (N, C) ACC (out): per-sample dL/dz — grad_b2 / grad_w2 partials
+    du_ptr,  # (N, R) ACC (out): per-sample dL/du — grad_b1 / grad_w1 partials (HAS_FC1)
+    sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
+    C, R, HW, P, chan_per_prog, max_spin,
+    sgn, sgc, sghw, sxn, sxc, sxhw, ssn, ssc, sshw, sdn, sdc, sdhw, son, soc, sohw,
+    HAS_FC1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, RESIDUAL: tl.constexpr,
+    OUT_ACT: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program (n, j) as in the forward.
+
+    Bytes: pass 1 reads grad_y and x (and shortcut), pass 2 reads grad_y again (and x, shortcut
+    for a non-identity residual out_act) and writes grad_x (and grad_shortcut): 4·C·HW·|x| per sample
+    for se; plus O(C + R) fp32 vectors and the weights.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = pid % P
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
+    gy_base = gy_ptr + n * sgn
+    x_base = x_ptr + n * sxn
+    sc_base = sc_ptr + n * ssn
+    gx_base = gx_ptr + n * sdn
+    gsc_base = gsc_ptr + n * son
+    u_base = u_ptr + n * R
+    z_base = z_ptr + n * C
+    dz_base = dz_ptr + n * C
+    du_base = du_ptr + n * R
+    # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask_c = offs_c < c_hi
+        z = tl.load(z_base + offs_c, mask=mask_c, other=0.0)
+        s = _gate(z, GATE)
+        acc = tl.zeros([BLOCK_C], dtype=ACC)
+        for hw0 in range(0, HW, BLOCK_HW):
+            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+            m = mask_c[:, None] & (offs_hw < HW)[None, :]
+            g = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
+            xv = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
+            if RESIDUAL:
+                sc = tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0).to(ACC)
+            else:
+                sc = xv
+            acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
+        tl.store(dz_base + offs_c, acc * _gate_grad(z, GATE), mask=mask_c)
+    poison = 0.0
+    if MULTI:
+        failed = _sample_sync(sync_ptr + n, sync_ptr + tl.num_programs(0) // P, P, max_spin)
+        poison = tl.where(failed, float("nan"), 0.0)
+    else:
+        tl.debug_barrier()
+    # excitation backward: du = (W2ᵀ dz) · act'(u), all R (every program, identical values)
+    if HAS_FC1:
+        for r0 in range(0, R, BLOCK_K):
+            offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            mask_r = offs_r < R
+            dh = _matvec_cols(w2_ptr, dz_base, offs_r, mask_r, C, R, ACC, BLOCK_K, BLOCK_C)
+            u = tl.load(u_base + offs_r, mask=mask_r, other=0.0)
+            tl.store(du_base + offs_r, dh * _act_grad(u, ACT), mask=mask_r)
+        tl.debug_barrier()
+    # pass 2: dp = W1ᵀ du (eSE: W2ᵀ dz) for this program's channels, then grad_x
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask_c = offs_c < c_hi
+        if HAS_FC1:
+            dp = _matvec_cols(w1_ptr, du_base, offs_c, mask_c, R, C, ACC, BLOCK_C, BLOCK_K)
+        else:
+            dp = _matvec_cols(w2_ptr, dz_base, offs_c, mask_c, C, C, ACC, BLOCK_C, BLOCK_K)
+        dp_hw = dp / HW + poison
+        s = _gate(tl.load(z_base + offs_c, mask=mask_c, other=0.0), GATE)
+        for hw0 in range(0, HW, BLOCK_HW):
+            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+            m = mask_c[:, None] & (offs_hw < HW)[None, :]
+            g = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
+            if RESIDUAL:
+                if OUT_ACT != 3:
+                    xv = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
+                                 other=0.0).to(ACC)
+                    sc = tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                                 other=0.0).to(ACC)
+                    g = g * _act_grad(xv * s[:, None] + sc, OUT_ACT)
+                tl.store(gsc_base + offs_c[:, None] * soc + offs_hw[None, :] * sohw,
+                         g.to(gsc_ptr.dtype.element_ty), mask=m)
+            out = g * s[:, None] + dp_hw[:, None]
+            tl.store(gx_base + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw, out.to(gx_ptr.dtype.element_ty),
+                     mask=m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout helpers and the launch heuristic
+# ----------------------------------------------------------------------------------------------
+def _flat_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
+    """(stride_n, stride_c, stride_hw) when t's spatial dims flatten to one stride, else None."""
+    dims = [(size, stride) for size, stride in zip(t.shape[2:], t.stride()[2:]) if size != 1]
+    for (_, outer), (size, inner) in zip(dims, dims[1:]):
+        if outer != inner * size:
+            return None
+    return t.stride(0), t.stride(1), (dims[-1][1] if dims else 1)
+
+
+def _as_flat(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    """t and its strides; the documented copy only for views whose spatial dims do not flatten."""
+    strides = _flat_strides(t)
+    if strides is None:
+        t = t.contiguous()
+        strides = _flat_strides(t)
+    return t, strides
+
+
+def _out_like(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]:
+    """(result with empty_like(x)'s layout, buffer the kernel writes, its strides)."""
+    out = _alloc.empty_like(x)
+    strides = _flat_strides(out)
+    if strides is not None:
+        return out, out, strides
+    buf = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out, buf, _flat_strides(buf)
+
+
+def _schedule_env() -> str:
+    return os.environ.get("ATTN_KERNELS_SE_SCHEDULE", "auto")
+
+
+_SM_COUNT = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.device) -> dict:
+    """The one launch heuristic.
+
+    Tiles: the contiguous axis (HW for NCHW, C when stride_c == 1, i.e. channels_last) gets the long
+    side of a ≤ 4096-element [BLOCK_C, BLOCK_HW] tile (powers of two from next_power_of_2);
+    weight tiles [BLOCK_C, BLOCK_K] also ≤ 4096 elements (k = R, or C for eSE). Warps: 8 for a full
+    4096-element tile, 4 below. Schedule: (b) MULTI only on a real GPU (never under the interpreter)
+    when the batch is small (N < SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, SMs // N)
+    programs per sample, so the grid N·P never exceeds the SM count (co-resident: no deadlock).
+    ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces one (multi still capped to co-residency).
+    """
+    if stride_c == 1 and c > 1 and hw > 1:
+        block_c = min(triton.next_power_of_2(c), 256)
+        block_hw = max(1, min(triton.next_power_of_2(hw), _MAX_BLOCK_HW, _TILE // block_c))
+    else:
+        block_hw = min(triton.next_power_of_2(hw), _MAX_BLOCK_HW)
+        block_c = max(1, min(triton.next_power_of_2(c), _TILE // block_hw))
+    block_k = max(1, min(triton.next_power_of_2(k), _TILE // block_c))
+    tiles = triton.cdiv(c, block_c)
+    cfg = dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_K=block_k,
+               num_warps=8 if block_c * block_hw >= _TILE else 4, MULTI=0, P=1, chan_per_prog=tiles * block_c)
+    mode = _schedule_env()
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if device.type == "cuda" and not interpret and mode != "single" and tiles >= 2:
+        sms = _sm_count(device)
+        if n < sms and (mode == "multi" or n * 2 <= sms):
+            p = min(tiles, max(1, sms // n))
+            per = triton.cdiv(tiles, p) * block_c
+            p = triton.cdiv(c, per)
+            if p >= 2:
+                cfg.update(MULTI=1, P=p, chan_per_prog=per)
+    return cfg
+
+
+def _acc(x: torch.Tensor):
+    return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _check_x(x: torch.Tensor) -> None:
+    if x.dtype not in _X_DTYPES:
+        raise TypeError(f"the triton SE kernel supports x of dtype float16/bfloat16/float32/float64, got {x.dtype}")
+
+
+def _sync_buffer(cfg: dict, n: int, device) -> torch.Tensor:
+    if cfg["MULTI"]:
+        return torch.zeros(n + 1, dtype=torch.int32, device=device)
+    return torch.empty(1, dtype=torch.int32, device=device)  # never touched (MULTI=0)
+
+
+def _check_error(sync: torch.Tensor, cfg: dict, n: int) -> None:
+    """Debug only (ATTN_KERNELS_SE_CHECK=1): a host sync, so off by default (CUDA-graph capture)."""
+    if cfg["MULTI"] and os.environ.get("ATTN_KERNELS_SE_CHECK", "0") == "1":
+        if int(sync[n].item()) != 0:
+            raise RuntimeError("fused SE: a multi-program wait timed out (programs not co-resident?); "
+                               "outputs are NaN. Set ATTN_KERNELS_SE_SCHEDULE=single to avoid this schedule.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+def _emulate_split(cfg: dict, c: int, split: int) -> dict:
+    """Test hook (interpreter): schedule (b)'s channel partition with P = ``split`` programs per sample
+    but MULTI=0 — the cross-program vector is pre-published by the caller instead of the sync."""
+    tiles = triton.cdiv(c, cfg["BLOCK_C"])
+    per = triton.cdiv(tiles, split) * cfg["BLOCK_C"]
+    return dict(cfg, MULTI=0, P=triton.cdiv(c, per), chan_per_prog=per)
+
+
+def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: str = "identity", *,
+               _split: int = 0):
+    """(y, pooled, u, z): y like x; pooled (N, C), u (N, R) (R = 0 for eSE), z (N, C) in fp32 (fp64 for
+    fp64 x). ``shortcut`` given → se_residual's out_act(x·s + shortcut). ``_split``: test hook, see
+    ``_emulate_split``."""
+    _check_x(x)
+    n, c = x.shape[:2]
+    hw = int(torch.Size(x.shape[2:]).numel())
+    r = w1.shape[0] if w1 is not None else 0
+    acc, acc_tl = _acc(x)
+    y, y_buf, sy = _out_like(x)
+    pooled = _alloc.empty((n, c), dtype=acc, device=x.device)
+    u = _alloc.empty((n, r), dtype=acc, device=x.device)
+    z = _alloc.empty((n, c), dtype=acc, device=x.device)
+    if n == 0:
+        return y, pooled, u, z
+    xk, sx = _as_flat(x)
+    if shortcut is not None:
+        sck, ss = _as_flat(shortcut)
+    else:
+        sck, ss = xk, sx
+    cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device)
+    if _split:
+        cfg = _emulate_split(cfg, c, _split)
+        pooled.copy_(x.to(acc).mean(tuple(range(2, x.dim()))))
+    w2c = w2.contiguous()
+    w1c = w1.contiguous() if w1 is not None else w2c
+    sync = _sync_buffer(cfg, n, x.device)
+    meta = dict(cfg)
+    p, per = meta.pop("P"), meta.pop("chan_per_prog")
+    _se_fwd_kernel[(n * p,)](
+        xk, sck, y_buf, w1c, b1.contiguous() if b1 is not None else w2c, w2c,
+        b2.contiguous() if b2 is not None else w2c,
+        pooled, u, z, sync, c, max(r, 1), hw, p, per, _MAX_SPIN, *sx, *ss, *sy,
+        HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
+        ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
+        ACC=acc_tl, **meta)
+    _check_error(sync, cfg, n)
+    if y_buf is not y:
+        y.copy_(y_buf)
+    return y, pooled, u, z
+
+
+def _param_grads(w1, w2, act, pooled, u, dz, du):
+    """Batch reductions of the per-sample fp32 partials (deterministic GEMMs / sums): weight grads in
+    their weight's dtype, bias grads in the accumulation dtype (the autograd formula casts them to the
+    bias dtype, which the backward op does not see)."""
+    if w1 is not None:
+        h = u if act is None else {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}[act](u)
+        gw2 = (dz.t() @ h).to(w2.dtype)
+        gw1 = (du.t() @ pooled).to(w1.dtype)
+        gb1 = du.sum(0)
+    else:
+        gw2 = (dz.t() @ pooled).to(w2.dtype)
+        gw1, gb1 = w2.new_empty((0,)), w2.new_empty((0,), dtype=du.dtype)  # distinct: outputs must not alias
+    gb2 = dz.sum(0)
+    return gw1, gb1, gw2, gb2
+
+
+def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=None, out_act: str = "identity",
+                *, _split: int = 0):
+    """(grad_x, grad_shortcut, grad_w1, grad_b1, grad_w2, grad_b2). Without a shortcut grad_shortcut is an
+    empty tensor; for eSE grad_w1 / grad_b1 are empty. Weight grads in their weight's dtype, bias grads
+    in the accumulation dtype (fp32; fp64 for fp64 x).
+    ``_split``: test hook (dz pre-published by a single-program launch first), see ``_emulate_split``."""
+    n, c = x.shape[:2]
+    hw = int(torch.Size(x.shape[2:]).numel())
+    r = w1.shape[0] if w1 is not None else 0
+    acc, acc_tl = _acc(x)
+    gx, gx_buf, sd = _out_like(x)
+    if shortcut is not None:
+        gsc, gsc_buf, so = _out_like(x)
+    else:
+        gsc = gsc_buf = x.new_empty((0,))
+        so = sd
+    dz = _alloc.empty((n, c), dtype=acc, device=x.device)
+    du = _alloc.empty((n, r), dtype=acc, device=x.device)
+    if n > 0:
+        xk, sx = _as_flat(x)
+        gyk, sg = _as_flat(grad_y)
+        if shortcut is not None:
+            sck, ss = _as_flat(shortcut)
+        else:
+            sck, ss = xk, sx
+        cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device)
+        # _split (test hook): a single-program launch publishes dz, then the split launch recomputes
+        # everything on NaN-refilled outputs
+        cfgs = [cfg, _emulate_split(cfg, c, _split)] if _split else [cfg]
+        w2c = w2.contiguous()
+        w1c = w1.contiguous() if w1 is not None else w2c
+        u, z = u.contiguous(), z.contiguous()  # (N, R), (N, C) as the forward returned them: no-ops
+        for i, cfg in enumerate(cfgs):
+            if i:
+                for t in (gx_buf, gsc_buf, du):
+                    t.fill_(float("nan"))
+            sync = _sync_buffer(cfg, n, x.device)
+            meta = dict(cfg)
+            p, per = meta.pop("P"), meta.pop("chan_per_prog")
+            _se_bwd_kernel[(n * p,)](
+                gyk, xk, sck, gx_buf, gsc_buf if shortcut is not None else gx_buf, w1c, w2c, u, z, dz, du, sync,
+                c, max(r, 1), hw, p, per, _MAX_SPIN, *sg, *sx, *ss, *sd, *so,
+                HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
+                OUT_ACT=_ACTS[out_act], ACC=acc_tl, **meta)
+            _check_error(sync, cfg, n)
+        if gx_buf is not gx:
+            gx.copy_(gx_buf)
+        if shortcut is not None and gsc_buf is not gsc:
+            gsc.copy_(gsc_buf)
+    else:
+        dz.zero_()
+        du.zero_()
+    gw1, gb1, gw2, gb2 = _param_grads(w1, w2, act, pooled, u, dz, du)
+    return gx, gsc, gw1, gb1, gw2, gb2
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration
+#
+# custom_op (not triton_op + wrap_triton): it passes opcheck and torch.compile(fullgraph=True) on CPU
+# tensors under the interpreter (triton_op does not), at a per-call CPU cost measured in the report /
+# bench. Optional parameters go in as Optional[Tensor]; missing gradients come back as empty tensors
+# (custom ops cannot return None) and are mapped to None in the autograd formula.
+#
+# Autocast: deliberately NOT registered with a cast — the ops fall through autocast and run in their
+# input dtypes. The kernel already accepts x in fp16/bf16 with fp32 (or any float) weights and
+# accumulates in fp32, so casting the weights down (what a registered lower-precision autocast would
+# do) would only lose precision; the output is in x's dtype, as the eager reference under autocast.
+# ----------------------------------------------------------------------------------------------
+_T4 = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_T5 = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_T6 = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _fake_fwd(x, w1):
+    n, c = x.shape[:2]
+    acc = _acc(x)[0]
+    r = w1.shape[0] if w1 is not None else 0
+    return (torch.empty_like(x), x.new_empty((n, c), dtype=acc), x.new_empty((n, r), dtype=acc),
+            x.new_empty((n, c), dtype=acc))
+
+
+def _fake_param_grads(x, w1, w2):
+    acc = _acc(x)[0]
+    gb2 = w2.new_empty((w2.shape[0],), dtype=acc)
+    if w1 is not None:
+        return torch.empty_like(w1), w1.new_empty((w1.shape[0],), dtype=acc), torch.empty_like(w2), gb2
+    return w2.new_empty((0,)), w2.new_empty((0,), dtype=acc), torch.empty_like(w2), gb2
+
+
+@torch.library.custom_op("attn_kernels::se_fwd", mutates_args=())
+def _se_fwd_op(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,
+               b2: Optional[torch.Tensor], act: str, gate: str) -> _T4:
+    return tuple(se_forward(x, w1, b1, w2, b2, act, gate))
+
+
+@_se_fwd_op.register_fake
+def _(x, w1, b1, w2, b2, act, gate):
+    return _fake_fwd(x, w1)
+
+
+@torch.library.custom_op("attn_kernels::se_bwd", mutates_args=())
+def _se_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, w1: Optional[torch.Tensor], w2: torch.Tensor,
+               pooled: torch.Tensor, u: torch.Tensor, z: torch.Tensor, act: str, gate: str) -> _T5:
+    gx, _, gw1, gb1, gw2, gb2 = se_backward(grad_y, x, w1, w2, pooled, u, z, act, gate)
+    return gx, gw1, gb1, gw2, gb2
+
+
+@_se_bwd_op.register_fake
+def _(grad_y, x, w1, w2, pooled, u, z, act, gate):
+    return (torch.empty_like(x),) + _fake_param_grads(x, w1, w2)
+
+
+def _se_setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, act, gate = inputs
+    _, pooled, u, z = output
+    ctx.act, ctx.gate = act, gate
+    ctx.has = (w1 is not None, b1 is not None, b2 is not None)
+    ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
+    ctx.save_for_backward(x, w1, w2, pooled, u, z)
+
+
+def _bias_grad(g, dtype):
+    return None if dtype is None else g.to(dtype)
+
+
+def _se_backward(ctx, grad_y, *_):
+    x, w1, w2, pooled, u, z = ctx.saved_tensors
+    gx, gw1, gb1, gw2, gb2 = torch.ops.attn_kernels.se_bwd(grad_y, x, w1, w2, pooled, u, z, ctx.act, ctx.gate)
+    has_w1 = ctx.has[0]
+    return (gx, gw1 if has_w1 else None, _bias_grad(gb1, ctx.b_dtypes[0]), gw2, _bias_grad(gb2, ctx.b_dtypes[1]),
+            None, None)
+
+
+_se_fwd_op.register_autograd(_se_backward, setup_context=_se_setup)
+
+
+@torch.library.custom_op("attn_kernels::se_residual_fwd", mutates_args=())
+def _se_res_fwd_op(x: torch.Tensor, shortcut: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
+                   w2: torch.Tensor, b2: Optional[torch.Tensor], act: str, gate: str, out_act: str) -> _T4:
+    return tuple(se_forward(x, w1, b1, w2, b2, act, gate, shortcut=shortcut, out_act=out_act))
+
+
+@_se_res_fwd_op.register_fake
+def _(x, shortcut, w1, b1, w2, b2, act, gate, out_act):
+    return _fake_fwd(x, w1)
+
+
+@torch.library.custom_op("attn_kernels::se_residual_bwd", mutates_args=())
+def _se_res_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, shortcut: torch.Tensor, w1: Optional[torch.Tensor],
+                   w2: torch.Tensor, pooled: torch.Tensor, u: torch.Tensor, z: torch.Tensor, act: str, gate: str,
+                   out_act: str) -> _T6:
+    return tuple(se_backward(grad_y, x, w1, w2, pooled, u, z, act, gate, shortcut=shortcut, out_act=out_act))
+
+
+@_se_res_bwd_op.register_fake
+def _(grad_y, x, shortcut, w1, w2, pooled, u, z, act, gate, out_act):
+    return (torch.empty_like(x), torch.empty_like(x)) + _fake_param_grads(x, w1, w2)
+
+
+def _se_res_setup(ctx, inputs, output):
+    x, shortcut, w1, b1, w2, b2, act, gate, out_act = inputs
+    _, pooled, u, z = output
+    ctx.act, ctx.gate, ctx.out_act = act, gate, out_act
+    ctx.has_w1 = w1 is not None
+    ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
+    ctx.save_for_backward(x, shortcut, w1, w2, pooled, u, z)
+
+
+def _se_res_backward(ctx, grad_y, *_):
+    x, shortcut, w1, w2, pooled, u, z = ctx.saved_tensors
+    gx, gsc, gw1, gb1, gw2, gb2 = torch.ops.attn_kernels.se_residual_bwd(
+        grad_y, x, shortcut, w1, w2, pooled, u, z, ctx.act, ctx.gate, ctx.out_act)
+    return (gx, gsc, gw1 if ctx.has_w1 else None, _bias_grad(gb1, ctx.b_dtypes[0]), gw2,
+            _bias_grad(gb2, ctx.b_dtypes[1]), None, None, None)
+
+
+_se_res_fwd_op.register_autograd(_se_res_backward, setup_context=_se_res_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points (the ``triton`` backend of functional.se / functional.se_residual)
+# ----------------------------------------------------------------------------------------------
+def se(x, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid") -> torch.Tensor:
+    """Fused SE (eSE when w1 is None); arguments as ``reference.se``, already validated."""
+    return torch.ops.attn_kernels.se_fwd(x, w1, b1, w2, b2, act, gate)[0]
+
+
+def se_residual(x, shortcut, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid",
+                out_act: str = "relu") -> torch.Tensor:
+    """Fused out_act(se(x) + shortcut); arguments as ``reference.se_residual``, already validated."""
+    return torch.ops.attn_kernels.se_residual_fwd(x, shortcut, w1, b1, w2, b2, act, gate, out_act)[0]

@@ -1,0 +1,368 @@
+"""Triton fused SE / eSE / se_residual (attn_kernels/ops/se.py) vs the reference.
+
+Runs on the GPU when there is one, else on CPU tensors under TRITON_INTERPRET=1 (tiny shapes; the
+interpreter only ever runs the one-program-per-sample schedule). Parity tests check the output and
+the gradient of x and of every parameter against float64 (tests.helpers.check_parity) on
+NaN-prefilled outputs. Multi-program schedule and CUDA-graph tests are GPU-only (marker ``gpu``).
+"""
+import os
+
+import pytest
+import torch
+import triton
+
+import attn_kernels as ak
+from attn_kernels import functional, reference
+from attn_kernels.ops import se as S
+from tests.helpers import assert_close, check_parity, gradcheck, tolerances
+
+pytestmark = pytest.mark.triton
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+NAMES = {0: "x", 1: "w1", 2: "b1", 3: "w2", 4: "b2"}
+RES_NAMES = {0: "x", 1: "shortcut", 2: "w1", 3: "b1", 4: "w2", 5: "b2"}
+
+
+def fused_se(act, gate):
+    return lambda x, w1, b1, w2, b2: functional.se(x, w1, b1, w2, b2, act, gate, backend="triton")
+
+
+def ref_se(act, gate):
+    return lambda x, w1, b1, w2, b2: reference.se(x, w1, b1, w2, b2, act, gate)
+
+
+def se_inputs(shape, rd, bias=True, ese=False, device="cpu"):
+    c = shape[1]
+    x = torch.randn(shape)
+    if ese:
+        ins = [x, None, None, torch.randn(c, c) / c ** 0.5, torch.randn(c) if bias else None]
+    else:
+        ins = [x, torch.randn(rd, c) / c ** 0.5, (torch.rand(rd) + 0.2) if bias else None,
+               torch.randn(c, rd) / rd ** 0.5, torch.randn(c) if bias else None]
+    return [None if t is None else t.to(device).requires_grad_() for t in ins]
+
+
+def _run_parity(shape, rd, dtype, act="relu", gate="sigmoid", bias=True, ese=False, param_dtype=None,
+                device="cpu", view=None):
+    ins = se_inputs(shape, rd, bias, ese, device)
+    fused_inputs = None
+    if view is not None:  # the fused op sees a strided view of the same values
+        base = view[0](ins[0].detach().to(dtype))
+        xv = view[1](base).requires_grad_()
+        ins[0] = xv.detach().clone().requires_grad_()
+        params = [None if t is None else t.detach().to(param_dtype or dtype).requires_grad_() for t in ins[1:]]
+        fused_inputs = [xv] + params
+    check_parity(fused_se(act, gate), ref_se(act, gate), ins, dtype=dtype, param_dtype=param_dtype,
+                 names=NAMES, fused_inputs=fused_inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity: dtypes × param dtypes × act × gate × bias
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
+@pytest.mark.parametrize("params_fp32", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_se_parity(dtype, params_fp32, act, gate, bias, device):
+    _run_parity((2, 13, 3, 4), 3, dtype, act, gate, bias, param_dtype=torch.float32 if params_fp32 else None,
+                device=device)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_effective_se_parity(dtype, gate, bias, device):
+    _run_parity((2, 7, 3, 3), None, dtype, gate=gate, bias=bias, ese=True, device=device)
+
+
+SHAPES = [
+    ((1, 1, 1, 1), 1),  # everything 1
+    ((2, 7, 4, 5), 1),  # C prime, R = 1
+    ((3, 20, 1, 1), 2),  # HW = 1
+    ((1, 6, 5, 3), 2),  # N = 1
+    ((2, 8, 3, 3), 8),  # C / r = 1 (R = C)
+    ((2, 6, 9), 3),  # 1-D spatial
+    ((2, 5, 2, 3, 2), 2),  # 3-D spatial
+]
+
+
+@pytest.mark.parametrize("shape,rd", SHAPES, ids=[str(s) for s, _ in SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_se_shapes(shape, rd, dtype, device):
+    _run_parity(shape, rd, dtype, act="silu", device=device)
+
+
+def test_se_blocks_tiled(device, on_gpu):
+    """More channels / spatial positions than one tile (several C tiles, HW loop, K loop)."""
+    shape, rd = ((4, 300, 20, 20), 19) if on_gpu else ((1, 37, 33, 40), 19)
+    _run_parity(shape, rd, torch.float32, act="gelu", device=device)
+    _run_parity((1, 520, 3, 3), 130, torch.float32, device=device)  # BLOCK_C < C, BLOCK_K < R
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts: no hidden copy for channels_last / sliced views; a copy only for non-flattenable views
+# ---------------------------------------------------------------------------------------------
+LAYOUTS = {
+    "channels_last": (lambda t: t, lambda t: t.to(memory_format=torch.channels_last)),
+    "batch_slice": (lambda t: torch.cat([t, t]), lambda t: t[::2]),
+    "channel_slice": (lambda t: torch.cat([t, t], 1), lambda t: t[:, ::2]),
+    "transposed_hw": (lambda t: t.transpose(2, 3).contiguous(), lambda t: t.transpose(2, 3)),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_se_layouts(layout, dtype, device):
+    _run_parity((2, 9, 3, 4), 3, dtype, view=LAYOUTS[layout], device=device)
+
+
+def test_channels_last_3d_and_no_copy(device):
+    x = torch.randn(2, 6, 3, 4, 2, device=device).to(memory_format=torch.channels_last_3d)
+    assert S._flat_strides(x) is not None
+    _, w1, b1, w2, b2 = se_inputs(x.shape, 2, device=device)
+    y = functional.se(x, w1, b1, w2, b2, backend="triton")
+    assert y.stride() == x.stride()
+    assert_close(y, reference.se(x, w1, b1, w2, b2))
+    for v in (x[::2], torch.randn(2, 6, 4, 5, device=device).to(memory_format=torch.channels_last)[:, :, 1:3]):
+        assert S._flat_strides(v) is not None  # these views run in place, no .contiguous()
+    assert S._flat_strides(torch.randn(2, 6, 4, 5).transpose(2, 3)) is None  # the documented copy
+
+
+def test_expanded_grad_y(device):
+    """grad_y from .sum() is an expanded (stride 0) tensor: read in place."""
+    x, w1, b1, w2, b2 = se_inputs((2, 5, 3, 3), 2, device=device)
+    functional.se(x, w1, b1, w2, b2, backend="triton").sum().backward()
+    g = [t.grad.clone() for t in (x, w1, b1, w2, b2)]
+    for t in (x, w1, b1, w2, b2):
+        t.grad = None
+    reference.se(x, w1, b1, w2, b2).sum().backward()
+    for a, t in zip(g, (x, w1, b1, w2, b2)):
+        assert_close(a, t.grad)
+
+
+def test_empty_batch(device):
+    x, w1, b1, w2, b2 = se_inputs((0, 6, 3, 3), 2, device=device)
+    y = functional.se(x, w1, b1, w2, b2, backend="triton")
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w1.grad, torch.zeros_like(w1))
+    assert torch.equal(b2.grad, torch.zeros_like(b2))
+
+
+# ---------------------------------------------------------------------------------------------
+# se_residual
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("out_act", ["relu", "silu", "gelu", "identity"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_se_residual_parity(dtype, out_act, device):
+    x, w1, b1, w2, b2 = se_inputs((2, 7, 3, 4), 2, device=device)
+    sc = torch.randn(x.shape, device=device).requires_grad_()
+    check_parity(lambda *a: functional.se_residual(*a, "silu", "hardsigmoid", out_act, backend="triton"),
+                 lambda *a: reference.se_residual(*a, "silu", "hardsigmoid", out_act),
+                 [x, sc, w1, b1, w2, b2], dtype=dtype, names=RES_NAMES)
+
+
+def test_se_residual_channels_last_and_ese(device):
+    x = torch.randn(2, 6, 3, 3, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    sc = torch.randn(2, 6, 3, 3, device=device).requires_grad_()  # mixed layouts: NCHW shortcut
+    w2, b2 = torch.randn(6, 6, device=device).requires_grad_(), torch.randn(6, device=device).requires_grad_()
+    check_parity(lambda *a: functional.se_residual(a[0], a[1], None, None, a[2], a[3], backend="triton"),
+                 lambda *a: reference.se_residual(a[0], a[1], None, None, a[2], a[3]),
+                 [x, sc, w2, b2], dtype=torch.float32,
+                 fused_inputs=[x.detach().clone().requires_grad_(), sc.detach().clone().requires_grad_(),
+                               w2.detach().clone().requires_grad_(), b2.detach().clone().requires_grad_()])
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library: opcheck, gradcheck, compile, autocast
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ese", [False, True])
+def test_opcheck(ese, channels_last, device):
+    x, w1, b1, w2, b2 = se_inputs((2, 6, 3, 3), 2, ese=ese, device=device)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.attn_kernels.se_fwd, (x, w1, b1, w2, b2, "silu", "sigmoid"))
+    _, pooled, u, z = torch.ops.attn_kernels.se_fwd(x, w1, b1, w2, b2, "silu", "sigmoid")
+    # the backward ops have no autograd formula (no double backward): check them on detached inputs
+    x, w1, w2, pooled, u, z = [None if t is None else t.detach() for t in (x, w1, w2, pooled, u, z)]
+    gy = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.attn_kernels.se_bwd, (gy, x, w1, w2, pooled, u, z, "silu", "sigmoid"))
+    sc = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.attn_kernels.se_residual_fwd, (x, sc, w1, b1, w2, b2, "relu", "sigmoid", "relu"))
+    torch.library.opcheck(torch.ops.attn_kernels.se_residual_bwd,
+                          (gy, x, sc, w1, w2, pooled, u, z, "relu", "sigmoid", "relu"))
+
+
+@pytest.mark.parametrize("case", ["se_gelu", "ese", "residual_silu"])
+def test_gradcheck_float64(case, device):
+    if case == "ese":
+        x, w1, b1, w2, b2 = se_inputs((2, 3, 2, 1), None, ese=True, device=device)
+        gradcheck(lambda x, w2, b2: functional.se(x, None, None, w2, b2, gate="sigmoid", backend="triton"),
+                  [x, w2, b2])
+    elif case == "se_gelu":
+        gradcheck(lambda *a: functional.se(*a, "gelu", "sigmoid", backend="triton"),
+                  se_inputs((2, 3, 2, 1), 2, device=device))
+    else:
+        x, w1, b1, w2, b2 = se_inputs((2, 3, 2, 1), 2, device=device)
+        sc = torch.randn(x.shape, device=device).requires_grad_()
+        gradcheck(lambda *a: functional.se_residual(*a, "silu", "sigmoid", "silu", backend="triton"),
+                  [x, sc, w1, b1, w2, b2])
+
+
+def test_torch_compile_fullgraph(device):
+    """Traces without a graph break (fullgraph=True) through the fake kernels; aot_eager keeps it fast
+    (the custom ops run eagerly inside the compiled graph, forward and backward)."""
+    torch._dynamo.reset()
+    m = ak.FusedSE(8, reduction=4, act="silu", backend="triton").to(device)
+    x = torch.randn(2, 8, 3, 3, device=device)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye = m(xe)
+    yc = torch.compile(m, fullgraph=True, backend="aot_eager")(xc)
+    assert_close(yc, ye, name="compiled output")
+    g = torch.randn_like(ye)
+    ye.backward(g)
+    yc.backward(g)
+    assert_close(xc.grad, xe.grad, name="compiled grad x")
+
+
+def test_autocast_runs_in_input_dtypes(device):
+    """Autocast falls through: bf16 x with fp32 params stays bf16 out, params get fp32 grads."""
+    x, w1, b1, w2, b2 = se_inputs((2, 6, 3, 3), 2, device=device)
+    xb = x.detach().to(torch.bfloat16).requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y = functional.se(xb, w1, b1, w2, b2, backend="triton")
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert w1.grad.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
+    assert_close(y, reference.se(xb.detach(), w1, b1, w2, b2).detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules, dispatch, invariants
+# ---------------------------------------------------------------------------------------------
+def test_fused_se_state_dict_both_ways(device):
+    ref = reference.SEBlock(16, reduction=4, act="silu").to(device)
+    fused = ak.FusedSE(16, reduction=4, act="silu", backend="triton").to(device)
+    fused.load_state_dict(ref.state_dict())
+    ref2 = reference.SEBlock(16, reduction=4, act="silu").to(device)
+    ref2.load_state_dict(fused.state_dict())
+    for a, b in zip(ref.state_dict().values(), ref2.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(2, 16, 3, 3, device=device)
+    assert_close(fused(x), ref(x), name="FusedSE output")
+    ese_ref = reference.EffectiveSE(16).to(device)
+    ese = ak.FusedEffectiveSE(16, backend="triton").to(device)
+    ese.load_state_dict(ese_ref.state_dict())
+    assert_close(ese(x), ese_ref(x), name="FusedEffectiveSE output")
+
+
+def test_inputs_not_modified(device):
+    ins = se_inputs((2, 7, 3, 3), 2, device=device)
+    sc = torch.randn(2, 7, 3, 3, device=device)
+    before = [t.detach().clone() for t in ins] + [sc.clone()]
+    functional.se(*ins, backend="triton").backward(torch.randn(2, 7, 3, 3, device=device))
+    functional.se_residual(ins[0], sc, *ins[1:], backend="triton").sum().backward()
+    for a, b in zip(ins + [sc], before):
+        assert torch.equal(a.detach(), b)
+
+
+def test_dispatch_and_schedule_choice(device):
+    ins = se_inputs((1, 4, 2, 2), 1, device=device)
+    y = functional.se(*ins, backend="triton")
+    assert "attn_kernels_se_fwd" in y.grad_fn.name()
+    cfg = S.launch_config(1, 2048, 128, 49, 49, torch.device("cpu"))
+    assert cfg["MULTI"] == 0 and cfg["P"] == 1  # never the cross-program schedule off the GPU
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        assert S.launch_config(1, 2048, 128, 49, 49, torch.device("cuda", 0))["MULTI"] == 0
+    assert "se" in ak.info()["backends"]["triton"]["ops"].split(", ")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: multi-program schedule, CUDA graphs, larger shapes
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", ["single", "multi"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape,rd", [((1, 256, 56, 56), 16), ((4, 2048, 7, 7), 128), ((2, 517, 9, 9), 33)])
+def test_gpu_schedules(schedule, channels_last, shape, rd, monkeypatch):
+    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", schedule)
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    cfg = S.launch_config(shape[0], shape[1], rd, shape[2] * shape[3], 1 if channels_last else shape[2] * shape[3],
+                          torch.device("cuda"))
+    assert cfg["MULTI"] == (schedule == "multi")
+    view = LAYOUTS["channels_last"] if channels_last else None
+    for dtype in (torch.float32, torch.bfloat16):
+        _run_parity(shape, rd, dtype, act="silu", device="cuda", view=view)
+    x, w1, b1, w2, b2 = se_inputs(shape, rd, device="cuda")
+    sc = torch.randn(shape, device="cuda").requires_grad_()
+    check_parity(lambda *a: functional.se_residual(*a, backend="triton"), reference.se_residual,
+                 [x, sc, w1, b1, w2, b2], dtype=torch.bfloat16, names=RES_NAMES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", ["single", "multi"])
+def test_gpu_cuda_graph_capture(schedule, monkeypatch):
+    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", schedule)
+    x, w1, b1, w2, b2 = [t.detach() for t in se_inputs((2, 512, 14, 14), 32, device="cuda")]
+    static_x = x.clone()
+    functional.se(static_x, w1, b1, w2, b2, backend="triton")  # compile outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = functional.se(static_x, w1, b1, w2, b2, backend="triton")
+    for _ in range(3):  # replays reuse the counters: they must come back clean each time
+        static_x.copy_(torch.randn_like(static_x))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close(y, reference.se(static_x, w1, b1, w2, b2))
+
+
+@pytest.mark.parametrize("ese,layout,residual", [(False, "nchw", False), (False, "channels_last", True),
+                                                 (False, "nchw", True), (True, "channels_last", False)])
+def test_split_partition_emulated(ese, layout, residual, device):
+    """Schedule (b)'s per-sample channel partition (program (n, j) on a channel slice, the
+    excitation recomputed by every program) under the interpreter: P = 3 programs per sample, the
+    cross-program vectors (pooled; dz) pre-published instead of the GPU-only counter sync."""
+    torch.manual_seed(1)
+    c = 520  # 3 BLOCK_C tiles (256, 256, 8) per sample in either layout at HW = 9
+    x = torch.randn(3, c, 3, 3, device=device)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    _, w1, b1, w2, b2 = [None if t is None else t.detach() for t in se_inputs(x.shape, 5, ese=ese, device=device)]
+    sc = torch.randn(x.shape, device=device) if residual else None
+    cfg = S.launch_config(3, c, c if ese else 5, 9, x.stride(1), x.device)
+    assert triton.cdiv(c, cfg["BLOCK_C"]) >= 3 and S._emulate_split(cfg, c, 3)["P"] == 3
+    kw = dict(shortcut=sc, out_act="silu" if residual else "identity")
+    y1, p1, u1, z1 = S.se_forward(x, w1, b1, w2, b2, "gelu", "sigmoid", **kw)
+    y3, p3, u3, z3 = S.se_forward(x, w1, b1, w2, b2, "gelu", "sigmoid", _split=3, **kw)
+    for a, b, name in ((y3, y1, "y"), (p3, p1, "pooled"), (u3, u1, "u"), (z3, z1, "z")):
+        assert_close(a, b, name=name)
+    gy = torch.randn_like(x)
+    g1 = S.se_backward(gy, x, w1, w2, p1, u1, z1, "gelu", "sigmoid", **kw)
+    g3 = S.se_backward(gy, x, w1, w2, p1, u1, z1, "gelu", "sigmoid", _split=3, **kw)
+    for a, b, name in zip(g3, g1, ("grad_x", "grad_shortcut", "grad_w1", "grad_b1", "grad_w2", "grad_b2")):
+        assert_close(a, b, name=name)
+
+
+def test_strided_params_and_mixed_param_dtypes(device):
+    """Parameter views (strided bias, transposed weight) and weights of different float dtypes:
+    every gradient comes back in its parameter's dtype."""
+    x = torch.randn(2, 6, 3, 3, device=device)
+    w1 = torch.randn(6, 2, device=device).t().to(torch.float16).requires_grad_()  # (2, 6) transposed view
+    b1 = torch.randn(4, device=device, dtype=torch.float64)[::2].requires_grad_()
+    w2 = torch.randn(6, 2, device=device).requires_grad_()
+    b2 = torch.randn(12, device=device, dtype=torch.bfloat16)[::2].requires_grad_()
+    y = functional.se(x, w1, b1, w2, b2, "silu", backend="triton")
+    ps = [w1, b1, w2, b2]
+    g = torch.randn_like(y)
+    fused_g = torch.autograd.grad(y, ps, g)
+    ref_ps = [t.detach().double().requires_grad_() for t in ps]
+    y_ref = reference.se(x.double(), *ref_ps, "silu")
+    ref_g = torch.autograd.grad(y_ref, ref_ps, g.double())
+    assert_close(y, y_ref.float(), atol=1e-5, rtol=1e-5)
+    for a, b, p in zip(fused_g, ref_g, ps):
+        assert a.dtype == p.dtype and a.shape == p.shape
+        atol, rtol = tolerances(torch.float32 if p.dtype == torch.float64 else p.dtype)  # x is fp32
+        assert_close(a, b, atol=atol, rtol=rtol, name=f"grad in {p.dtype}")

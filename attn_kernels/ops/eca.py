@@ -1,0 +1,545 @@
+"""Triton ECA / CECA and the ECA-ResNet block tail ``eca_residual``: one launch forward, one backward.
+
+    ECA     y = x · s,                s_c = σ(z_c),  z_c = Σ_j t_j p_{c+j−h},  p = mean_spatial(x), h = k//2
+    CECA    the same with the channel index taken modulo C (defined for any k, also k > C)
+    eca_residual   y = out_act(x · s + shortcut),  out_act ∈ relu / silu / gelu / identity
+
+Schedule — the conv across channels is *local*: the gate of channel c needs only p_{c−h..c+h}. So the
+grid is (sample, channel tile): program (n, t) owns channels [c0, c0 + BLOCK_C) of sample n and
+
+  1. pools its tile plus a halo of h channels on each side (the halo wraps modulo C for CECA and is
+     zero outside [0, C) for ECA) into a private (BLOCK_C + 2h)-long fp32 scratch row,
+  2. ``tl.debug_barrier()`` (the row is written and read back shifted by different threads of the
+     *same* program), computes the gates of its own BLOCK_C channels from the shifted row,
+  3. scales its tile (and adds the shortcut / applies out_act for eca_residual).
+
+No program waits on another (safe under ``TRITON_INTERPRET=1``, where programs run one at a time),
+one launch. The halo channels are also pooled by the neighbouring tile: the pooling pass reads
+(1 + 2h/BLOCK_C)·|x| instead of |x|. The tile's x is read twice — pool, then scale — and the second
+read is meant to hit L2 (the tile slab BLOCK_C·HW·|x| is kept ≲ ``_SLAB_BYTES`` = 128 KiB), except
+when the whole [BLOCK_C, HW] tile fits one ≤ 8192-element register tile (``RESIDENT``: 7×7 maps and
+smaller at BLOCK_C = 128): then the forward holds it in registers across the barrier and reads x once
+(the backward likewise holds grad_u and reads grad_y and x once). What ``settings`` picks at the
+ECA-ResNet-50 stages (adaptive k; ρ = 2h/BLOCK_C, the extra fraction of the pooling read; bf16 / fp32):
+    256×56² (k 5): BLOCK_C 16 / 16, ρ 25 % / 25 %      512×28² (k 5): 64 / 32, ρ 6.3 % / 12.5 %
+    1024×14² (k 5): 128 / 128, ρ 3.1 %                  2048×7² (k 7): 128 / 128, ρ 4.7 %, RESIDENT
+so the forward's DRAM traffic is (2 + ρ)/2 of the floor when the scale pass hits L2 (≤ 12.5 % over).
+Untuned: no GPU was available when this was written (bench/bench_eca.py measures it).
+
+Backward, same grid and halo logic: per channel of tile+halo g_c = Σ_hw grad_u·x (grad_u = grad_y, or
+grad_y·out_act'(x·s + shortcut) recomputed for eca_residual), dz_c = g_c·s_c(1 − s_c) into the scratch
+row; barrier; dp_c = Σ_j t_j dz_{c−j+h} (the transposed conv, same wrap / zero padding);
+grad_x = grad_u·s + dp/HW (and grad_shortcut = grad_u). The taps' gradient Σ_c dz_c p_{c+j−h} is
+written as one fp32 row of k partials per program and summed by torch (deterministic, no atomics).
+Saved for backward: x (and shortcut) as given, plus pooled p and s, (N, C) each in the accumulation
+dtype (fp32; fp64 for fp64 x so gradcheck is meaningful).
+
+Bytes (E = N·C·HW elements of |x| bytes, ρ = 2h/BLOCK_C the halo fraction; "(L2)" = the second read
+of a tile, from L2 when the slab fits):
+    eca fwd           read x (1+ρ)E, read x (L2) E, write y E                   floor 2E
+    eca bwd           read grad_y, x (1+ρ)E each, read grad_y (L2) E, write grad_x E  floor 3E
+    eca_residual fwd  + read shortcut E                                          floor 3E
+    eca_residual bwd  read grad_y, x, shortcut (1+ρ)E each, again (L2) E each, write grad_x, grad_sc E each
+                                                                                 floor 5E
+plus O(N·C) fp32 vectors and the k taps per program. With RESIDENT (small maps) the "(L2)" reads
+do not happen: forward (2+ρ)E, backward (3+2ρ)E, i.e. the floor up to the halo.
+
+Layouts: x (and grad_y, shortcut, outputs) are addressed through (stride_n, stride_c, stride_hw): NCHW,
+channels_last, and any view whose spatial dims flatten to one stride (x[::2], an expanded grad_y) run
+without a copy, any spatial rank, HW = 1; other views are made contiguous first. Outputs have
+``empty_like(x)``'s layout. N = 0: nothing is launched. Offsets are int64.
+
+Entry points ``eca(x, weight, circular)`` and ``eca_residual(x, shortcut, weight, circular, out_act)``
+(the ``triton`` backend of ``attn_kernels.functional``), registered as
+``torch.ops.attn_kernels.eca_fwd`` / ``eca_bwd`` with fake and autograd kernels.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _alloc
+
+__all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]
+
+_X_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+OUT_ACT_CODES = {"none": 0, "identity": 0, "relu": 1, "silu": 2, "gelu": 3}
+_TILE = 4096  # elements of one [BLOCK_C, BLOCK_HW] register tile
+_MAX_BLOCK_HW = 1024
+_SLAB_BYTES = 1 << 17  # target bytes of x per program (its tile slab), so the scale pass re-reads from L2
+_MIN_BLOCK_C, _MAX_BLOCK_C = 16, 128
+_MAX_BLOCK_K = 64
+_RESIDENT_TILE = 8192  # forward keeps the tile in registers (x read once) when it fits in this many elements
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _act(u, OUT_ACT: tl.constexpr):
+    """out_act(u): 0 identity, 1 relu, 2 silu, 3 gelu (erf form, as F.gelu)."""
+    if OUT_ACT == 1:
+        u = tl.maximum(u, 0.0)
+    elif OUT_ACT == 2:
+        u = u * _sigmoid(u)
+    elif OUT_ACT == 3:
+        u = 0.5 * u * (1.0 + tl.math.erf(u * 0.7071067811865476))
+    return u
+
+
+@triton.jit
+def _act_grad(u, OUT_ACT: tl.constexpr):
+    """out_act'(u) (relu'(0) = 0, as autograd)."""
+    if OUT_ACT == 1:
+        d = tl.where(u > 0.0, 1.0, 0.0)
+    elif OUT_ACT == 2:
+        sg = _sigmoid(u)
+        d = sg * (1.0 + u * (1.0 - sg))
+    elif OUT_ACT == 3:
+        d = 0.5 * (1.0 + tl.math.erf(u * 0.7071067811865476)) + u * 0.3989422804014327 * tl.exp(-0.5 * u * u)
+    else:
+        d = u * 0.0 + 1.0
+    return d
+
+
+@triton.jit
+def _ext_channels(p, c_end, C, half, CIRCULAR: tl.constexpr):
+    """Channel coordinate p (may be < 0 or ≥ C) → (channel index, needed). ECA: zero outside [0, C).
+    CECA: p mod C, needed while some channel < c_end (the tile's last real one) reaches it."""
+    if CIRCULAR:
+        chan = ((p % C) + C) % C
+        valid = p < c_end + half
+    else:
+        chan = p
+        valid = (p >= 0) & (p < C)
+    return chan, valid
+
+
+@triton.jit
+def _grad_u(gy, x, s, sc, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr):
+    """Gradient reaching x·s: grad_y, or grad_y · out_act'(x·s + shortcut) for eca_residual."""
+    if RESIDUAL:
+        gy = gy * _act_grad(x * s[:, None] + sc, OUT_ACT)
+    return gy
+
+
+@triton.jit
+def _channel_sums(x_base, gy_base, sc_base, s_base, chan, valid, HW, sxc, sxhw, sgc, sghw, ssc, sshw,
+                  BWD: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, ACC: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Per channel in ``chan``: Σ_hw x (forward) or Σ_hw grad_u·x (backward), 0 where not valid."""
+    acc = tl.zeros([ROWS], dtype=ACC)
+    if BWD:
+        s = tl.load(s_base + chan, mask=valid, other=0.0)
+    for hw0 in range(0, HW, BLOCK_HW):
+        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+        m = valid[:, None] & (offs_hw < HW)[None, :]
+        x = tl.load(x_base + chan[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
+        if BWD:
+            gy = tl.load(gy_base + chan[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
+            sc = gy
+            if RESIDUAL:
+                sc = tl.load(sc_base + chan[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0).to(ACC)
+            x = x * _grad_u(gy, x, s, sc, RESIDUAL, OUT_ACT)
+        acc += tl.sum(x, axis=1)
+    if BWD:
+        acc = acc * s * (1.0 - s)  # dz = g · σ'(z)
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _eca_fwd_kernel(
+    x_ptr,  # (N, C, HW) strided, x dtype
+    sc_ptr,  # (N, C, HW) strided, x dtype: the shortcut (unused unless RESIDUAL)
+    y_ptr,  # (N, C, HW) strided, x dtype (out)
+    taps_ptr,  # (k,) contiguous, any float dtype
+    pooled_ptr,  # (N, C) ACC (out, saved): mean over HW
+    s_ptr,  # (N, C) ACC (out, saved): the gate
+    ext_ptr,  # (N·T, W) ACC scratch: the pooled tile + halo, W = BLOCK_C + 2·half
+    C, HW, k, half, T, W,
+    sxn, sxc, sxhw, ssn, ssc, sshw, syn, syc, syhw,
+    CIRCULAR: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr,
+):
+    """Program (n, t): pool channels [c0 − h, c0 + BLOCK_C + h) → gates of [c0, c0 + BLOCK_C) → scale.
+    Reads x (1 + 2h/BLOCK_C)·BLOCK_C·HW (pool, halo included) + BLOCK_C·HW again (scale, L2) — or,
+    with RESIDENT (the whole [BLOCK_C, HW] tile in one register tile), only the first read — writes y
+    BLOCK_C·HW; eca_residual also reads the shortcut BLOCK_C·HW once. Plus k taps, 2·BLOCK_C + W fp32
+    vector elements."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // T
+    c0 = (pid % T) * BLOCK_C
+    c_end = tl.minimum(c0 + BLOCK_C, C)
+    x_base = x_ptr + n * sxn
+    ext_base = ext_ptr + pid * W
+    # 1. pool the tile (window positions half .. half + BLOCK_C) ...
+    offs_i = tl.arange(0, BLOCK_C).to(tl.int64)
+    chan, valid = _ext_channels(c0 + offs_i, c_end, C, half, CIRCULAR)
+    if RESIDENT:  # the tile stays in registers for the scale step: x is read once
+        offs_r = tl.arange(0, BLOCK_HW).to(tl.int64)
+        xt = tl.load(x_base + chan[:, None] * sxc + offs_r[None, :] * sxhw,
+                     mask=valid[:, None] & (offs_r < HW)[None, :], other=0.0).to(ACC)
+        p = tl.sum(xt, axis=1) / HW
+    else:
+        p = _channel_sums(x_base, x_base, x_base, s_ptr, chan, valid, HW, sxc, sxhw, sxc, sxhw, sxc, sxhw,
+                          0, 0, 0, ACC, BLOCK_C, BLOCK_HW) / HW
+    tl.store(ext_base + half + offs_i, p)
+    own = (c0 + offs_i) < C
+    tl.store(pooled_ptr + n * C + c0 + offs_i, p, mask=own)
+    # ... and its halo: h < half → channel c0 − half + h (window h); else c0 + BLOCK_C + h − half
+    for h0 in range(0, 2 * half, BLOCK_H):
+        offs_h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)
+        left = offs_h < half
+        pos = tl.where(left, c0 - half + offs_h, c0 + BLOCK_C + offs_h - half)
+        chan_h, valid_h = _ext_channels(pos, c_end, C, half, CIRCULAR)
+        valid_h = valid_h & (offs_h < 2 * half)
+        ph = _channel_sums(x_base, x_base, x_base, s_ptr, chan_h, valid_h, HW, sxc, sxhw, sxc, sxhw, sxc,
+                           sxhw, 0, 0, 0, ACC, BLOCK_H, BLOCK_HW) / HW
+        tl.store(ext_base + tl.where(left, offs_h, BLOCK_C + offs_h), ph, mask=offs_h < 2 * half)
+    tl.debug_barrier()  # the scratch row written above by all threads is read back shifted below
+    # 2. gates of the tile: z_i = Σ_j t_j · ext[i + j]
+    z = tl.zeros([BLOCK_C], dtype=ACC)
+    for j0 in range(0, k, BLOCK_K):
+        offs_j = j0 + tl.arange(0, BLOCK_K)
+        mj = offs_j < k
+        t = tl.load(taps_ptr + offs_j, mask=mj, other=0.0).to(ACC)
+        win = tl.load(ext_base + offs_i[:, None] + offs_j[None, :], mask=mj[None, :], other=0.0)
+        z += tl.sum(win * t[None, :], axis=1)
+    s = _sigmoid(z)
+    tl.store(s_ptr + n * C + c0 + offs_i, s, mask=own)
+    # 3. scale (+ shortcut, out_act)
+    offs_c = c0 + offs_i
+    y_base = y_ptr + n * syn
+    sc_base = sc_ptr + n * ssn
+    for hw0 in range(0, HW, BLOCK_HW):  # one iteration when RESIDENT
+        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+        m = own[:, None] & (offs_hw < HW)[None, :]
+        if RESIDENT:
+            v = xt  # own channels: chan == c0 + i
+        else:
+            v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
+        out = v * s[:, None]
+        if RESIDUAL:
+            out += tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0).to(ACC)
+            out = _act(out, OUT_ACT)
+        tl.store(y_base + offs_c[:, None] * syc + offs_hw[None, :] * syhw, out.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _eca_bwd_kernel(
+    gy_ptr,  # (N, C, HW) strided: grad of y
+    x_ptr,  # (N, C, HW) strided
+    sc_ptr,  # (N, C, HW) strided: shortcut (unused unless RESIDUAL)
+    gx_ptr,  # (N, C, HW) strided (out)
+    gsc_ptr,  # (N, C, HW) strided (out, unused unless RESIDUAL): grad of the shortcut
+    taps_ptr,  # (k,) contiguous
+    pooled_ptr, s_ptr,  # (N, C) ACC, saved by the forward
+    ext_ptr,  # (N·T, W) ACC scratch: dz of the tile + halo
+    gt_ptr,  # (N·T, k) ACC (out): per-program partials of the taps' gradient
+    C, HW, k, half, T, W,
+    sgn, sgc, sghw, sxn, sxc, sxhw, ssn, ssc, sshw, sdn, sdc, sdhw, sen, sec, sehw,
+    CIRCULAR: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr,
+):
+    """Program (n, t). Pass 1 reads grad_y and x (and the shortcut) on the tile + halo:
+    (1 + 2h/BLOCK_C)·BLOCK_C·HW each; pass 2 reads them again on the tile (L2; not at all with
+    RESIDENT, which keeps grad_u in registers) and writes grad_x (and grad_shortcut) BLOCK_C·HW each.
+    Plus O(W + k) vector elements."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // T
+    c0 = (pid % T) * BLOCK_C
+    c_end = tl.minimum(c0 + BLOCK_C, C)
+    gy_base = gy_ptr + n * sgn
+    x_base = x_ptr + n * sxn
+    sc_base = sc_ptr + n * ssn
+    s_base = s_ptr + n * C
+    p_base = pooled_ptr + n * C
+    ext_base = ext_ptr + pid * W
+    # pass 1: dz on the tile (window half + i) and its halo
+    offs_i = tl.arange(0, BLOCK_C).to(tl.int64)
+    chan, valid = _ext_channels(c0 + offs_i, c_end, C, half, CIRCULAR)
+    if RESIDENT:  # keep grad_u of the tile in registers for pass 2
+        offs_r = tl.arange(0, BLOCK_HW).to(tl.int64)
+        mr = valid[:, None] & (offs_r < HW)[None, :]
+        s_t = tl.load(s_base + chan, mask=valid, other=0.0)
+        x_t = tl.load(x_base + chan[:, None] * sxc + offs_r[None, :] * sxhw, mask=mr, other=0.0).to(ACC)
+        gu_t = tl.load(gy_base + chan[:, None] * sgc + offs_r[None, :] * sghw, mask=mr, other=0.0).to(ACC)
+        if RESIDUAL:
+            sc_t = tl.load(sc_base + chan[:, None] * ssc + offs_r[None, :] * sshw, mask=mr, other=0.0).to(ACC)
+            gu_t = _grad_u(gu_t, x_t, s_t, sc_t, RESIDUAL, OUT_ACT)
+        dz = tl.sum(gu_t * x_t, axis=1) * s_t * (1.0 - s_t)
+    else:
+        dz = _channel_sums(x_base, gy_base, sc_base, s_base, chan, valid, HW, sxc, sxhw, sgc, sghw, ssc, sshw,
+                           1, RESIDUAL, OUT_ACT, ACC, BLOCK_C, BLOCK_HW)
+    tl.store(ext_base + half + offs_i, dz)
+    for h0 in range(0, 2 * half, BLOCK_H):
+        offs_h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)
+        left = offs_h < half
+        pos = tl.where(left, c0 - half + offs_h, c0 + BLOCK_C + offs_h - half)
+        chan_h, valid_h = _ext_channels(pos, c_end, C, half, CIRCULAR)
+        valid_h = valid_h & (offs_h < 2 * half)
+        dzh = _channel_sums(x_base, gy_base, sc_base, s_base, chan_h, valid_h, HW, sxc, sxhw, sgc, sghw, ssc,
+                            sshw, 1, RESIDUAL, OUT_ACT, ACC, BLOCK_H, BLOCK_HW)
+        tl.store(ext_base + tl.where(left, offs_h, BLOCK_C + offs_h), dzh, mask=offs_h < 2 * half)
+    # taps' gradient partial: G_j = Σ_{own c} dz_c · p_{c+j−h}
+    own = (c0 + offs_i) < C
+    dz_own = tl.where(own, dz, 0.0)
+    for j0 in range(0, k, BLOCK_K):
+        offs_j = j0 + tl.arange(0, BLOCK_K)
+        mj = offs_j < k
+        pch, pvalid = _ext_channels(c0 + offs_i[:, None] + offs_j[None, :] - half, c_end, C, half, CIRCULAR)
+        pw = tl.load(p_base + pch, mask=pvalid & mj[None, :] & own[:, None], other=0.0)
+        tl.store(gt_ptr + pid * k + offs_j, tl.sum(dz_own[:, None] * pw, axis=0), mask=mj)
+    tl.debug_barrier()  # dz of the halo, stored by other threads, is read back shifted below
+    # pass 2: dp_i = Σ_j t_j · dz[window i + 2h − j]; grad_x = grad_u · s + dp / HW
+    dp = tl.zeros([BLOCK_C], dtype=ACC)
+    for j0 in range(0, k, BLOCK_K):
+        offs_j = j0 + tl.arange(0, BLOCK_K)
+        mj = offs_j < k
+        t = tl.load(taps_ptr + offs_j, mask=mj, other=0.0).to(ACC)
+        win = tl.load(ext_base + offs_i[:, None] + 2 * half - offs_j[None, :], mask=mj[None, :], other=0.0)
+        dp += tl.sum(win * t[None, :], axis=1)
+    dp = dp / HW
+    s = tl.load(s_base + c0 + offs_i, mask=own, other=0.0)
+    offs_c = c0 + offs_i
+    gx_base = gx_ptr + n * sdn
+    gsc_base = gsc_ptr + n * sen
+    for hw0 in range(0, HW, BLOCK_HW):  # one iteration when RESIDENT
+        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+        m = own[:, None] & (offs_hw < HW)[None, :]
+        if RESIDENT:
+            gy = gu_t
+            if RESIDUAL:
+                tl.store(gsc_base + offs_c[:, None] * sec + offs_hw[None, :] * sehw,
+                         gy.to(gsc_ptr.dtype.element_ty), mask=m)
+        else:
+            gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
+        if RESIDUAL and not RESIDENT:
+            x = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
+            sc = tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0).to(ACC)
+            gy = _grad_u(gy, x, s, sc, RESIDUAL, OUT_ACT)
+            tl.store(gsc_base + offs_c[:, None] * sec + offs_hw[None, :] * sehw,
+                     gy.to(gsc_ptr.dtype.element_ty), mask=m)
+        gx = gy * s[:, None] + dp[:, None]
+        tl.store(gx_base + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw, gx.to(gx_ptr.dtype.element_ty), mask=m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch helpers
+# ----------------------------------------------------------------------------------------------
+def _flat_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
+    """(stride_n, stride_c, stride_hw) when t's spatial dims flatten to one stride, else None."""
+    dims = [(size, stride) for size, stride in zip(t.shape[2:], t.stride()[2:]) if size != 1]
+    for (_, outer), (size, inner) in zip(dims, dims[1:]):
+        if outer != inner * size:
+            return None
+    return t.stride(0), t.stride(1), (dims[-1][1] if dims else 1)
+
+
+def _as_flat(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    """t and its (n, c, hw) strides; a copy only for views whose spatial dims do not flatten."""
+    strides = _flat_strides(t)
+    if strides is None:
+        t = t.contiguous()
+        strides = _flat_strides(t)
+    return t, strides
+
+
+def _out_like(x: torch.Tensor):
+    """(result, buffer the kernel writes, its strides): empty_like(x)'s layout, or a contiguous buffer
+    copied into it when that layout does not flatten (rare views only)."""
+    out = _alloc.empty_like(x)
+    strides = _flat_strides(out)
+    if strides is not None:
+        return out, out, strides
+    buf = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out, buf, _flat_strides(buf)
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(acc: torch.dtype):
+    return tl.float64 if acc == torch.float64 else tl.float32
+
+
+def settings(channels: int, hw: int, elem_bytes: int, k: int) -> dict:
+    """Tile sizes from one heuristic (not tuned on a GPU yet).
+
+    BLOCK_C (the channel tile): the largest power of two with BLOCK_C·HW·|x| ≤ _SLAB_BYTES, clamped to
+    [16, 128] and to next_pow2(C) — big enough that the halo costs ≤ 2h/16 of the pooling read, small
+    enough that the scale pass finds the slab in L2. BLOCK_HW fills a ≤ 4096-element register tile, or
+    RESIDENT = 1 when the whole [BLOCK_C, next_pow2(HW)] tile is ≤ 8192 elements (7×7 maps and smaller):
+    the forward then keeps it in registers and reads x once, the backward keeps grad_u (reads grad_y,
+    x once).
+    BLOCK_H (halo rows per step) = next_pow2(2h) ≤ BLOCK_C; BLOCK_K (taps per step) = next_pow2(k) ≤ 64.
+    """
+    by_slab = max(1, _SLAB_BYTES // max(1, hw * elem_bytes))
+    block_c = min(max(triton.next_power_of_2(by_slab + 1) // 2, _MIN_BLOCK_C), _MAX_BLOCK_C)
+    block_c = max(1, min(block_c, triton.next_power_of_2(channels)))
+    block_hw = max(1, min(triton.next_power_of_2(hw), _MAX_BLOCK_HW, _TILE // block_c))
+    resident = block_c * triton.next_power_of_2(hw) <= _RESIDENT_TILE
+    if resident:
+        block_hw = triton.next_power_of_2(hw)
+    half = k // 2
+    block_h = max(1, min(triton.next_power_of_2(max(1, 2 * half)), block_c))
+    block_k = min(triton.next_power_of_2(k), _MAX_BLOCK_K)
+    return dict(BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_HW=block_hw, BLOCK_K=block_k, RESIDENT=int(resident),
+                num_warps=8 if block_c * block_hw >= 4096 else 4)
+
+
+def _check_x(x: torch.Tensor) -> None:
+    if x.dtype not in _X_DTYPES:
+        raise TypeError(f"the triton ECA kernel supports x of dtype float16/bfloat16/float32/float64, got {x.dtype}")
+
+
+def _geometry(x: torch.Tensor, taps: torch.Tensor):
+    n, c = x.shape[:2]
+    hw = 1
+    for d in x.shape[2:]:
+        hw *= int(d)
+    k = taps.numel()
+    cfg = settings(c, hw, x.element_size(), k)
+    tiles = triton.cdiv(c, cfg["BLOCK_C"]) if c else 0
+    width = cfg["BLOCK_C"] + 2 * (k // 2)
+    return n, c, hw, k, tiles, width, cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch.Tensor, circular: bool,
+                out_act: str = "none"):
+    """(y, pooled, s): y like x; pooled and s (N, C) in the accumulation dtype. ``shortcut=None`` is
+    plain ECA/CECA; otherwise y = out_act(x·s + shortcut). One launch (none when N·C = 0)."""
+    _check_x(x)
+    taps = weight.reshape(-1).contiguous()
+    n, c, hw, k, tiles, width, cfg = _geometry(x, taps)
+    acc = _acc_dtype(x)
+    y, y_buf, sy = _out_like(x)
+    pooled = _alloc.empty((n, c), dtype=acc, device=x.device)
+    s = _alloc.empty((n, c), dtype=acc, device=x.device)
+    if n * c == 0:
+        return y, pooled, s
+    xk, sx = _as_flat(x)
+    residual = shortcut is not None
+    sck, ss = _as_flat(shortcut) if residual else (xk, sx)
+    ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)  # scratch, fully written before read
+    _eca_fwd_kernel[(n * tiles,)](
+        xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy,
+        CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
+        ACC=_tl_acc(acc), **cfg)
+    if y_buf is not y:
+        y.copy_(y_buf)
+    return y, pooled, s
+
+
+def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch.Tensor,
+                 pooled: torch.Tensor, s: torch.Tensor, circular: bool, out_act: str = "none"):
+    """(grad_x, grad_shortcut or None, grad_weight): grad_weight in weight's shape and dtype."""
+    taps = weight.reshape(-1).contiguous()
+    n, c, hw, k, tiles, width, cfg = _geometry(x, taps)
+    acc = pooled.dtype
+    residual = shortcut is not None
+    gx, gx_buf, sd = _out_like(x)
+    gsc, gsc_buf, se = _out_like(x) if residual else (None, gx_buf, sd)
+    if n * c == 0:
+        gx.zero_()
+        if residual:
+            gsc.zero_()
+        return gx, gsc, torch.zeros_like(weight)
+    xk, sx = _as_flat(x)
+    gyk, sg = _as_flat(grad_y)
+    sck, ss = _as_flat(shortcut) if residual else (xk, sx)
+    ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)
+    gt = _alloc.empty((n * tiles, k), dtype=acc, device=x.device)
+    _eca_bwd_kernel[(n * tiles,)](
+        gyk, xk, sck, gx_buf, gsc_buf, taps, pooled, s, ext, gt, c, hw, k, k // 2, tiles, width,
+        *sg, *sx, *ss, *sd, *se,
+        CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
+        ACC=_tl_acc(acc), **cfg)
+    if gx_buf is not gx:
+        gx.copy_(gx_buf)
+    if residual and gsc_buf is not gsc:
+        gsc.copy_(gsc_buf)
+    return gx, gsc, gt.sum(0).reshape(weight.shape).to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("attn_kernels::eca_fwd", mutates_args=())
+def _eca_fwd_op(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch.Tensor, circular: bool,
+                out_act: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(eca_forward(x, shortcut, weight, circular, out_act))
+
+
+@_eca_fwd_op.register_fake
+def _(x, shortcut, weight, circular, out_act):
+    n, c = x.shape[:2]
+    acc = _acc_dtype(x)
+    return torch.empty_like(x), x.new_empty((n, c), dtype=acc), x.new_empty((n, c), dtype=acc)
+
+
+@torch.library.custom_op("attn_kernels::eca_bwd", mutates_args=())
+def _eca_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch.Tensor,
+                pooled: torch.Tensor, s: torch.Tensor, circular: bool, out_act: str
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gx, gsc, gw = eca_backward(grad_y, x, shortcut, weight, pooled, s, circular, out_act)
+    # a custom op cannot return None: without a shortcut grad_shortcut is an empty placeholder
+    return gx, (gsc if gsc is not None else torch.zeros((0,), dtype=x.dtype, device=x.device)), gw
+
+
+@_eca_bwd_op.register_fake
+def _(grad_y, x, shortcut, weight, pooled, s, circular, out_act):
+    gsc = torch.empty_like(x) if shortcut is not None else x.new_empty((0,))
+    return torch.empty_like(x), gsc, torch.empty_like(weight)
+
+
+def _setup(ctx, inputs, output):
+    x, shortcut, weight, circular, out_act = inputs
+    _, pooled, s = output
+    ctx.circular, ctx.out_act, ctx.residual = circular, out_act, shortcut is not None
+    ctx.save_for_backward(x, shortcut, weight, pooled, s)
+
+
+def _backward(ctx, grad_y, *_):
+    x, shortcut, weight, pooled, s = ctx.saved_tensors
+    gx, gsc, gw = torch.ops.attn_kernels.eca_bwd(grad_y, x, shortcut, weight, pooled, s, ctx.circular, ctx.out_act)
+    return gx, (gsc if ctx.residual else None), gw, None, None
+
+
+_eca_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+# Autocast: deliberately no autocast rule. Under autocast the op runs in x's dtype (fp32 accumulation
+# inside, taps upcast in the kernel) and returns x's dtype — what eager ECA returns too (x · gate promotes
+# to x's dtype); casting x to fp16/bf16 would cost a full read and write of x for nothing.
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points (the ``triton`` backend of functional.eca / functional.eca_residual)
+# ----------------------------------------------------------------------------------------------
+def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.Tensor:
+    """Fused ECA (CECA when ``circular``); arguments validated by ``functional.eca``."""
+    return torch.ops.attn_kernels.eca_fwd(x, None, weight, bool(circular), "none")[0]
+
+
+def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor, circular: bool = False,
+                 out_act: str = "relu") -> torch.Tensor:
+    """Fused ECA-ResNet block tail ``out_act(eca(x) + shortcut)``; validated by ``functional.eca_residual``."""
+    return torch.ops.attn_kernels.eca_fwd(x, shortcut, weight, bool(circular), out_act)[0]

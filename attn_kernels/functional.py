@@ -11,9 +11,9 @@ import torch
 
 from . import _checks
 from ._backend import resolve
-from .reference import OUT_ACTS
+from .reference import OUT_ACTS, check_bi_eca_args, check_dmk_eca_args
 
-__all__ = ["se", "eca", "se_residual", "eca_residual", "cbam"]
+__all__ = ["se", "eca", "se_residual", "eca_residual", "cbam", "dmk_eca", "bi_eca"]
 
 
 def se(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,
@@ -55,6 +55,29 @@ def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor, 
     _checks.check_same_shape(x, shortcut, "shortcut")
     _checks.check_choice(out_act, OUT_ACTS, "out_act")
     return resolve("eca_residual", x.device.type, backend)(x, shortcut, weight, circular, out_act)
+
+
+def dmk_eca(x: torch.Tensor, fc_weight: torch.Tensor, fc_bias: Optional[torch.Tensor], taps3: torch.Tensor,
+            taps5: torch.Tensor, taps7: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
+    """Dynamic multi-kernel ECA: ``x · sigmoid(Σ_i blend_i · conv_i(p))``, ``blend = softmax(fc(p))``.
+
+    p = mean_spatial(x); fc_weight (3, C), fc_bias (3,) or None; taps3/taps5/taps7 the three
+    zero-padded convs across channels, each (k,) or the Conv1d weight (1, 1, k), k odd.
+    """
+    check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7)
+    return resolve("dmk_eca", x.device.type, backend)(x, fc_weight, fc_bias, taps3, taps5, taps7)
+
+
+def bi_eca(x: torch.Tensor, w_fwd: torch.Tensor, w_bwd: torch.Tensor, w1: torch.Tensor,
+           b1: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor], *,
+           backend: Optional[str] = None) -> torch.Tensor:
+    """Bidirectional ECA: ``x · sigmoid(a_0 f + a_1 b)``, f = sigmoid(conv_fwd(p)),
+    b = sigmoid(flip(conv_bwd(flip(p)))), a = softmax(w2 · relu(w1 · p + b1) + b2).
+
+    w_fwd, w_bwd: (k,) or (1, 1, k), k odd; w1 (R, C), b1 (R,) or None, w2 (2, R), b2 (2,) or None.
+    """
+    check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2)
+    return resolve("bi_eca", x.device.type, backend)(x, w_fwd, w_bwd, w1, b1, w2, b2)
 
 
 def cbam(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, spatial_weight: torch.Tensor, *,

@@ -10,9 +10,11 @@ from typing import Optional
 
 from . import functional
 from ._backend import _check_name, preload
-from .reference import CBAM, ECA, AdaptiveSE, EffectiveSE, SEBlock, _check_channels
+from .reference import (CBAM, ECA, AdaptiveSE, BidirectionalECA, DynamicMultiKernelECA, EffectiveSE, SEBlock,
+                        _check_channels)
 
-__all__ = ["FusedSE", "FusedEffectiveSE", "FusedAdaptiveSE", "FusedECA", "FusedCBAM"]
+__all__ = ["FusedSE", "FusedEffectiveSE", "FusedAdaptiveSE", "FusedECA", "FusedCBAM", "FusedDynamicMultiKernelECA",
+           "FusedBidirectionalECA"]
 
 
 class _BackendMixin:
@@ -85,3 +87,27 @@ class FusedCBAM(_BackendMixin, CBAM):
         if x.dim() - 2 != self.spatial_dims:
             raise ValueError(f"CBAM built for {self.spatial_dims}-D maps, got x of shape {tuple(x.shape)}")
         return functional.cbam(x, self.mlp[0].weight, self.mlp[2].weight, self.spatial.weight, backend=self.backend)
+
+
+class FusedDynamicMultiKernelECA(_BackendMixin, DynamicMultiKernelECA):
+    """``reference.DynamicMultiKernelECA`` on the fused ``functional.dmk_eca``."""
+
+    def __init__(self, *args, backend: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_backend(backend)
+
+    def forward(self, x):
+        _check_channels(self, x)
+        return functional.dmk_eca(x, *self.dmk_params(), backend=self.backend)
+
+
+class FusedBidirectionalECA(_BackendMixin, BidirectionalECA):
+    """``reference.BidirectionalECA`` on the fused ``functional.bi_eca``."""
+
+    def __init__(self, *args, backend: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_backend(backend)
+
+    def forward(self, x):
+        _check_channels(self, x)
+        return functional.bi_eca(x, *self.bi_params(), backend=self.backend)

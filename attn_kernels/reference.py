@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ._checks import (
     ACTS,
     GATES,
+    _check_param,
     check_choice,
     check_eca_args,
     check_feature_map,
@@ -29,7 +30,7 @@ from ._checks import (
 )
 
 __all__ = [
-    "se", "eca", "se_residual", "eca_residual", "cbam", "apply_act", "apply_gate",
+    "se", "eca", "se_residual", "eca_residual", "cbam", "dmk_eca", "bi_eca", "apply_act", "apply_gate",
     "SEBlock", "EffectiveSE", "ECA", "AdaptiveSE", "DynamicMultiKernelECA", "BidirectionalECA", "CBAM",
     "eca_kernel_size", "SEBottleneck", "se_resnet50", "CNN", "CNN_SE",
 ]
@@ -171,6 +172,85 @@ def cbam(x, w1, w2, spatial_weight) -> torch.Tensor:
     desc = torch.cat([x1.mean(1, keepdim=True), x1.amax(1, keepdim=True)], dim=1)
     sa = torch.sigmoid(_CONV[spatial_rank](desc, spatial_weight.to(dt), padding=[k // 2 for k in k_shape]))
     return x1 * sa
+
+
+def _check_taps(weight, name: str, x: torch.Tensor) -> torch.Tensor:
+    """A 1-D conv across channels: (k,) or the Conv1d weight (1, 1, k), k odd; returns the (k,) view."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+    taps = weight.reshape(-1) if weight.dim() == 3 and weight.shape[:2] == (1, 1) else weight
+    if taps.dim() != 1:
+        raise ValueError(f"{name} must have shape (k,) or (1, 1, k), got {tuple(weight.shape)}")
+    if not taps.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {taps.dtype}")
+    if taps.shape[0] < 1 or taps.shape[0] % 2 == 0:
+        raise ValueError(f"{name} has k={taps.shape[0]} taps: the kernel size must be odd and positive (centred conv)")
+    if taps.device != x.device:
+        raise ValueError(f"{name} is on {taps.device} but x is on {x.device}")
+    return taps
+
+
+def check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7) -> None:
+    """fc_weight (3, C), fc_bias (3,) or None; three odd-length tap vectors, each (k,) or (1, 1, k)."""
+    check_feature_map(x)
+    _check_param(fc_weight, "fc_weight", (3, x.shape[1]), x)
+    if fc_bias is not None:
+        _check_param(fc_bias, "fc_bias", (3,), x)
+    for name, t in (("taps3", taps3), ("taps5", taps5), ("taps7", taps7)):
+        _check_taps(t, name, x)
+
+
+def check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2) -> None:
+    """w_fwd, w_bwd odd-length taps; gate MLP w1 (R, C), b1 (R,) or None, w2 (2, R), b2 (2,) or None."""
+    check_feature_map(x)
+    _check_taps(w_fwd, "w_fwd", x)
+    _check_taps(w_bwd, "w_bwd", x)
+    if not isinstance(w1, torch.Tensor) or w1.dim() != 2 or w1.shape[0] < 1:
+        raise ValueError(f"w1 must be a 2-D (R, C) tensor with R >= 1, got {getattr(w1, 'shape', w1)}")
+    rd = w1.shape[0]
+    _check_param(w1, "w1", (rd, x.shape[1]), x)
+    if b1 is not None:
+        _check_param(b1, "b1", (rd,), x)
+    _check_param(w2, "w2", (2, rd), x)
+    if b2 is not None:
+        _check_param(b2, "b2", (2,), x)
+
+
+def _conv_channels(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Zero-padded 1-D cross-correlation of p (N, C) across channels with odd taps (k,) or (1, 1, k)."""
+    k = weight.shape[-1]
+    return F.conv1d(p.unsqueeze(1), weight.reshape(1, 1, k).to(p.dtype), padding=k // 2).squeeze(1)
+
+
+def dmk_eca(x, fc_weight, fc_bias, taps3, taps5, taps7) -> torch.Tensor:
+    """Dynamic multi-kernel ECA: y = x · sigmoid(Σ_i blend_i · conv_i(p)), blend = softmax(fc(p)).
+
+    p = mean_spatial(x) (N, C); fc_weight (3, C), fc_bias (3,) or None; conv_i a zero-padded 1-D conv
+    across channels with taps3/taps5/taps7 ((k,) or (1, 1, k), any odd k).
+    """
+    check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7)
+    dt = x.dtype
+    p = x.mean(_spatial_dims(x))
+    blend = torch.softmax(F.linear(p, fc_weight.to(dt), _cast(fc_bias, dt)), dim=-1)  # (N, 3)
+    branches = torch.stack([_conv_channels(p, t) for t in (taps3, taps5, taps7)], dim=-1)  # (N, C, 3)
+    s = torch.sigmoid((branches * blend.unsqueeze(1)).sum(-1))
+    return x * _broadcast_gate(s, x)
+
+
+def bi_eca(x, w_fwd, w_bwd, w1, b1, w2, b2) -> torch.Tensor:
+    """Bidirectional ECA: y = x · sigmoid(a_0 f + a_1 b).
+
+    f = sigmoid(conv_fwd(p)), b = sigmoid(flip(conv_bwd(flip(p)))) (zero-padded convs across channels,
+    taps (k,) or (1, 1, k), k odd), a = softmax(w2 · relu(w1 · p + b1) + b2) with w1 (R, C), w2 (2, R).
+    """
+    check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2)
+    dt = x.dtype
+    p = x.mean(_spatial_dims(x))
+    f = torch.sigmoid(_conv_channels(p, w_fwd))
+    b = torch.sigmoid(_conv_channels(p.flip(-1), w_bwd).flip(-1))
+    a = torch.softmax(F.linear(F.relu(F.linear(p, w1.to(dt), _cast(b1, dt))), w2.to(dt), _cast(b2, dt)), dim=-1)
+    s = torch.sigmoid(a[:, :1] * f + a[:, 1:] * b)
+    return x * _broadcast_gate(s, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,14 +452,11 @@ class DynamicMultiKernelECA(nn.Module):
 
     def forward(self, x):
         _check_channels(self, x)
-        dt = x.dtype
-        p = x.mean(_spatial_dims(x))
-        blend = torch.softmax(F.linear(p, self.fc.weight.to(dt), self.fc.bias.to(dt)), dim=-1)  # (N, 3)
-        branches = torch.stack(
-            [F.conv1d(p.unsqueeze(1), c.weight.to(dt), padding=c.padding).squeeze(1) for c in self.convs], dim=-1
-        )  # (N, C, 3)
-        s = torch.sigmoid((branches * blend.unsqueeze(1)).sum(-1))
-        return x * _broadcast_gate(s, x)
+        return dmk_eca(x, *self.dmk_params())
+
+    def dmk_params(self):
+        """(fc_weight, fc_bias, taps3, taps5, taps7) in the layout of ``dmk_eca``."""
+        return (self.fc.weight, self.fc.bias) + tuple(c.weight for c in self.convs)
 
 
 class BidirectionalECA(nn.Module):
@@ -403,17 +480,12 @@ class BidirectionalECA(nn.Module):
 
     def forward(self, x):
         _check_channels(self, x)
-        dt = x.dtype
-        p = x.mean(_spatial_dims(x))
-        pad = self.k_size // 2
-        f = torch.sigmoid(F.conv1d(p.unsqueeze(1), self.conv_fwd.weight.to(dt), padding=pad).squeeze(1))
-        rev = F.conv1d(p.flip(-1).unsqueeze(1), self.conv_bwd.weight.to(dt), padding=pad).squeeze(1)
-        b = torch.sigmoid(rev.flip(-1))
+        return bi_eca(x, *self.bi_params())
+
+    def bi_params(self):
+        """(w_fwd, w_bwd, w1, b1, w2, b2) in the layout of ``bi_eca``."""
         l1, l2 = self.gate_mlp[0], self.gate_mlp[2]
-        a = torch.softmax(F.linear(F.relu(F.linear(p, l1.weight.to(dt), l1.bias.to(dt))), l2.weight.to(dt),
-                                   l2.bias.to(dt)), dim=-1)
-        s = torch.sigmoid(a[:, :1] * f + a[:, 1:] * b)
-        return x * _broadcast_gate(s, x)
+        return self.conv_fwd.weight, self.conv_bwd.weight, l1.weight, l1.bias, l2.weight, l2.bias
 
 
 class CBAM(nn.Module):

@@ -1,0 +1,299 @@
+"""Triton DynamicMultiKernelECA and BidirectionalECA (attn_kernels/ops/dynamic_eca.py) vs the reference.
+
+Runs on the GPU when there is one, else on CPU tensors under TRITON_INTERPRET=1 (tiny shapes).
+Every test checks the output and the gradient of x and of every parameter against float64
+(tests.helpers.check_parity), on NaN-prefilled outputs.
+"""
+import pytest
+import torch
+
+import attn_kernels as ak
+from attn_kernels import functional, reference
+from attn_kernels.ops import dynamic_eca as D
+from tests.helpers import assert_close, check_parity, gradcheck
+
+pytestmark = pytest.mark.triton
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DMK_NAMES = {0: "x", 1: "fc_weight", 2: "fc_bias", 3: "taps3", 4: "taps5", 5: "taps7"}
+BI_NAMES = {0: "x", 1: "w_fwd", 2: "w_bwd", 3: "w1", 4: "b1", 5: "w2", 6: "b2"}
+
+
+def dmk_fused(*args):
+    return functional.dmk_eca(*args, backend="triton")
+
+
+def bi_fused(*args):
+    return functional.bi_eca(*args, backend="triton")
+
+
+def _p(*shape, scale=0.5):
+    return (torch.randn(*shape) * scale).requires_grad_()
+
+
+def dmk_inputs(shape, ks=(3, 5, 7), device="cpu"):
+    c = shape[1]
+    ins = [torch.randn(shape).requires_grad_(), _p(3, c, scale=1.0), _p(3)] + [_p(1, 1, k) for k in ks]
+    return [t.detach().to(device).requires_grad_() for t in ins]
+
+
+def bi_inputs(shape, kf=3, kb=3, rd=None, device="cpu"):
+    c = shape[1]
+    rd = max(1, c // 16) if rd is None else rd
+    ins = [torch.randn(shape), _p(1, 1, kf), _p(1, 1, kb), torch.randn(rd, c), torch.rand(rd) + 0.5,
+           torch.randn(2, rd), torch.randn(2)]  # b1 > 0 keeps some hidden units alive (ReLU)
+    return [t.detach().to(device).requires_grad_() for t in ins]
+
+
+OPS = {
+    "dmk": (dmk_fused, reference.dmk_eca, dmk_inputs, DMK_NAMES),
+    "bi": (bi_fused, reference.bi_eca, bi_inputs, BI_NAMES),
+}
+SHAPES = [
+    (2, 13, 3, 4),  # C prime
+    (1, 1, 1, 1),
+    (3, 20, 1, 1),  # HW = 1; BiECA hidden width 20 // 16 = 1
+    (1, 6, 5),  # 1-D spatial, N = 1
+    (2, 5, 2, 3, 2),  # 3-D spatial
+]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_parity_fp32(op, shape, device):
+    fused, eager, make, names = OPS[op]
+    check_parity(fused, eager, make(shape, device=device), dtype=torch.float32, names=names)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
+@pytest.mark.parametrize("shape", [(2, 13, 3, 4), (1, 6, 5)], ids=str)
+def test_parity_low_precision(op, dtype, shape, device):
+    """x in bf16/fp16, parameters fp32 (an autocast-style mixed model); grads in each input's dtype."""
+    fused, eager, make, names = OPS[op]
+    check_parity(fused, eager, make(shape, device=device), dtype=dtype, param_dtype=torch.float32, names=names)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_params(op, param_dtype, device):
+    """fp32 x with half-precision parameters: params read and upcast in the kernel, grads in their dtype."""
+    fused, eager, make, names = OPS[op]
+    check_parity(fused, eager, make((2, 9, 2, 3), device=device), dtype=torch.float32, param_dtype=param_dtype,
+                 names=names)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 7, 3, 2), (1, 5, 2, 2, 3)], ids=str)
+def test_channels_last(op, dtype, shape, device):
+    fused, eager, make, names = OPS[op]
+    ins = make(shape, device=device)
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    ins[0] = ins[0].detach().to(memory_format=fmt).requires_grad_()
+    assert D._flat_strides(ins[0])[1] == 1  # read in place, channels contiguous
+    check_parity(fused, eager, ins, dtype=dtype, param_dtype=torch.float32, names=names)
+    y = fused(ins[0].detach().to(dtype), *ins[1:])
+    assert y.is_contiguous(memory_format=fmt) and y.dtype == dtype
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_broadcast_grad_output(op, device):
+    """y.sum().backward() hands the backward an expanded grad_y (all strides 0): read in place."""
+    fused, eager, make, _ = OPS[op]
+    ins = make((2, 6, 3, 2), device=device)
+    grads = torch.autograd.grad(fused(*ins).sum(), ins)
+    expected = torch.autograd.grad(eager(*ins).sum(), ins)
+    for i, (g, e) in enumerate(zip(grads, expected)):
+        assert_close(g, e, name=f"grad input[{i}]", atol=1e-5)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("view", ["batch_step", "spatial_crop", "spatial_transpose"])
+def test_non_contiguous_views(op, view, device):
+    """Strided views: x[::2] and a crop of the last spatial dim are read in place (they flatten to one
+    HW stride); a spatial transpose does not flatten and takes the documented contiguous-copy path."""
+    fused, eager, make, names = OPS[op]
+    base = make((4, 6, 5, 4), device=device)
+    big = base[0].detach()
+    take = {"batch_step": lambda t: t[::2], "spatial_crop": lambda t: t[:, :, 1:4, :],
+            "spatial_transpose": lambda t: t.transpose(2, 3)}[view]
+    x = take(big)
+    assert not x.is_contiguous()
+    # batch step, and an H crop with W whole, still flatten to one HW stride: no copy
+    assert (D._flat_strides(x) is None) == (view == "spatial_transpose")
+    params = [t.detach() for t in base[1:]]
+    fused_x = big.clone().requires_grad_()
+    fused_view = take(fused_x)
+    fused_params = [p.clone().requires_grad_() for p in params]
+    check_parity(fused, eager, [x.contiguous().requires_grad_()] + [p.clone().requires_grad_() for p in params],
+                 dtype=torch.float32, names=names, fused_inputs=[fused_view] + fused_params)
+    y = fused(fused_view, *fused_params)
+    assert y.shape == fused_view.shape
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_empty_batch(op, device):
+    """N = 0: no launch, empty output, zero gradients of every parameter."""
+    fused, eager, make, _ = OPS[op]
+    ins = make((0, 6, 3, 3), device=device)
+    y = fused(*ins)
+    assert y.shape == (0, 6, 3, 3)
+    grads = torch.autograd.grad(y.sum(), ins, allow_unused=True)
+    for g, t in zip(grads, ins):
+        assert g is not None and g.shape == t.shape and g.dtype == t.dtype
+        assert not g.any()
+
+
+def test_tile_loops_multi_tile_and_odd_sizes(device, monkeypatch):
+    """Shrink the tile budget so every loop (channel tiles, HW tiles, MLP row chunks) runs several
+    iterations with ragged tails; also unequal tap lengths (DMK 1/3/9, BiECA 5/3) and a wide hidden."""
+    monkeypatch.setattr(D, "_TILE", 64)
+    monkeypatch.setattr(D, "_TILE_K", 32)
+    monkeypatch.setattr(D, "_MAX_BLOCK_HW", 4)
+    assert D._settings(37, 15, 15, 8)["BLOCK_C"] == 4 and D._settings(37, 15, 15, 8)["BLOCK_HW"] == 4
+    check_parity(dmk_fused, reference.dmk_eca, dmk_inputs((2, 37, 3, 5), ks=(1, 3, 9), device=device),
+                 dtype=torch.float32, names=DMK_NAMES)
+    check_parity(bi_fused, reference.bi_eca, bi_inputs((2, 37, 3, 5), kf=5, kb=3, rd=11, device=device),
+                 dtype=torch.float32, names=BI_NAMES)
+    x = torch.randn(2, 37, 3, 5, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    check_parity(bi_fused, reference.bi_eca, [x] + bi_inputs((2, 37, 1), kf=3, kb=7, rd=3, device=device)[1:],
+                 dtype=torch.float32, names=BI_NAMES)
+
+
+def test_optional_biases(device):
+    x, w, _, t3, t5, t7 = dmk_inputs((2, 9, 2, 3), device=device)
+    check_parity(dmk_fused, reference.dmk_eca, [x, w, None, t3, t5, t7], dtype=torch.float32)
+    x, wf, wb, w1, _, w2, _ = bi_inputs((2, 9, 2, 3), rd=2, device=device)
+    check_parity(bi_fused, reference.bi_eca, [x, wf, wb, w1, None, w2, None], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gradcheck_float64(op, device):
+    fused, _, make, _ = OPS[op]
+    gradcheck(fused, make((2, 5, 2, 2), device=device))
+
+
+def _sample(op, device, bias=True):
+    ins = [t.detach() for t in OPS[op][2]((2, 6, 2, 3), device=device)]
+    if not bias:
+        if op == "dmk":
+            ins[2] = None
+        else:
+            ins[4] = ins[6] = None
+    return ins
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck(op, device):
+    fwd = {"dmk": torch.ops.attn_kernels.dmk_eca_fwd, "bi": torch.ops.attn_kernels.bi_eca_fwd}[op]
+    for bias in (True, False):
+        ins = _sample(op, device, bias)
+        torch.library.opcheck(fwd, tuple(ins))
+        ins[0].requires_grad_()
+        ins[1].requires_grad_()
+        torch.library.opcheck(fwd, tuple(ins))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck_backward_op(op, device):
+    ins = _sample(op, device)
+    x = ins[0]
+    if op == "dmk":
+        _, pooled, s, blend = torch.ops.attn_kernels.dmk_eca_fwd(*ins)
+        args = (torch.randn_like(x), x, ins[1], *ins[3:], pooled, s, blend)
+        torch.library.opcheck(torch.ops.attn_kernels.dmk_eca_bwd, args)
+    else:
+        _, pooled, s, hidden, blend = torch.ops.attn_kernels.bi_eca_fwd(*ins)
+        args = (torch.randn_like(x), x, ins[1], ins[2], ins[3], ins[5], pooled, s, hidden, blend)
+        torch.library.opcheck(torch.ops.attn_kernels.bi_eca_bwd, args)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_inputs_not_modified(op, device):
+    fused, _, make, _ = OPS[op]
+    ins = make((2, 7, 3, 3), device=device)
+    before = [t.detach().clone() for t in ins]
+    fused(*ins).backward(torch.randn(2, 7, 3, 3, device=device))
+    for a, b in zip(ins, before):
+        assert torch.equal(a.detach(), b)
+
+
+@pytest.mark.parametrize("fused_cls,ref_cls,kwargs", [
+    (ak.FusedDynamicMultiKernelECA, reference.DynamicMultiKernelECA, {}),
+    (ak.FusedBidirectionalECA, reference.BidirectionalECA, {"k_size": 5}),
+])
+def test_fused_modules_state_dict_and_parity(fused_cls, ref_cls, kwargs, device):
+    ref = ref_cls(20, **kwargs).to(device)
+    fused = fused_cls(20, backend="triton", **kwargs).to(device)
+    assert fused.state_dict().keys() == ref.state_dict().keys()
+    fused.load_state_dict(ref.state_dict())  # reference → fused
+    ref2 = ref_cls(20, **kwargs).to(device)
+    ref2.load_state_dict(fused.state_dict())  # fused → reference
+    for a, b in zip(ref.state_dict().values(), ref2.state_dict().values()):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # keep the single hidden unit of BiECA active so every path is exercised
+        for m in (ref, fused):
+            if isinstance(m, reference.BidirectionalECA):
+                m.gate_mlp[0].bias.fill_(1.0)
+    x = torch.randn(2, 20, 3, 3, device=device)
+    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yf, yr = fused(xf), ref(xr)
+    assert_close(yf, yr, name="Fused module output")
+    g = torch.randn_like(yf)
+    yf.backward(g)
+    yr.backward(g)
+    assert_close(xf.grad, xr.grad, name="grad x")
+    for (name, pf), (_, pr) in zip(fused.named_parameters(), ref.named_parameters()):
+        assert_close(pf.grad, pr.grad, name=f"grad {name}", atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [ak.FusedDynamicMultiKernelECA, ak.FusedBidirectionalECA])
+def test_torch_compile_fullgraph(cls, device):
+    """The custom ops trace without graph breaks (fake kernels) and compiled forward/backward match eager."""
+    torch._dynamo.reset()
+    m = cls(8, backend="triton").to(device)
+    x = torch.randn(2, 8, 3, 3, device=device)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye = m(xe)
+    yc = torch.compile(m, fullgraph=True)(xc)
+    assert_close(yc, ye, name="compiled output")
+    g = torch.randn_like(ye)
+    ye.backward(g)
+    yc.backward(g)
+    assert_close(xc.grad, xe.grad, name="compiled grad x")
+
+
+def test_dispatch_and_info(device):
+    """backend="triton" runs the registered custom op (its saved gate shows in the autograd graph)."""
+    ins = dmk_inputs((1, 4, 2, 2), device=device)
+    y = functional.dmk_eca(*ins, backend="triton")
+    assert "attn_kernels_dmk_eca_fwd" in y.grad_fn.name()
+    assert_close(y, reference.dmk_eca(*ins), name="dmk dispatch")
+    assert "dmk_eca" in ak.info()["backends"]["triton"]["ops"] and "bi_eca" in ak.info()["backends"]["triton"]["ops"]
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = torch.randn(2, 6, 3, 3)
+    w, b, t3, t5, t7 = torch.randn(3, 6), torch.randn(3), torch.randn(3), torch.randn(5), torch.randn(7)
+    with pytest.raises(ValueError, match="fc_weight has shape"):
+        functional.dmk_eca(x, torch.randn(3, 5), b, t3, t5, t7)
+    with pytest.raises(ValueError, match="fc_bias has shape"):
+        functional.dmk_eca(x, w, torch.randn(2), t3, t5, t7)
+    with pytest.raises(ValueError, match="taps5 has k=4 taps"):
+        functional.dmk_eca(x, w, b, t3, torch.randn(4), t7)
+    with pytest.raises(ValueError, match="taps7 must have shape"):
+        functional.dmk_eca(x, w, b, t3, t5, torch.randn(2, 7))
+    with pytest.raises(ValueError, match="at least one spatial dim"):
+        functional.dmk_eca(torch.randn(2, 6), w, b, t3, t5, t7)
+    w1, b1, w2, b2 = torch.randn(2, 6), torch.randn(2), torch.randn(2, 2), torch.randn(2)
+    with pytest.raises(ValueError, match="w_bwd has k=2 taps"):
+        functional.bi_eca(x, t3, torch.randn(2), w1, b1, w2, b2)
+    with pytest.raises(ValueError, match="w1 has shape"):
+        functional.bi_eca(x, t3, t3, torch.randn(2, 5), b1, w2, b2)
+    with pytest.raises(ValueError, match="w2 has shape"):
+        functional.bi_eca(x, t3, t3, w1, b1, torch.randn(3, 2), b2)
+    with pytest.raises(ValueError, match="b1 has shape"):
+        functional.bi_eca(x, t3, t3, w1, torch.randn(3), w2, b2)
+    with pytest.raises(TypeError, match="floating"):
+        functional.bi_eca(x, t3, t3, w1.long(), b1, w2, b2)

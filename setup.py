@@ -1,4 +1,142 @@
-"""Build script. The Python package needs no compiler; the C++/CUDA extension in csrc/ is optional."""
+"""Build script. The Python package needs no compiler; the C++/CUDA extension in csrc/ is optional.
+
+``attn_kernels._C`` (csrc/) is built:
+  * the CPU part wherever torch is importable at build time and a C++ compiler works
+    (build with ``pip install --no-build-isolation .`` so setup.py sees the installed torch);
+  * plus the CUDA part when torch has CUDA and nvcc is found (CUDA_HOME), or when
+    ``TORCH_CUDA_ARCH_LIST`` / ``FORCE_CUDA=1`` asks for a (cross-)compile. With no GPU visible and no
+    ``TORCH_CUDA_ARCH_LIST``, it targets sm_80 and sm_90a. ``ATTN_KERNELS_NO_CUDA=1`` builds CPU only.
+  * ``ATTN_KERNELS_SKIP_EXT=1`` skips the extension. ``MAX_JOBS`` bounds ninja's parallel compiles.
+  * ``ATTN_KERNELS_CPU_ISA=auto|avx2|default``: the CPU kernels use AVX2/FMA/F16C when the build
+    machine has them (auto), or the portable baseline; ``ATTN_KERNELS_NATIVE=1`` adds ``-march=native``.
+A failing compile never fails the install: the error is printed with a warning and the pure-Python
+package (reference + Triton backends) is installed; ``attn_kernels.info()`` then says why ``cpu`` /
+``cuda`` are unavailable.
+"""
+import glob
+import os
+import sys
+
 from setuptools import setup
 
-setup()
+CSRC = "csrc"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _warn(msg: str) -> None:
+    bar = "=" * 78
+    print(f"\n{bar}\nWARNING (attn_kernels): {msg}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+def _find_cuda_home(cpp_extension):
+    """A CUDA toolkit root with bin/nvcc and include/cuda_runtime_api.h, or None.
+
+    torch guesses CUDA_HOME from `which nvcc`; a wrapper script such as /usr/local/bin/nvcc makes that
+    guess /usr/local, which has no CUDA headers, so check the candidates and take the first complete one.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME,
+                  "/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in candidates:
+        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")) and \
+                os.path.isfile(os.path.join(root, "include", "cuda_runtime_api.h")):
+            return root
+    return None
+
+
+def _cpu_has(*flags: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return all(flag in have for flag in flags)
+
+
+def _cpu_isa_flags() -> list:
+    """Vector ISA of the CPU kernels (ATen's at::vec picks its implementation from CPU_CAPABILITY_*).
+
+    ATTN_KERNELS_CPU_ISA=auto (default): AVX2 + FMA + F16C (x86-64-v3) when the build machine has them,
+    else the portable baseline; =avx2 forces it; =default builds the portable (slower) baseline.
+    ATTN_KERNELS_NATIVE=1 adds -march=native. The AVX2 binary needs an AVX2 CPU where it runs.
+    """
+    isa = os.environ.get("ATTN_KERNELS_CPU_ISA", "auto").strip().lower()
+    flags = ["-march=native"] if _flag("ATTN_KERNELS_NATIVE") else []
+    if isa == "avx2" or (isa == "auto" and _cpu_has("avx2", "fma", "f16c")):
+        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    return flags
+
+
+def _extensions():
+    """(ext_modules, cmdclass) for the optional extension; ([], {}) when it is skipped."""
+    if _flag("ATTN_KERNELS_SKIP_EXT"):
+        print("attn_kernels: ATTN_KERNELS_SKIP_EXT=1: skipping the C++/CUDA extension", file=sys.stderr)
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except Exception as exc:  # no torch at build time (e.g. an isolated build): Python-only install
+        _warn(f"torch is not importable at build time ({exc}); installing without the C++/CUDA extension "
+              "(reinstall with `pip install --no-build-isolation .` to build it)")
+        return [], {}
+
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
+    cxx = ["-O3", "-Wno-unknown-pragmas"] + _cpu_isa_flags()
+    macros = []
+    with_cuda = False
+    if not _flag("ATTN_KERNELS_NO_CUDA"):
+        asked = _flag("FORCE_CUDA") or bool(os.environ.get("TORCH_CUDA_ARCH_LIST"))
+        cuda_home = _find_cuda_home(cpp_extension) if torch.version.cuda is not None else None
+        with_cuda = cuda_home is not None
+        if with_cuda:
+            os.environ["CUDA_HOME"] = cuda_home
+            cpp_extension.CUDA_HOME = cuda_home  # torch's build reads this module global
+        if not with_cuda and asked:
+            _warn("FORCE_CUDA / TORCH_CUDA_ARCH_LIST asks for the CUDA kernels, but "
+                  + ("torch has no CUDA" if torch.version.cuda is None else "nvcc was not found (set CUDA_HOME)")
+                  + "; building the CPU part only")
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
+        macros.append(("WITH_CUDA", None))
+        ext = cpp_extension.CUDAExtension(
+            "attn_kernels._C", sources + cuda_sources, define_macros=macros,
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]})
+    else:
+        ext = cpp_extension.CppExtension("attn_kernels._C", sources, define_macros=macros,
+                                         extra_compile_args={"cxx": cxx})
+
+    base = cpp_extension.BuildExtension.with_options(use_ninja=True)
+
+    class OptionalBuildExt(base):
+        """build_ext that turns a compile failure into a warning: the Python package still installs."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # noqa: BLE001  (any compiler / toolchain failure)
+                _warn(f"building the C++/CUDA extension attn_kernels._C failed ({type(exc).__name__}: {exc}).\n"
+                      "Installing the pure-Python package (reference + Triton backends); the 'cpu'/'cuda' "
+                      "backends will report this as unavailable. Set ATTN_KERNELS_SKIP_EXT=1 to skip the build.")
+
+        def build_extension(self, ext_):
+            try:
+                super().build_extension(ext_)
+            except Exception as exc:  # noqa: BLE001
+                _warn(f"compiling {ext_.name} failed ({type(exc).__name__}: {exc}); continuing without it")
+
+        def copy_extensions_to_source(self):  # editable installs: nothing to copy when the build failed
+            try:
+                super().copy_extensions_to_source()
+            except Exception as exc:  # noqa: BLE001
+                _warn(f"attn_kernels._C was not built ({type(exc).__name__}: {exc})")
+
+    print(f"attn_kernels: building attn_kernels._C (CPU{' + CUDA' if with_cuda else ''})", file=sys.stderr)
+    return [ext], {"build_ext": OptionalBuildExt}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

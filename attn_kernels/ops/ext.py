@@ -1,0 +1,170 @@
+"""Python glue for the C++/CUDA extension ``attn_kernels._C`` (csrc/): the ``cpu`` and ``cuda`` backends.
+
+Importing this module loads the compiled extension, which registers the ops
+``torch.ops.attn_kernels_ext.{se,eca}_{fwd,bwd}`` (CPU kernels, plus CUDA kernels when built with
+nvcc); here they get their fake (meta) kernels and autograd (backward as its own op), so they work
+under ``torch.compile`` and ``torch.library.opcheck``.
+
+Loading: ``import attn_kernels._C`` (built by ``pip install --no-build-isolation .``). Only when the
+user asks with ``ATTN_KERNELS_JIT=1`` and the import fails, the CPU part is JIT-compiled with
+``torch.utils.cpp_extension.load`` (ninja; cached under ``TORCH_EXTENSIONS_DIR``). Without either,
+importing this module raises the ImportError, which the backend table reports as the reason.
+
+Entry points ``se(x, w1, b1, w2, b2, act, gate)`` and ``eca(x, weight, circular)``: the same
+semantics as ``reference.se`` / ``reference.eca`` (arguments validated by ``functional``). Compared
+with the eager reference, which computes the excitation in x's dtype, the kernels keep the pooled
+vector, the excitation and the gate in float32 (float64 for float64 x) and round once at the store.
+"""
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+from typing import Optional
+
+import torch
+
+__all__ = ["se", "eca", "ACT_CODES", "GATE_CODES", "load_error"]
+
+ACT_CODES = {"relu": 0, "silu": 1, "gelu": 2}
+GATE_CODES = {"sigmoid": 0, "hardsigmoid": 1}
+
+_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+
+
+def _cpu_isa_flags():
+    """The setup.py default (ATTN_KERNELS_CPU_ISA=auto): AVX2/FMA/F16C when this CPU has them."""
+    isa = os.environ.get("ATTN_KERNELS_CPU_ISA", "auto").strip().lower()
+    try:
+        with open("/proc/cpuinfo") as f:
+            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        have = []
+    if isa == "avx2" or (isa == "auto" and all(flag in have for flag in ("avx2", "fma", "f16c"))):
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    return []
+
+
+def _jit_build():
+    """JIT-compile the CPU part of csrc/ (opt-in: ATTN_KERNELS_JIT=1). Returns the loaded module."""
+    from torch.utils.cpp_extension import _get_build_directory, load
+
+    sources = sorted(glob.glob(os.path.join(_CSRC, "*.cpp")) + glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
+    if not sources:
+        raise ImportError(f"ATTN_KERNELS_JIT=1 but no C++ sources found under {_CSRC} (not a source checkout)")
+    build_dir = _get_build_directory("attn_kernels_C", verbose=False)  # our own folder; the module is "_C"
+    return load(name="_C", sources=sources, build_directory=build_dir,
+                extra_cflags=["-O3", "-Wno-unknown-pragmas"] + _cpu_isa_flags(), is_python_module=True,
+                verbose=os.environ.get("ATTN_KERNELS_JIT_VERBOSE", "0") == "1")
+
+
+def _load_extension():
+    try:
+        return importlib.import_module("attn_kernels._C")
+    except ImportError as exc:
+        if os.environ.get("ATTN_KERNELS_JIT", "0") != "1":
+            raise ImportError(f"attn_kernels._C is not built ({exc}); set ATTN_KERNELS_JIT=1 to JIT-compile "
+                              "its CPU part with ninja") from exc
+        try:
+            return _jit_build()
+        except Exception as jit_exc:
+            raise ImportError(f"attn_kernels._C is not built ({exc}) and the JIT build failed: {jit_exc}") from jit_exc
+
+
+_C = _load_extension()
+_ops = torch.ops.attn_kernels_ext
+
+
+def load_error() -> Optional[str]:
+    return None
+
+
+def has_cuda() -> bool:
+    return bool(getattr(_C, "has_cuda", lambda: False)())
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake kernels: shapes, dtypes and strides of the real ones
+# ----------------------------------------------------------------------------------------------
+def _acc(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _fake_fwd(x):
+    n, c = x.shape[:2]
+    return torch.empty_like(x), x.new_empty((n, c), dtype=_acc(x)), x.new_empty((n, c), dtype=_acc(x))
+
+
+def _grad_like(t: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None \
+        else x.new_empty((0,), dtype=_acc(x))
+
+
+@torch.library.register_fake("attn_kernels_ext::se_fwd")
+def _(x, w1, b1, w2, b2, act, gate):
+    return _fake_fwd(x)
+
+
+@torch.library.register_fake("attn_kernels_ext::se_bwd")
+def _(grad_y, x, w1, b1, w2, b2, pooled, s, act, gate):
+    return (torch.empty_like(x), _grad_like(w1, x), _grad_like(b1, x), _grad_like(w2, x), _grad_like(b2, x))
+
+
+@torch.library.register_fake("attn_kernels_ext::eca_fwd")
+def _(x, weight, circular):
+    return _fake_fwd(x)
+
+
+@torch.library.register_fake("attn_kernels_ext::eca_bwd")
+def _(grad_y, x, weight, pooled, s, circular):
+    return torch.empty_like(x), _grad_like(weight, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd: the backward is its own op
+# ----------------------------------------------------------------------------------------------
+def _se_setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, act, gate = inputs
+    _, pooled, s = output
+    ctx.act, ctx.gate = act, gate
+    ctx.present = (w1 is not None, b1 is not None, b2 is not None)
+    ctx.save_for_backward(x, w1, b1, w2, b2, pooled, s)
+
+
+def _se_backward(ctx, grad_y, _gp, _gs):
+    x, w1, b1, w2, b2, pooled, s = ctx.saved_tensors
+    gx, gw1, gb1, gw2, gb2 = _ops.se_bwd(grad_y, x, w1, b1, w2, b2, pooled, s, ctx.act, ctx.gate)
+    has_w1, has_b1, has_b2 = ctx.present
+    return (gx, gw1 if has_w1 else None, gb1 if has_b1 else None, gw2, gb2 if has_b2 else None, None, None)
+
+
+torch.library.register_autograd("attn_kernels_ext::se_fwd", _se_backward, setup_context=_se_setup)
+
+
+def _eca_setup(ctx, inputs, output):
+    x, weight, circular = inputs
+    _, pooled, s = output
+    ctx.circular = circular
+    ctx.save_for_backward(x, weight, pooled, s)
+
+
+def _eca_backward(ctx, grad_y, _gp, _gs):
+    x, weight, pooled, s = ctx.saved_tensors
+    gx, gw = _ops.eca_bwd(grad_y, x, weight, pooled, s, ctx.circular)
+    return gx, gw, None
+
+
+torch.library.register_autograd("attn_kernels_ext::eca_fwd", _eca_backward, setup_context=_eca_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points: the ``cpu`` / ``cuda`` backends of functional.se / functional.eca
+# ----------------------------------------------------------------------------------------------
+def se(x, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid") -> torch.Tensor:
+    """Fused SE on the extension; arguments as ``reference.se`` (validated by ``functional.se``)."""
+    return _ops.se_fwd(x, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate])[0]
+
+
+def eca(x, weight, circular: bool = False) -> torch.Tensor:
+    """Fused ECA / CECA on the extension; arguments as ``reference.eca`` (validated by ``functional.eca``)."""
+    return _ops.eca_fwd(x, weight, bool(circular))[0]

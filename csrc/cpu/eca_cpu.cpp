@@ -1,0 +1,221 @@
+// Efficient channel attention (ECA / CECA) on the CPU: forward and backward (gate_driver.h).
+//
+//   pooled = mean_hw(x);  z[c] = sum_j t[j] * pooled[c + j - k/2];  s = sigmoid(z);  y = x * s
+// with zero padding (ECA) or indices modulo C (CECA, circular; defined for any k, also k > C).
+// Backward: dz = ds * s (1 - s) with ds = sum_hw gy * x;
+//   dp[c] = sum_j t[j] * dz[c - j + k/2]  (the transposed conv, gathered: each dp by one task)
+//   grad_t[j] = sum_n sum_c dz[n, c] * pooled[n, c + j - k/2]  (per-sample partials, summed in order)
+//   grad_x = gy * s + dp / HW
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../glue.h"
+#include "../ops.h"
+#include "gate_driver.h"
+
+namespace attn_kernels {
+namespace {
+
+using cpu::grain_for;
+using cpu::View;
+
+constexpr int64_t kStreamMinHW = 256;  // measured: below ~16x16 the two-pass path is faster (rows fit cache)
+
+// pooled index for output channel c and tap j, or -1 for a zero-padded position.
+inline int64_t tap_index(int64_t c, int64_t j, int64_t half, int64_t channels, bool circular) {
+  int64_t i = c + j - half;
+  if (circular) return ((i % channels) + channels) % channels;
+  return (i >= 0 && i < channels) ? i : -1;
+}
+
+template <typename A>
+void eca_excite(const A* taps, int64_t k, bool circular, int64_t c, const A* pooled, A* s, int64_t n0, int64_t n1) {
+  const int64_t half = k / 2;
+  at::parallel_for(n0, n1, 1, [&](int64_t na, int64_t nb) {
+    for (int64_t n = na; n < nb; ++n) {
+      const A* p = pooled + n * c;
+      A* z = s + n * c;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        A acc = 0;
+        if (!circular && ch >= half && ch + half < c) {  // interior: no bounds checks
+          const A* w = p + ch - half;
+          for (int64_t j = 0; j < k; ++j) acc += taps[j] * w[j];
+        } else {
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t src = tap_index(ch, j, half, c, circular);
+            if (src >= 0) acc += taps[j] * p[src];
+          }
+        }
+        z[ch] = acc;
+      }
+      cpu::sigmoid_inplace<A>(z, c);
+    }
+  });
+}
+
+template <typename A>
+void eca_excite_bwd(const A* taps, int64_t k, bool circular, int64_t c, const A* pooled, const A* s, const A* ds,
+                    A* dz, A* dp, A* dtap, int64_t n0, int64_t n1) {
+  const int64_t half = k / 2;
+  at::parallel_for(n0 * c, n1 * c, grain_for(1), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dz[i] = ds[i] * s[i] * (A(1) - s[i]);
+  });
+  at::parallel_for(n0 * c, n1 * c, grain_for(k), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / c, ch = i % c;
+      A acc = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        // dz index d with tap_index(d, j) == ch: d = ch - j + half (mod C when circular)
+        int64_t d = ch - j + half;
+        if (circular) {
+          d = ((d % c) + c) % c;
+        } else if (d < 0 || d >= c) {
+          continue;
+        }
+        acc += taps[j] * dz[n * c + d];
+      }
+      dp[i] = acc;
+    }
+  });
+  at::parallel_for(n0 * k, n1 * k, grain_for(c), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / k, j = i % k;
+      A acc = 0;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const int64_t src = tap_index(ch, j, half, c, circular);
+        if (src >= 0) acc += dz[n * c + ch] * pooled[n * c + src];
+      }
+      dtap[i] = acc;
+    }
+  });
+}
+
+// Streaming forward (planar layout, k <= C): the gate of channel d needs only pooled[d - h .. d + h]
+// (h = k / 2), so channel d is scaled h channels after it was pooled, while its row is still in L1/L2:
+// x is read once from memory instead of twice. A task owns channels [c0, c1) of sample n and pools the
+// h-channel halos on both sides itself (indices modulo C when circular); halo rows are read twice.
+template <typename S>
+void eca_stream(const View<const S>& x, const View<S>& y, int64_t n, int64_t c0, int64_t c1, int64_t c, int64_t hw,
+                const at::opmath_type<S>* taps, int64_t k, bool circular, at::opmath_type<S>* pooled,
+                at::opmath_type<S>* s) {
+  using A = at::opmath_type<S>;
+  const int64_t half = k / 2, base = c0 - half, width = (c1 - c0) + 2 * half;
+  const A inv = A(1) / static_cast<A>(hw);
+  std::vector<A> loc(static_cast<size_t>(width), A(0));
+  const S* px = x.ptr + n * x.sn;
+  S* py = y.ptr + n * y.sn;
+  auto pool = [&](int64_t ch) {  // ch in [c0 - h, c1 + h): absolute, may be out of [0, C)
+    int64_t src = ch;
+    if (circular) {
+      src = ((ch % c) + c) % c;
+    } else if (ch < 0 || ch >= c) {
+      return;  // zero padding: loc stays 0
+    }
+    loc[ch - base] = cpu::row_sum<S>(px + src * x.sc, hw) * inv;
+  };
+  for (int64_t ch = c0 - half; ch < c0 + half && ch < c1 + half; ++ch) pool(ch);
+  for (int64_t ch = c0 + half; ch < c1 + half; ++ch) {
+    pool(ch);
+    const int64_t d = ch - half;  // every pooled value of d's window is now known
+    A z = 0;
+    for (int64_t j = 0; j < k; ++j) z += taps[j] * loc[d + j - half - base];
+    const A g = A(1) / (A(1) + std::exp(-z));
+    s[n * c + d] = g;
+    pooled[n * c + d] = loc[d - base];
+    cpu::row_scale<S>(px + d * x.sc, py + d * y.sc, hw, g, A(0));
+  }
+}
+
+}  // namespace
+
+T3 eca_fwd_cpu(const Tensor& x, const Tensor& weight, bool circular) {
+  Tensor taps_in = check_eca(x, weight);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "eca_fwd_cpu: x must be a CPU tensor, got ", x.device());
+  const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x), k = taps_in.size(0);
+  const auto acc = acc_type(x);
+  const auto opt = x.options().dtype(acc);
+  auto [xf, layout] = flatten_input(x);
+  auto [y, yf] = output_like(x, layout);
+  Tensor pooled = alloc({nb, c}, opt), s = alloc({nb, c}, opt);
+  if (nb == 0) return {y, pooled, s};
+  Tensor taps = param_acc(taps_in, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "eca_fwd_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const A* tp = taps.const_data_ptr<A>();
+    A* pp = pooled.mutable_data_ptr<A>();
+    A* sp = s.mutable_data_ptr<A>();
+    View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
+    View<scalar_t> yv{yf.t.mutable_data_ptr<scalar_t>(), yf.st[0], yf.st[1], yf.st[2]};
+    if (layout == Layout::Planar && k <= c && hw >= kStreamMinHW) {
+      // tasks: whole samples when there are enough of them, else channel chunks of a sample
+      const int64_t threads = at::get_num_threads();
+      const int64_t chunks = cpu::per_sample_schedule(nb, true) ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads, c / 16));
+      const int64_t chunk = (c + chunks - 1) / chunks;
+      at::parallel_for(0, nb * chunks, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t n = i / chunks, c0 = (i % chunks) * chunk, c1 = std::min(c, c0 + chunk);
+          if (c0 < c1) eca_stream<scalar_t>(xv, yv, n, c0, c1, c, hw, tp, k, circular, pp, sp);
+        }
+      });
+    } else {
+      cpu::gate_forward<scalar_t>(xv, yv, layout, nb, c, hw, pp, sp, [&](int64_t n0, int64_t n1) {
+        eca_excite<A>(tp, k, circular, c, pp, sp, n0, n1);
+      });
+    }
+  });
+  finish_output(y, yf);
+  return {y, pooled, s};
+}
+
+std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                       const Tensor& pooled_in, const Tensor& s_in, bool circular) {
+  Tensor taps_in = check_eca(x, weight);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "eca_bwd_cpu: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "eca_bwd: grad_y has shape ", grad_y.sizes(), ", expected ",
+                    x.sizes());
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "eca_bwd: grad_y dtype ", grad_y.scalar_type(),
+                   " != x dtype ", x.scalar_type());
+  const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x), k = taps_in.size(0);
+  const auto acc = acc_type(x);
+  const auto opt = x.options().dtype(acc);
+  TORCH_CHECK_VALUE(pooled_in.sizes() == at::IntArrayRef({nb, c}) && s_in.sizes() == at::IntArrayRef({nb, c}),
+                    "eca_bwd: pooled and s must be (N, C) = (", nb, ", ", c, ")");
+  Tensor pooled = pooled_in.to(acc).contiguous(), s = s_in.to(acc).contiguous();
+  auto [xf, layout] = flatten_input(x);
+  Flat gyf = match_input(grad_y, layout);
+  auto [gx, gxf] = output_like(x, layout);
+  Tensor gt = at::zeros({k}, opt);
+  if (nb > 0) {
+    Tensor taps = param_acc(taps_in, acc);
+    Tensor ds = alloc({nb, c}, opt), dp = alloc({nb, c}, opt), dz = alloc({nb, c}, opt);
+    Tensor dtap = alloc({nb, k}, opt);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "eca_bwd_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      const A* tp = taps.const_data_ptr<A>();
+      const A* pp = pooled.const_data_ptr<A>();
+      const A* sp = s.const_data_ptr<A>();
+      A* dsp = ds.mutable_data_ptr<A>();
+      A* dpp = dp.mutable_data_ptr<A>();
+      A* dzp = dz.mutable_data_ptr<A>();
+      A* dtp = dtap.mutable_data_ptr<A>();
+      View<const scalar_t> gyv{gyf.t.const_data_ptr<scalar_t>(), gyf.st[0], gyf.st[1], gyf.st[2]};
+      View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
+      View<scalar_t> gxv{gxf.t.mutable_data_ptr<scalar_t>(), gxf.st[0], gxf.st[1], gxf.st[2]};
+      cpu::gate_backward<scalar_t>(gyv, xv, gxv, layout, nb, c, hw, sp, dsp, dpp, [&](int64_t n0, int64_t n1) {
+        eca_excite_bwd<A>(tp, k, circular, c, pp, sp, dsp, dzp, dpp, dtp, n0, n1);
+      });
+      A* g = gt.mutable_data_ptr<A>();
+      for (int64_t n = 0; n < nb; ++n) {  // batch sum in sample order: deterministic
+        for (int64_t j = 0; j < k; ++j) g[j] += dtp[n * k + j];
+      }
+    });
+  }
+  finish_output(gx, gxf);
+  return {gx, gt.to(weight.scalar_type()).reshape(weight.sizes())};
+}
+
+}  // namespace attn_kernels

@@ -1,0 +1,399 @@
+// Shared CPU machinery for channel-gate blocks (SE, ECA): y = x * s(mean_spatial(x)).
+//
+// A feature map is seen as (N, C, HW) through three strides (sn, sc, shw) -- the spatial dims are
+// flattened by the caller (ops.cpp) when they share one stride. Two layouts have a contiguous
+// inner axis and get vectorised loops:
+//   Planar (NCHW-like, shw == 1): channel c of sample n is a contiguous row of HW elements.
+//   ChannelsLast (sc == 1):       spatial position p of sample n is a contiguous row of C elements.
+// All loads are converted to the accumulation type A = at::opmath_type<S> (float for
+// float/half/bfloat16, double for double) and every sum is accumulated in A.
+//
+// Schedule (forward; the backward is the same with ds = sum_hw gy*x in place of the pooled sum):
+//   N >= threads (and N a multiple of them, or N >= 4x): at::parallel_for over samples; each task
+//     pools its sample, runs the tiny excitation, then scales it while the sample is still in cache.
+//   small N (batch 1): three phases, each parallel inside the sample: pool (planar: over channel
+//     rows; channels_last: over channel blocks), excitation (parallel over its outputs), scale
+//     (planar: over channel rows; channels_last: over spatial rows).
+// Every reduction is done by one task in a fixed order: results do not depend on the thread count.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <cstdint>
+#include <functional>
+
+#include "../layout.h"
+
+namespace attn_kernels {
+namespace cpu {
+
+using attn_kernels::Layout;
+
+template <typename T>
+struct View {  // (N, C, HW) through strides, in elements
+  T* ptr;
+  int64_t sn, sc, shw;
+};
+
+// Load / store one chunk of Vectorized<S>::size() elements as kVecs vectors of the accumulation type.
+template <typename S>
+struct Io {
+  using A = at::opmath_type<S>;
+  using V = at::vec::Vectorized<A>;
+  static constexpr int64_t kWidth = at::vec::Vectorized<S>::size();
+  static constexpr int kVecs = static_cast<int>(kWidth / V::size());
+  static inline void load(const S* p, V* out) {
+    if constexpr (std::is_same_v<S, A>) {
+      out[0] = V::loadu(p);
+    } else {
+      auto both = at::vec::convert_to_float<S>(at::vec::Vectorized<S>::loadu(p));
+      out[0] = std::get<0>(both);
+      out[1] = std::get<1>(both);
+    }
+  }
+  static inline void store(S* p, const V* in) {
+    if constexpr (std::is_same_v<S, A>) {
+      in[0].store(p);
+    } else {
+      at::vec::convert_from_float<S>(in[0], in[1]).store(p);
+    }
+  }
+  static inline void load_acc(const A* p, V* out) {  // kWidth accumulators from an A array
+    for (int i = 0; i < kVecs; ++i) out[i] = V::loadu(p + i * V::size());
+  }
+  static inline void store_acc(A* p, const V* in) {
+    for (int i = 0; i < kVecs; ++i) in[i].store(p + i * V::size());
+  }
+};
+
+// ---- contiguous-row primitives -------------------------------------------------------------
+template <typename S>
+inline at::opmath_type<S> row_sum(const S* p, int64_t n) {
+  using IO = Io<S>;
+  using A = typename IO::A;
+  using V = typename IO::V;
+  V acc[IO::kVecs], v[IO::kVecs];
+  for (auto& a : acc) a = V(A(0));
+  int64_t i = 0;
+  for (; i + IO::kWidth <= n; i += IO::kWidth) {
+    IO::load(p + i, v);
+    for (int j = 0; j < IO::kVecs; ++j) acc[j] = acc[j] + v[j];
+  }
+  for (int j = 1; j < IO::kVecs; ++j) acc[0] = acc[0] + acc[j];
+  A s = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, acc[0]);
+  for (; i < n; ++i) s += static_cast<A>(p[i]);
+  return s;
+}
+
+template <typename S>
+inline at::opmath_type<S> row_dot(const S* a, const S* b, int64_t n) {
+  using IO = Io<S>;
+  using A = typename IO::A;
+  using V = typename IO::V;
+  V acc[IO::kVecs], va[IO::kVecs], vb[IO::kVecs];
+  for (auto& x : acc) x = V(A(0));
+  int64_t i = 0;
+  for (; i + IO::kWidth <= n; i += IO::kWidth) {
+    IO::load(a + i, va);
+    IO::load(b + i, vb);
+    for (int j = 0; j < IO::kVecs; ++j) acc[j] = at::vec::fmadd(va[j], vb[j], acc[j]);
+  }
+  for (int j = 1; j < IO::kVecs; ++j) acc[0] = acc[0] + acc[j];
+  A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, acc[0]);
+  for (; i < n; ++i) s += static_cast<A>(a[i]) * static_cast<A>(b[i]);
+  return s;
+}
+
+// y[i] = x[i] * s + d  (d = 0 in the forward)
+template <typename S>
+inline void row_scale(const S* x, S* y, int64_t n, at::opmath_type<S> s, at::opmath_type<S> d) {
+  using IO = Io<S>;
+  using V = typename IO::V;
+  V v[IO::kVecs];
+  const V vs(s), vd(d);
+  int64_t i = 0;
+  for (; i + IO::kWidth <= n; i += IO::kWidth) {
+    IO::load(x + i, v);
+    for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs, vd);
+    IO::store(y + i, v);
+  }
+  for (; i < n; ++i) y[i] = static_cast<S>(static_cast<at::opmath_type<S>>(x[i]) * s + d);
+}
+
+// acc[c] += row[c] (c in [0, n))
+template <typename S>
+inline void col_accum(at::opmath_type<S>* acc, const S* row, int64_t n) {
+  using IO = Io<S>;
+  using V = typename IO::V;
+  V v[IO::kVecs], a[IO::kVecs];
+  int64_t i = 0;
+  for (; i + IO::kWidth <= n; i += IO::kWidth) {
+    IO::load(row + i, v);
+    IO::load_acc(acc + i, a);
+    for (int j = 0; j < IO::kVecs; ++j) a[j] = a[j] + v[j];
+    IO::store_acc(acc + i, a);
+  }
+  for (; i < n; ++i) acc[i] += static_cast<at::opmath_type<S>>(row[i]);
+}
+
+// acc[c] += a[c] * b[c]
+template <typename S>
+inline void col_accum_prod(at::opmath_type<S>* acc, const S* a, const S* b, int64_t n) {
+  using IO = Io<S>;
+  using V = typename IO::V;
+  V va[IO::kVecs], vb[IO::kVecs], t[IO::kVecs];
+  int64_t i = 0;
+  for (; i + IO::kWidth <= n; i += IO::kWidth) {
+    IO::load(a + i, va);
+    IO::load(b + i, vb);
+    IO::load_acc(acc + i, t);
+    for (int j = 0; j < IO::kVecs; ++j) t[j] = at::vec::fmadd(va[j], vb[j], t[j]);
+    IO::store_acc(acc + i, t);
+  }
+  for (; i < n; ++i) acc[i] += static_cast<at::opmath_type<S>>(a[i]) * static_cast<at::opmath_type<S>>(b[i]);
+}
+
+// y[c] = x[c] * s[c] + d[c]   (d may be null)
+template <typename S>
+inline void row_scale_vec(const S* x, S* y, const at::opmath_type<S>* s, const at::opmath_type<S>* d, int64_t n) {
+  using IO = Io<S>;
+  using A = typename IO::A;
+  using V = typename IO::V;
+  V v[IO::kVecs], vs[IO::kVecs], vd[IO::kVecs];
+  int64_t i = 0;
+  for (; i + IO::kWidth <= n; i += IO::kWidth) {
+    IO::load(x + i, v);
+    IO::load_acc(s + i, vs);
+    if (d) {
+      IO::load_acc(d + i, vd);
+      for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs[j], vd[j]);
+    } else {
+      for (int j = 0; j < IO::kVecs; ++j) v[j] = v[j] * vs[j];
+    }
+    IO::store(y + i, v);
+  }
+  for (; i < n; ++i) y[i] = static_cast<S>(static_cast<A>(x[i]) * s[i] + (d ? d[i] : A(0)));
+}
+
+// Dot product of two A arrays (the excitation's small mat-vecs): four independent accumulators so
+// the FMA latency chain does not bound it.
+template <typename A>
+inline A dot_acc(const A* a, const A* b, int64_t n) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int64_t W = V::size();
+  V acc0(A(0)), acc1(A(0)), acc2(A(0)), acc3(A(0));
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    acc0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc0);
+    acc1 = at::vec::fmadd(V::loadu(a + i + W), V::loadu(b + i + W), acc1);
+    acc2 = at::vec::fmadd(V::loadu(a + i + 2 * W), V::loadu(b + i + 2 * W), acc2);
+    acc3 = at::vec::fmadd(V::loadu(a + i + 3 * W), V::loadu(b + i + 3 * W), acc3);
+  }
+  for (; i + W <= n; i += W) acc0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc0);
+  acc0 = (acc0 + acc1) + (acc2 + acc3);
+  A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, acc0);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+inline int64_t grain_for(int64_t work_per_item) {  // ~32K elements of work per task
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
+}
+
+// per_sample_ok = false when the excitation's weights outweigh a sample (SE at 2048x7x7): then the
+// phased schedule runs one batched excitation that reads the weights once instead of once per sample.
+inline bool per_sample_schedule(int64_t n, bool per_sample_ok) {
+  const int64_t t = at::get_num_threads();
+  if (!per_sample_ok && n > 1) return false;
+  return t <= 1 || (n >= t && (n % t == 0 || n >= 4 * t));
+}
+
+// v[i] = sigmoid(v[i]) for i in [0, n): vectorised for float (exp_u20), scalar otherwise.
+template <typename A>
+inline void sigmoid_inplace(A* v, int64_t n) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<A, float>) {
+    using V = at::vec::Vectorized<float>;
+    const V one(1.f);
+    for (; i + V::size() <= n; i += V::size()) {
+      const V z = V::loadu(v + i);
+      (one / (one + z.neg().exp_u20())).store(v + i);
+    }
+  }
+  for (; i < n; ++i) v[i] = A(1) / (A(1) + std::exp(-v[i]));
+}
+
+// Channel block width for channels_last column reductions when splitting a sample across threads.
+inline int64_t cl_block(int64_t c) {
+  const int64_t t = std::max<int64_t>(1, at::get_num_threads());
+  int64_t b = (c + t - 1) / t;
+  b = ((b + 63) / 64) * 64;  // whole cache lines of fp32 accumulators
+  return std::max<int64_t>(64, b);
+}
+
+// ---- pooling and scaling of channel range [c0, c1) of sample n ---------------------------------
+// out[c] = sum_hw a[n,c,hw] (* b[n,c,hw] when b is given), for c in [c0, c1). out is indexed from c0.
+template <typename S>
+void reduce_channels(const View<const S>& a, const View<const S>* b, Layout layout, int64_t n, int64_t c0,
+                     int64_t c1, int64_t hw, at::opmath_type<S>* out) {
+  using A = at::opmath_type<S>;
+  const S* pa = a.ptr + n * a.sn;
+  const S* pb = b ? b->ptr + n * b->sn : nullptr;
+  if (layout == Layout::Planar) {
+    for (int64_t c = c0; c < c1; ++c) {
+      if (hw == 1) {
+        out[c - c0] = pb ? static_cast<A>(pa[c * a.sc]) * static_cast<A>(pb[c * b->sc]) : static_cast<A>(pa[c * a.sc]);
+      } else {
+        out[c - c0] = pb ? row_dot<S>(pa + c * a.sc, pb + c * b->sc, hw) : row_sum<S>(pa + c * a.sc, hw);
+      }
+    }
+  } else {
+    std::fill(out, out + (c1 - c0), A(0));
+    for (int64_t p = 0; p < hw; ++p) {
+      if (pb) {
+        col_accum_prod<S>(out, pa + p * a.shw + c0, pb + p * b->shw + c0, c1 - c0);
+      } else {
+        col_accum<S>(out, pa + p * a.shw + c0, c1 - c0);
+      }
+    }
+  }
+}
+
+// Planar: y[n,c,:] = x[n,c,:] * s[c] + d[c], c in [c0, c1). s, d indexed by absolute channel.
+template <typename S>
+void scale_channels(const View<const S>& x, const View<S>& y, int64_t n, int64_t c0, int64_t c1, int64_t hw,
+                    const at::opmath_type<S>* s, const at::opmath_type<S>* d) {
+  const S* px = x.ptr + n * x.sn;
+  S* py = y.ptr + n * y.sn;
+  for (int64_t c = c0; c < c1; ++c) {
+    row_scale<S>(px + c * x.sc, py + c * y.sc, hw, s[c], d ? d[c] : at::opmath_type<S>(0));
+  }
+}
+
+// Channels_last: rows p in [p0, p1) of sample n: y[n,:,p] = x[n,:,p] * s + d.
+template <typename S>
+void scale_rows(const View<const S>& x, const View<S>& y, int64_t n, int64_t p0, int64_t p1, int64_t c,
+                const at::opmath_type<S>* s, const at::opmath_type<S>* d) {
+  const S* px = x.ptr + n * x.sn;
+  S* py = y.ptr + n * y.sn;
+  for (int64_t p = p0; p < p1; ++p) row_scale_vec<S>(px + p * x.shw, py + p * y.shw, s, d, c);
+}
+
+// Sum over channels (or channel products) of every sample, into red (N, C), phase-parallel.
+template <typename S>
+void reduce_all(const View<const S>& a, const View<const S>* b, Layout layout, int64_t nb, int64_t c,
+                int64_t hw, at::opmath_type<S>* red) {
+  if (layout == Layout::Planar) {
+    at::parallel_for(0, nb * c, grain_for(hw), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t n = i / c, c0 = i % c, c1 = std::min(c, c0 + (i1 - i));
+        reduce_channels<S>(a, b, layout, n, c0, c1, hw, red + n * c + c0);
+        i += c1 - c0;
+      }
+    });
+  } else {
+    const int64_t blk = cl_block(c), nblk = (c + blk - 1) / blk;
+    at::parallel_for(0, nb * nblk, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t n = i / nblk, c0 = (i % nblk) * blk, c1 = std::min(c, c0 + blk);
+        reduce_channels<S>(a, b, layout, n, c0, c1, hw, red + n * c + c0);
+      }
+    });
+  }
+}
+
+template <typename S>
+void scale_all(const View<const S>& x, const View<S>& y, Layout layout, int64_t nb, int64_t c, int64_t hw,
+               const at::opmath_type<S>* s, const at::opmath_type<S>* d) {
+  if (layout == Layout::Planar) {
+    at::parallel_for(0, nb * c, grain_for(hw), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t n = i / c, c0 = i % c, c1 = std::min(c, c0 + (i1 - i));
+        scale_channels<S>(x, y, n, c0, c1, hw, s + n * c, d ? d + n * c : nullptr);
+        i += c1 - c0;
+      }
+    });
+  } else {
+    at::parallel_for(0, nb * hw, grain_for(c), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t n = i / hw, p0 = i % hw, p1 = std::min(hw, p0 + (i1 - i));
+        scale_rows<S>(x, y, n, p0, p1, c, s + n * c, d ? d + n * c : nullptr);
+        i += p1 - p0;
+      }
+    });
+  }
+}
+
+// excite(n0, n1): pooled rows [n0, n1) -> gate rows [n0, n1). Runs inside a parallel task on the
+// per-sample schedule (where nested at::parallel_for runs inline) or alone on the phased one.
+using RangeFn = std::function<void(int64_t, int64_t)>;
+
+// Forward: pooled[n,c] = mean_hw x; excite fills s; y = x * s.
+template <typename S>
+void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64_t nb, int64_t c, int64_t hw,
+                  at::opmath_type<S>* pooled, const at::opmath_type<S>* s, const RangeFn& excite,
+                  bool per_sample_ok = true) {
+  using A = at::opmath_type<S>;
+  const A inv = A(1) / static_cast<A>(hw);
+  if (per_sample_schedule(nb, per_sample_ok)) {
+    at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        A* p = pooled + n * c;
+        reduce_channels<S>(x, nullptr, layout, n, 0, c, hw, p);
+        for (int64_t i = 0; i < c; ++i) p[i] *= inv;
+        excite(n, n + 1);
+        if (layout == Layout::Planar) {
+          scale_channels<S>(x, y, n, 0, c, hw, s + n * c, nullptr);
+        } else {
+          scale_rows<S>(x, y, n, 0, hw, c, s + n * c, nullptr);
+        }
+      }
+    });
+  } else {
+    reduce_all<S>(x, nullptr, layout, nb, c, hw, pooled);
+    for (int64_t i = 0; i < nb * c; ++i) pooled[i] *= inv;
+    excite(0, nb);
+    scale_all<S>(x, y, layout, nb, c, hw, s, nullptr);
+  }
+}
+
+// Backward: ds[n,c] = sum_hw gy*x; excite_bwd(n0, n1) turns ds rows into dp rows (the gradient
+// w.r.t. the pooled mean); gx = gy * s + dp / HW.
+template <typename S>
+void gate_backward(const View<const S>& gy, const View<const S>& x, const View<S>& gx, Layout layout,
+                   int64_t nb, int64_t c, int64_t hw, const at::opmath_type<S>* s, at::opmath_type<S>* ds,
+                   at::opmath_type<S>* dp, const RangeFn& excite_bwd, bool per_sample_ok = true) {
+  using A = at::opmath_type<S>;
+  const A inv = A(1) / static_cast<A>(hw);
+  if (per_sample_schedule(nb, per_sample_ok)) {
+    at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        reduce_channels<S>(gy, &x, layout, n, 0, c, hw, ds + n * c);
+        excite_bwd(n, n + 1);
+        A* d = dp + n * c;
+        for (int64_t i = 0; i < c; ++i) d[i] *= inv;
+        if (layout == Layout::Planar) {
+          scale_channels<S>(gy, gx, n, 0, c, hw, s + n * c, d);
+        } else {
+          scale_rows<S>(gy, gx, n, 0, hw, c, s + n * c, d);
+        }
+      }
+    });
+  } else {
+    reduce_all<S>(gy, &x, layout, nb, c, hw, ds);
+    excite_bwd(0, nb);
+    for (int64_t i = 0; i < nb * c; ++i) dp[i] *= inv;
+    scale_all<S>(gy, gx, layout, nb, c, hw, s, dp);
+  }
+}
+
+}  // namespace cpu
+}  // namespace attn_kernels

@@ -1,0 +1,330 @@
+// Squeeze-and-excitation on the CPU: forward and backward, one pass per sample (gate_driver.h).
+//
+//   pooled = mean_hw(x)                       (N, C)
+//   h      = act(W1 pooled + b1)              (N, R)   [effective SE (w1 absent): h = pooled]
+//   s      = gate(W2 h + b2)                  (N, C)
+//   y      = x * s
+// Backward (grad_y = gy):
+//   ds = sum_hw gy * x;  dz = ds * gate'(z);  dh = W2^T dz (streamed rows of W2, no transposed copy);  da = dh * act'(pre);  dp = W1^T da
+//   grad_x = gy * s + dp / HW;  grad_W2 = dz^T h;  grad_b2 = sum_n dz;  grad_W1 = da^T pooled; grad_b1 = sum_n da
+// The hidden layer is recomputed from pooled in the backward. Parameter gradients are batch sums done
+// by one task per output row in sample order: deterministic, independent of the thread count.
+// Bytes: forward reads x once from memory (+ once from cache) and writes y; backward reads gy and x,
+// then gy again (from cache on the per-sample schedule), and writes grad_x.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+#include "../glue.h"
+#include "../ops.h"
+#include "gate_driver.h"
+
+namespace attn_kernels {
+namespace {
+
+using cpu::dot_acc;
+using cpu::grain_for;
+using cpu::View;
+
+template <typename A>
+inline A act_fwd(A v, int64_t act) {
+  if (act == kRelu) return v > A(0) ? v : A(0);
+  if (act == kSilu) return v / (A(1) + std::exp(-v));
+  return A(0.5) * v * (A(1) + std::erf(v * A(M_SQRT1_2)));
+}
+
+template <typename A>
+inline A act_grad(A v, int64_t act) {
+  if (act == kRelu) return v > A(0) ? A(1) : A(0);
+  if (act == kSilu) {
+    const A sg = A(1) / (A(1) + std::exp(-v));
+    return sg * (A(1) + v * (A(1) - sg));
+  }
+  const A cdf = A(0.5) * (A(1) + std::erf(v * A(M_SQRT1_2)));
+  const A pdf = std::exp(A(-0.5) * v * v) * A(0.3989422804014327);  // 1 / sqrt(2 pi)
+  return cdf + v * pdf;
+}
+
+template <typename A>
+inline A gate_fwd(A z, int64_t gate) {
+  if (gate == kSigmoid) return A(1) / (A(1) + std::exp(-z));
+  return z <= A(-3) ? A(0) : (z >= A(3) ? A(1) : z / A(6) + A(0.5));
+}
+
+template <typename A>
+struct SEParams {
+  const A* w1 = nullptr;   // (R, C) or null (effective SE)
+  const A* b1 = nullptr;   // (R,) or null
+  const A* w2 = nullptr;   // (C, K), K = R (or C for effective SE)
+  const A* b2 = nullptr;   // (C,) or null
+  int64_t C = 0, R = 0, K = 0, act = 0, gate = 0;
+  at::Tensor tw1, tb1, tw2, tb2;  // the same weights as tensors (for the batched GEMM path)
+  bool gemm_ok = false;           // forward only: the backward stays on the fixed-order loops (deterministic)
+};
+
+// Batched forward excitations with enough work use ATen's GEMM (one call per FC); it never runs inside
+// a per-sample task (n1 - n0 == 1 there). Below the threshold, and always in the backward (whose
+// results must be bitwise reproducible whatever the thread count or buffer alignment), the fixed-order
+// loops below.
+template <typename A>
+bool use_gemm(const SEParams<A>& p, int64_t nn) {
+  return p.gemm_ok && nn >= 8 && nn * p.C * p.K >= (1 << 20) && !at::in_parallel_region();
+}
+
+// out (nn, cols) = in (nn, k) @ w^T + b, through at::addmm_out on views of the raw buffers.
+template <typename A>
+void gemm_rows(const A* in, int64_t nn, int64_t k, const at::Tensor& w, const at::Tensor& b, A* out, int64_t cols) {
+  const auto opt = w.options();
+  at::Tensor tin = at::from_blob(const_cast<A*>(in), {nn, k}, opt);
+  at::Tensor tout = at::from_blob(out, {nn, cols}, opt);
+  if (b.defined()) {
+    at::addmm_out(tout, b, tin, w.t());
+  } else {
+    at::mm_out(tout, tin, w.t());
+  }
+}
+
+// The excitation's mat-vecs run weight-row outer, sample inner: each weight row is read once per call
+// (it stays in L1 across the samples), parallel over weight rows; every output has one owner.
+
+// pre (N, R) = W1 pooled + b1 and h = act(pre), rows [n0, n1).
+template <typename A>
+void se_hidden(const SEParams<A>& p, const A* pooled, A* pre, A* h, int64_t n0, int64_t n1) {
+  if (use_gemm(p, n1 - n0)) {
+    A* dst = (pre ? pre : h) + n0 * p.R;
+    gemm_rows<A>(pooled + n0 * p.C, n1 - n0, p.C, p.tw1, p.tb1, dst, p.R);
+    for (int64_t i = 0; i < (n1 - n0) * p.R; ++i) h[n0 * p.R + i] = act_fwd(dst[i], p.act);
+    return;
+  }
+  at::parallel_for(0, p.R, grain_for((n1 - n0) * p.C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const A v = dot_acc<A>(p.w1 + r * p.C, pooled + n * p.C, p.C) + (p.b1 ? p.b1[r] : A(0));
+        if (pre) pre[n * p.R + r] = v;
+        h[n * p.R + r] = act_fwd(v, p.act);
+      }
+    }
+  });
+}
+
+// z (N, C) = W2 hid + b2, rows [n0, n1).
+template <typename A>
+void se_logits(const SEParams<A>& p, const A* hid, A* z, int64_t n0, int64_t n1) {
+  if (use_gemm(p, n1 - n0)) {
+    gemm_rows<A>(hid + n0 * p.K, n1 - n0, p.K, p.tw2, p.tb2, z + n0 * p.C, p.C);
+    return;
+  }
+  at::parallel_for(0, p.C, grain_for((n1 - n0) * p.K), [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t n = n0; n < n1; ++n) {
+        z[n * p.C + c] = dot_acc<A>(p.w2 + c * p.K, hid + n * p.K, p.K) + (p.b2 ? p.b2[c] : A(0));
+      }
+    }
+  });
+}
+
+template <typename A>
+void se_excite(const SEParams<A>& p, const A* pooled, A* h, A* s, int64_t n0, int64_t n1) {
+  const A* hid = pooled;
+  if (p.w1) {
+    se_hidden(p, pooled, static_cast<A*>(nullptr), h, n0, n1);
+    hid = h;
+  }
+  se_logits(p, hid, s, n0, n1);  // logits into s, then the gate in place
+  A* z = s + n0 * p.C;
+  const int64_t len = (n1 - n0) * p.C;
+  if (p.gate == kSigmoid) {
+    cpu::sigmoid_inplace<A>(z, len);
+  } else {
+    for (int64_t i = 0; i < len; ++i) z[i] = gate_fwd(z[i], p.gate);
+  }
+}
+
+// out[n, :] = g[n, :] @ W for rows n in [n0, n1): W (rows, cols) row-major, g (N, rows), out (N, cols).
+// Streams W's rows (no transposed copy); each task owns a column range and sums the rows in order.
+template <typename A>
+void vec_mat(const SEParams<A>& p, const A* g, const A* w, const at::Tensor& tw, int64_t rows, int64_t cols, A* out,
+             int64_t n0, int64_t n1) {
+  if (use_gemm(p, n1 - n0)) {
+    const auto opt = tw.options();
+    at::Tensor tout = at::from_blob(out + n0 * cols, {n1 - n0, cols}, opt);
+    at::mm_out(tout, at::from_blob(const_cast<A*>(g) + n0 * rows, {n1 - n0, rows}, opt), tw);
+    return;
+  }
+  at::parallel_for(0, cols, std::max<int64_t>(64, grain_for((n1 - n0) * rows)), [&](int64_t j0, int64_t j1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      A* o = out + n * cols;
+      std::fill(o + j0, o + j1, A(0));
+      for (int64_t i = 0; i < rows; ++i) {
+        const A a = g[n * rows + i];
+        const A* wr = w + i * cols;
+        for (int64_t j = j0; j < j1; ++j) o[j] += a * wr[j];
+      }
+    }
+  });
+}
+
+// ds rows [n0, n1) -> dp rows (gradient w.r.t. pooled); keeps dz (N, C), da (N, R), pre and h (N, R).
+template <typename A>
+void se_excite_bwd(const SEParams<A>& p, const A* pooled, const A* s, const A* ds, A* dp, A* dz, A* pre, A* h,
+                   A* da, int64_t n0, int64_t n1) {
+  const A* hid = pooled;
+  if (p.w1) {
+    se_hidden(p, pooled, pre, h, n0, n1);
+    hid = h;
+  }
+  if (p.gate == kSigmoid) {
+    for (int64_t i = n0 * p.C; i < n1 * p.C; ++i) dz[i] = ds[i] * s[i] * (A(1) - s[i]);
+  } else {
+    se_logits(p, hid, dz, n0, n1);  // z, then dz in place
+    for (int64_t i = n0 * p.C; i < n1 * p.C; ++i) {
+      dz[i] = (dz[i] > A(-3) && dz[i] < A(3)) ? ds[i] / A(6) : A(0);
+    }
+  }
+  if (p.w1) {  // da = (W2^T dz) * act'(pre)
+    vec_mat<A>(p, dz, p.w2, p.tw2, p.C, p.R, da, n0, n1);
+    for (int64_t i = n0 * p.R; i < n1 * p.R; ++i) da[i] *= act_grad(pre[i], p.act);
+    vec_mat<A>(p, da, p.w1, p.tw1, p.R, p.C, dp, n0, n1);  // dp = W1^T da
+  } else {
+    vec_mat<A>(p, dz, p.w2, p.tw2, p.C, p.C, dp, n0, n1);  // dp = W2^T dz (effective SE)
+  }
+}
+
+// g (rows, cols) = sum_n a[n, row] * b[n, :cols];  gb[row] = sum_n a[n, row]. Deterministic.
+template <typename A>
+void outer_sum(const A* a, const A* b, int64_t nb, int64_t rows, int64_t cols, A* g, A* gb) {
+  at::parallel_for(0, rows, grain_for(nb * cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      A* gr = g + r * cols;
+      std::fill(gr, gr + cols, A(0));
+      A bias = 0;
+      for (int64_t n = 0; n < nb; ++n) {
+        const A v = a[n * rows + r];
+        const A* bn = b + n * cols;
+        bias += v;
+        for (int64_t j = 0; j < cols; ++j) gr[j] += v * bn[j];
+      }
+      if (gb) gb[r] = bias;
+    }
+  });
+}
+
+// One sample per task (the sample stays in cache from pooling to scaling) pays off while the FC
+// weights, re-read by every task, weigh well under a sample (< 1/4); otherwise (e.g. 2048x7x7 with R = 128) the
+// phased schedule runs one batched excitation that reads them once.
+bool per_sample_ok(int64_t c, int64_t r, bool has_w1, int64_t hw, size_t elem) {
+  const double weights = static_cast<double>(c) * r * (has_w1 ? 2 : 1) * 4;
+  return 4 * weights <= static_cast<double>(c) * hw * elem;
+}
+
+}  // namespace
+
+T3 se_fwd_cpu(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
+              int64_t act, int64_t gate) {
+  check_se(x, w1, b1, w2, b2, act, gate);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "se_fwd_cpu: x must be a CPU tensor, got ", x.device());
+  const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x);
+  const bool has_w1 = w1 && w1->defined();
+  const int64_t r = has_w1 ? w1->size(0) : c;
+  const auto acc = acc_type(x);
+  const auto opt = x.options().dtype(acc);
+  auto [xf, layout] = flatten_input(x);
+  auto [y, yf] = output_like(x, layout);
+  Tensor pooled = alloc({nb, c}, opt), s = alloc({nb, c}, opt);
+  if (nb == 0) return {y, pooled, s};
+  Tensor w1a = has_w1 ? param_acc(*w1, acc) : Tensor();
+  Tensor b1a = b1 && b1->defined() ? param_acc(*b1, acc) : Tensor();
+  Tensor w2a = param_acc(w2, acc);
+  Tensor b2a = b2 && b2->defined() ? param_acc(*b2, acc) : Tensor();
+  Tensor h = has_w1 ? alloc({nb, r}, opt) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_fwd_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    SEParams<A> p;
+    p.w1 = has_w1 ? w1a.const_data_ptr<A>() : nullptr;
+    p.b1 = b1a.defined() ? b1a.const_data_ptr<A>() : nullptr;
+    p.w2 = w2a.const_data_ptr<A>();
+    p.b2 = b2a.defined() ? b2a.const_data_ptr<A>() : nullptr;
+    p.C = c, p.R = r, p.K = r, p.act = act, p.gate = gate;
+    p.tw1 = w1a, p.tb1 = b1a, p.tw2 = w2a, p.tb2 = b2a, p.gemm_ok = true;
+    A* pp = pooled.mutable_data_ptr<A>();
+    A* sp = s.mutable_data_ptr<A>();
+    A* hp = has_w1 ? h.mutable_data_ptr<A>() : nullptr;
+    View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
+    View<scalar_t> yv{yf.t.mutable_data_ptr<scalar_t>(), yf.st[0], yf.st[1], yf.st[2]};
+    cpu::gate_forward<scalar_t>(
+        xv, yv, layout, nb, c, hw, pp, sp, [&](int64_t n0, int64_t n1) { se_excite<A>(p, pp, hp, sp, n0, n1); },
+        per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)));
+  });
+  finish_output(y, yf);
+  return {y, pooled, s};
+}
+
+T5 se_bwd_cpu(const Tensor& grad_y, const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2,
+              const OptTensor& b2, const Tensor& pooled_in, const Tensor& s_in, int64_t act, int64_t gate) {
+  check_se(x, w1, b1, w2, b2, act, gate);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "se_bwd_cpu: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "se_bwd: grad_y has shape ", grad_y.sizes(), ", expected ", x.sizes());
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "se_bwd: grad_y dtype ", grad_y.scalar_type(),
+                   " != x dtype ", x.scalar_type());
+  const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x);
+  const bool has_w1 = w1 && w1->defined();
+  const int64_t r = has_w1 ? w1->size(0) : c;
+  const auto acc = acc_type(x);
+  const auto opt = x.options().dtype(acc);
+  TORCH_CHECK_VALUE(pooled_in.sizes() == at::IntArrayRef({nb, c}) && s_in.sizes() == at::IntArrayRef({nb, c}),
+                    "se_bwd: pooled and s must be (N, C) = (", nb, ", ", c, ")");
+  Tensor pooled = pooled_in.to(acc).contiguous(), s = s_in.to(acc).contiguous();
+  auto [xf, layout] = flatten_input(x);
+  Flat gyf = match_input(grad_y, layout);
+  auto [gx, gxf] = output_like(x, layout);
+  Tensor w1a = has_w1 ? param_acc(*w1, acc) : Tensor();
+  Tensor b1a = b1 && b1->defined() ? param_acc(*b1, acc) : Tensor();
+  Tensor w2a = param_acc(w2, acc);
+  Tensor b2a = b2 && b2->defined() ? param_acc(*b2, acc) : Tensor();
+  Tensor gw2 = alloc({c, r}, opt), gb2 = alloc({c}, opt);
+  Tensor gw1 = has_w1 ? alloc({r, c}, opt) : Tensor(), gb1 = has_w1 ? alloc({r}, opt) : Tensor();
+  if (nb == 0) {
+    for (Tensor* t : {&gw2, &gb2, &gw1, &gb1}) {
+      if (t->defined()) t->zero_();
+    }
+  } else {
+    Tensor ds = alloc({nb, c}, opt), dp = alloc({nb, c}, opt), dz = alloc({nb, c}, opt);
+    Tensor pre = has_w1 ? alloc({nb, r}, opt) : Tensor(), h = has_w1 ? alloc({nb, r}, opt) : Tensor();
+    Tensor da = has_w1 ? alloc({nb, r}, opt) : Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_bwd_cpu", [&] {
+      using A = at::opmath_type<scalar_t>;
+      SEParams<A> p;
+      p.w1 = has_w1 ? w1a.const_data_ptr<A>() : nullptr;
+      p.b1 = b1a.defined() ? b1a.const_data_ptr<A>() : nullptr;
+      p.w2 = w2a.const_data_ptr<A>();
+      p.b2 = b2a.defined() ? b2a.const_data_ptr<A>() : nullptr;
+      p.C = c, p.R = r, p.K = r, p.act = act, p.gate = gate;
+      p.tw1 = w1a, p.tb1 = b1a, p.tw2 = w2a, p.tb2 = b2a;
+    p.tw1 = w1a, p.tb1 = b1a, p.tw2 = w2a, p.tb2 = b2a;
+      const A* pp = pooled.const_data_ptr<A>();
+      const A* sp = s.const_data_ptr<A>();
+      A* dsp = ds.mutable_data_ptr<A>();
+      A* dpp = dp.mutable_data_ptr<A>();
+      A* dzp = dz.mutable_data_ptr<A>();
+      A* prep = has_w1 ? pre.mutable_data_ptr<A>() : nullptr;
+      A* hp = has_w1 ? h.mutable_data_ptr<A>() : nullptr;
+      A* dap = has_w1 ? da.mutable_data_ptr<A>() : nullptr;
+      View<const scalar_t> gyv{gyf.t.const_data_ptr<scalar_t>(), gyf.st[0], gyf.st[1], gyf.st[2]};
+      View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
+      View<scalar_t> gxv{gxf.t.mutable_data_ptr<scalar_t>(), gxf.st[0], gxf.st[1], gxf.st[2]};
+      cpu::gate_backward<scalar_t>(
+          gyv, xv, gxv, layout, nb, c, hw, sp, dsp, dpp,
+          [&](int64_t n0, int64_t n1) { se_excite_bwd<A>(p, pp, sp, dsp, dpp, dzp, prep, hp, dap, n0, n1); },
+          per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)));
+      outer_sum<A>(dzp, has_w1 ? hp : pp, nb, c, r, gw2.mutable_data_ptr<A>(), gb2.mutable_data_ptr<A>());
+      if (has_w1) outer_sum<A>(dap, pp, nb, r, c, gw1.mutable_data_ptr<A>(), gb1.mutable_data_ptr<A>());
+    });
+  }
+  finish_output(gx, gxf);
+  return {gx, has_w1 ? gw1.to(w1->scalar_type()) : x.new_empty({0}, opt),
+          b1 && b1->defined() ? gb1.to(b1->scalar_type()) : x.new_empty({0}, opt), gw2.to(w2.scalar_type()),
+          b2 && b2->defined() ? gb2.to(b2->scalar_type()) : x.new_empty({0}, opt)};
+}
+
+}  // namespace attn_kernels

@@ -1,0 +1,328 @@
+// Device building blocks shared by se_cuda.cu and eca_cuda.cu (CUDA headers only).
+//
+// Portable schedule (sm_80+), forward: pool (reads x) -> excitation (one block per sample, O(C*R))
+// -> scale (reads x, writes y): 3 launches, x read twice (the second read often hits L2).
+// Backward: reduce sum_hw gy*x (reads gy, x) -> excitation backward -> grad_x = gy*s + dp/HW (reads gy,
+// writes grad_x) -> deterministic parameter-gradient sums (one thread per output, samples in order).
+//
+// Hopper schedule (sm_90a, forward): one thread-block cluster per sample. Each block of the cluster
+// owns a channel slice: it loads the slice into shared memory once while pooling it, publishes its
+// pooled means, cluster.sync(), gathers the whole pooled vector from the other blocks' shared memory
+// (distributed shared memory, cluster.map_shared_rank), cluster.sync(), computes the gates of its
+// channels, and scales the slice straight from shared memory: x read once, y written once (the
+// 2-bytes-per-byte floor). Used when the slice fits the opt-in shared memory with a cluster of <= 16
+// blocks; otherwise (or on other GPUs, or when the launch is refused) the portable schedule runs.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "launchers.h"
+
+namespace cg = cooperative_groups;
+
+namespace ak {
+
+constexpr int kThreads = 256;
+
+extern int g_last_path;
+extern int g_cluster_enabled;
+
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float act_fwd(float v, int act) {
+  if (act == 0) return v > 0.f ? v : 0.f;
+  if (act == 1) return v / (1.f + expf(-v));
+  return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+}
+
+__device__ __forceinline__ float act_grad(float v, int act) {
+  if (act == 0) return v > 0.f ? 1.f : 0.f;
+  if (act == 1) {
+    const float sg = 1.f / (1.f + expf(-v));
+    return sg * (1.f + v * (1.f - sg));
+  }
+  return 0.5f * (1.f + erff(v * 0.70710678118654752f)) + v * expf(-0.5f * v * v) * 0.3989422804014327f;
+}
+
+__device__ __forceinline__ float gate_fwd(float z, int gate) {
+  if (gate == 0) return 1.f / (1.f + expf(-z));
+  return z <= -3.f ? 0.f : (z >= 3.f ? 1.f : z / 6.f + 0.5f);
+}
+
+// ---- pooling-type reductions: out[n*C + c] = scale * sum_hw a (* b) ---------------------------------
+// Planar: one warp per (n, c) row, lanes stride the contiguous spatial axis.
+template <typename T, bool kDot>
+__global__ void __launch_bounds__(kThreads) reduce_planar_kernel(const T* a, int64_t asn, int64_t asc, const T* b,
+                                                                 int64_t bsn, int64_t bsc, int64_t N, int64_t C,
+                                                                 int64_t HW, float scale, float* out) {
+  const int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N * C) return;
+  const int64_t n = row / C, c = row % C;
+  const T* pa = a + n * asn + c * asc;
+  const T* pb = kDot ? b + n * bsn + c * bsc : nullptr;
+  float acc = 0.f;
+  for (int64_t p = lane; p < HW; p += 32) acc += kDot ? ld(pa + p) * ld(pb + p) : ld(pa + p);
+  acc = warp_sum(acc);
+  if (lane == 0) out[row] = acc * scale;
+}
+
+// Channels_last: block (32 channels x 8 row groups), grid (ceil(C/32), N); fixed-order reduction.
+template <typename T, bool kDot>
+__global__ void __launch_bounds__(kThreads) reduce_cl_kernel(const T* a, int64_t asn, int64_t ashw, const T* b,
+                                                             int64_t bsn, int64_t bshw, int64_t N, int64_t C,
+                                                             int64_t HW, float scale, float* out) {
+  __shared__ float part[8][33];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t c = (int64_t)blockIdx.x * 32 + tx;
+  for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {  // grid-stride over samples (gridDim.y <= 65535)
+    float acc = 0.f;
+    if (c < C) {
+      const T* pa = a + n * asn + c;
+      const T* pb = kDot ? b + n * bsn + c : nullptr;
+      for (int64_t p = ty; p < HW; p += 8) acc += kDot ? ld(pa + p * ashw) * ld(pb + p * bshw) : ld(pa + p * ashw);
+    }
+    part[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+      float t = 0.f;
+      for (int i = 0; i < 8; ++i) t += part[i][tx];
+      out[n * C + c] = t * scale;
+    }
+    __syncthreads();
+  }
+}
+
+// ---- y = x * s[n, c] (+ d[n, c]) over every element, grid-stride ------------------------------------
+template <typename T, bool kPlanar, bool kAdd>
+__global__ void __launch_bounds__(kThreads) scale_kernel(const T* x, int64_t xsn, int64_t xsc, int64_t xshw, T* y,
+                                                         int64_t ysn, int64_t ysc, int64_t yshw, int64_t N,
+                                                         int64_t C, int64_t HW, const float* s, const float* d) {
+  const int64_t total = N * C * HW;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t n, c, p;
+    if (kPlanar) {
+      p = e % HW;
+      const int64_t nc = e / HW;
+      c = nc % C;
+      n = nc / C;
+    } else {
+      c = e % C;
+      const int64_t np = e / C;
+      p = np % HW;
+      n = np / HW;
+    }
+    const int64_t nc = n * C + c;
+    float v = ld(x + n * xsn + c * xsc + p * xshw) * s[nc];
+    if (kAdd) v += d[nc];
+    st(y + n * ysn + c * ysc + p * yshw, v);
+  }
+}
+
+// ---- deterministic batch sums: g[r, j] = sum_n a[n, r] * b[n, j]; gb[r] = sum_n a[n, r] --------------
+static __global__ void __launch_bounds__(kThreads) outer_sum_kernel(const float* a, const float* b, int64_t N, int64_t rows,
+                                                             int64_t cols, float* g, float* gb) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, j = i % cols;
+  float acc = 0.f, bias = 0.f;
+  for (int64_t n = 0; n < N; ++n) {
+    const float v = a[n * rows + r];
+    acc += v * b[n * cols + j];
+    bias += v;
+  }
+  g[i] = acc;
+  if (gb != nullptr && j == 0) gb[r] = bias;
+}
+
+inline unsigned blocks_for(int64_t work, int64_t per_block, int64_t cap = 65535LL * 32) {
+  int64_t b = (work + per_block - 1) / per_block;
+  if (b < 1) b = 1;
+  return (unsigned)(b < cap ? b : cap);
+}
+
+template <typename T>
+cudaError_t reduce(int layout, const ak_view& a, const ak_view* b, int64_t N, int64_t C, int64_t HW, float scale,
+                   float* out, cudaStream_t st) {
+  const T* pa = static_cast<const T*>(a.ptr);
+  const T* pb = b ? static_cast<const T*>(b->ptr) : nullptr;
+  if (N * C == 0) return cudaSuccess;
+  if (layout == 0) {
+    const unsigned grid = blocks_for(N * C, kThreads / 32, 1LL << 31);
+    if (b) {
+      reduce_planar_kernel<T, true><<<grid, kThreads, 0, st>>>(pa, a.sn, a.sc, pb, b->sn, b->sc, N, C, HW, scale, out);
+    } else {
+      reduce_planar_kernel<T, false><<<grid, kThreads, 0, st>>>(pa, a.sn, a.sc, pa, 0, 0, N, C, HW, scale, out);
+    }
+  } else {
+    dim3 grid((unsigned)((C + 31) / 32), (unsigned)(N < 65535 ? N : 65535));
+    if (b) {
+      reduce_cl_kernel<T, true><<<grid, kThreads, 0, st>>>(pa, a.sn, a.shw, pb, b->sn, b->shw, N, C, HW, scale, out);
+    } else {
+      reduce_cl_kernel<T, false><<<grid, kThreads, 0, st>>>(pa, a.sn, a.shw, pa, 0, 0, N, C, HW, scale, out);
+    }
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t scale(int layout, const ak_view& x, const ak_view& y, int64_t N, int64_t C, int64_t HW, const float* s,
+                  const float* d, cudaStream_t st) {
+  const int64_t total = N * C * HW;
+  if (total == 0) return cudaSuccess;
+  const unsigned grid = blocks_for(total, kThreads);
+  const T* px = static_cast<const T*>(x.ptr);
+  T* py = static_cast<T*>(y.ptr);
+#define AK_SCALE(P, ADD)                                                                                         \
+  scale_kernel<T, P, ADD><<<grid, kThreads, 0, st>>>(px, x.sn, x.sc, x.shw, py, y.sn, y.sc, y.shw, N, C, HW, s, d)
+  if (layout == 0) {
+    if (d) AK_SCALE(true, true); else AK_SCALE(true, false);
+  } else {
+    if (d) AK_SCALE(false, true); else AK_SCALE(false, false);
+  }
+#undef AK_SCALE
+  return cudaGetLastError();
+}
+
+inline cudaError_t outer_sum(const float* a, const float* b, int64_t N, int64_t rows, int64_t cols, float* g,
+                             float* gb, cudaStream_t st) {
+  if (rows * cols == 0) return cudaSuccess;
+  outer_sum_kernel<<<blocks_for(rows * cols, kThreads, 1LL << 31), kThreads, 0, st>>>(a, b, N, rows, cols, g, gb);
+  return cudaGetLastError();
+}
+
+// ---- Hopper: one thread-block cluster per sample (forward) ------------------------------------------
+// Shared memory of each block: part[slice] | pfull[C] | sgate[slice] | scratch[ex.scratch_floats()] | tile
+// (tile = slice channels x HW elements of x, in the input's layout order). Ex provides:
+//   __device__ void gates(const float* pfull, int64_t c0, int64_t c1, float* sgate, float* scratch) const
+// computing the gates of channels [c0, c1) (block-wide; may __syncthreads()).
+template <typename T, bool kPlanar, typename Ex>
+__global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view y, int64_t C, int64_t HW,
+                                                              int64_t slice, int64_t scratch_floats, Ex ex,
+                                                              float* pooled, float* s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank();
+  const unsigned csize = cluster.num_blocks();
+  const int64_t n = blockIdx.x / csize;
+  const int64_t c0 = (int64_t)rank * slice;
+  const int64_t c1 = c0 + slice < C ? c0 + slice : C;
+  const int64_t nc = c1 > c0 ? c1 - c0 : 0;
+  extern __shared__ float4 smem_f4[];
+  float* part = reinterpret_cast<float*>(smem_f4);
+  float* pfull = part + slice;
+  float* sgate = pfull + C;
+  float* scratch = sgate + slice;
+  T* tile = reinterpret_cast<T*>(scratch + ((scratch_floats + 3) / 4) * 4);
+  const T* px = static_cast<const T*>(x.ptr) + n * x.sn;
+  T* py = static_cast<T*>(y.ptr) + n * y.sn;
+  const float inv = 1.f / (float)HW;
+  const int64_t elems = nc * HW;
+  // 1. load the slice once (coalesced along the contiguous axis), keep it in shared memory
+  for (int64_t i = threadIdx.x; i < elems; i += blockDim.x) {
+    int64_t c, p;
+    if (kPlanar) { c = i / HW; p = i % HW; } else { p = i / nc; c = i % nc; }
+    tile[i] = px[(c0 + c) * x.sc + p * x.shw];
+  }
+  __syncthreads();
+  // 2. pool the slice from shared memory: one warp per channel, fixed order
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+  for (int64_t c = warp; c < nc; c += nwarps) {
+    float acc = 0.f;
+    for (int64_t p = lane; p < HW; p += 32) acc += ld(kPlanar ? tile + c * HW + p : tile + p * nc + c);
+    acc = warp_sum(acc);
+    if (lane == 0) part[c] = acc * inv;
+  }
+  // 3. exchange the pooled means through distributed shared memory
+  cluster.sync();
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const unsigned owner = (unsigned)(c / slice);
+    const float* remote = cluster.map_shared_rank(part, owner);
+    pfull[c] = remote[c - (int64_t)owner * slice];
+  }
+  cluster.sync();  // every block has read every other block's part[]: safe to move on / exit
+  // 4. gates of this block's channels
+  ex.gates(pfull, c0, c1, sgate, scratch);
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < nc; c += blockDim.x) {
+    pooled[n * C + c0 + c] = pfull[c0 + c];
+    s[n * C + c0 + c] = sgate[c];
+  }
+  // 5. scale straight from shared memory
+  for (int64_t i = threadIdx.x; i < elems; i += blockDim.x) {
+    int64_t c, p;
+    if (kPlanar) { c = i / HW; p = i % HW; } else { p = i / nc; c = i % nc; }
+    st(py + (c0 + c) * y.sc + p * y.shw, ld(tile + i) * sgate[c]);
+  }
+#else
+  __trap();  // never launched: the host checks that sm_90 code exists (ptxVersion >= 90) first
+#endif
+}
+
+// Try the cluster schedule; returns cudaSuccess when it ran, an error code when it did not apply
+// (caller falls back to the portable schedule). Never leaves a sticky error behind.
+template <typename T, typename Ex>
+cudaError_t try_cluster_forward(int layout, const ak_view& x, const ak_view& y, int64_t N, int64_t C, int64_t HW,
+                                const Ex& ex, int64_t scratch_floats, float* pooled, float* s, cudaStream_t st) {
+  if (!g_cluster_enabled || N == 0 || C == 0 || N > (1LL << 26)) return cudaErrorNotSupported;
+  int dev = 0, major = 0, sms = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return cudaErrorNotSupported;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (major < 9) return cudaErrorNotSupported;
+  // Smallest power-of-two cluster (>= enough blocks to fill the SMs, capped at 8) whose slice fits.
+  int want = 1;
+  while (want < 8 && (int64_t)want * N < sms) want *= 2;
+  for (int csize = want; csize <= 16; csize *= 2) {
+    const int64_t slice = (C + csize - 1) / csize;
+    const size_t bytes = (size_t)(2 * slice + C + ((scratch_floats + 3) / 4) * 4) * sizeof(float) +
+                         (size_t)(slice * HW) * sizeof(T) + 16;
+    if (bytes > (size_t)optin) continue;
+    auto kernel = layout == 0 ? cluster_forward_kernel<T, true, Ex> : cluster_forward_kernel<T, false, Ex>;
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, kernel) != cudaSuccess || fa.ptxVersion < 90) {
+      cudaGetLastError();  // built without sm_90 code (e.g. TORCH_CUDA_ARCH_LIST=8.0 run on a Hopper)
+      return cudaErrorNotSupported;
+    }
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (csize > 8) cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)(N * csize));
+    cfg.blockDim = dim3(512);
+    cfg.dynamicSmemBytes = bytes;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)csize;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters < 1) {
+      cudaGetLastError();
+      continue;
+    }
+    cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, x, y, C, HW, slice, scratch_floats, ex, pooled, s);
+    if (err == cudaSuccess) return cudaSuccess;
+    cudaGetLastError();  // a refused launch is not sticky: clear it and try the next size / fall back
+  }
+  return cudaErrorNotSupported;
+}
+
+}  // namespace ak

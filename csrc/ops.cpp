@@ -1,0 +1,114 @@
+// attn_kernels._C: op schemas, per-device registration and the Python module.
+//
+// Layout follows pytorch/extension-cpp: one schema per op in TORCH_LIBRARY, one implementation per
+// device in TORCH_LIBRARY_IMPL (CPU here, CUDA in cuda/cuda_ops.cpp when built WITH_CUDA). The ops
+// live in their own namespace, attn_kernels_ext, so they never clash with the Python-defined Triton
+// ops in attn_kernels::. Fake (meta) kernels and autograd are registered from Python
+// (attn_kernels/ops/ext.py) with torch.library.register_fake / register_autograd.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "glue.h"
+#include "ops.h"
+#ifdef WITH_CUDA
+#include "cuda/launchers.h"
+#endif
+
+namespace attn_kernels {
+
+void check_se(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
+              int64_t act, int64_t gate) {
+  check_x(x, "se");
+  TORCH_CHECK_VALUE(act >= kRelu && act <= kGelu, "se: unknown act code ", act, " (0 relu, 1 silu, 2 gelu)");
+  TORCH_CHECK_VALUE(gate == kSigmoid || gate == kHardSigmoid, "se: unknown gate code ", gate,
+                    " (0 sigmoid, 1 hardsigmoid)");
+  const int64_t c = x.size(1);
+  const bool has_w1 = w1 && w1->defined();
+  TORCH_CHECK_VALUE(w2.defined(), "se: w2 (the expand FC weight, shape (C, R)) is required");
+  if (!has_w1) {
+    TORCH_CHECK_VALUE(!(b1 && b1->defined()), "se: b1 given without w1: effective SE (w1=None) has a single FC");
+    check_param(w2, "w2", {c, c}, x, "se");
+  } else {
+    TORCH_CHECK_VALUE(w1->dim() == 2 && w1->size(0) >= 1, "se: w1 must be a 2-D (R, C) tensor with R >= 1, got shape ",
+                      w1->sizes());
+    const int64_t r = w1->size(0);
+    check_param(*w1, "w1", {r, c}, x, "se");
+    if (b1 && b1->defined()) check_param(*b1, "b1", {r}, x, "se");
+    check_param(w2, "w2", {c, r}, x, "se");
+  }
+  if (b2 && b2->defined()) check_param(*b2, "b2", {c}, x, "se");
+}
+
+Tensor check_eca(const Tensor& x, const Tensor& weight) {
+  check_x(x, "eca");
+  Tensor taps = (weight.dim() == 3 && weight.size(0) == 1 && weight.size(1) == 1) ? weight.reshape({-1}) : weight;
+  TORCH_CHECK_VALUE(taps.dim() == 1, "eca: weight must have shape (k,) or (1, 1, k), got ", weight.sizes());
+  TORCH_CHECK_TYPE(taps.is_floating_point(), "eca: weight must be floating point, got ", taps.scalar_type());
+  TORCH_CHECK_VALUE(taps.size(0) >= 1 && taps.size(0) % 2 == 1,
+                    "eca: kernel size must be odd and positive (the conv is centred), got k=", taps.size(0));
+  TORCH_CHECK_VALUE(taps.device() == x.device(), "eca: weight is on ", taps.device(), " but x is on ", x.device());
+  return taps;
+}
+
+}  // namespace attn_kernels
+
+TORCH_LIBRARY(attn_kernels_ext, m) {
+  m.def("se_fwd(Tensor x, Tensor? w1, Tensor? b1, Tensor w2, Tensor? b2, int act, int gate) -> (Tensor, Tensor, Tensor)");
+  m.def("se_bwd(Tensor grad_y, Tensor x, Tensor? w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor pooled, Tensor s, "
+        "int act, int gate) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("eca_fwd(Tensor x, Tensor weight, bool circular) -> (Tensor, Tensor, Tensor)");
+  m.def("eca_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor pooled, Tensor s, bool circular) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(attn_kernels_ext, CPU, m) {
+  m.impl("se_fwd", &attn_kernels::se_fwd_cpu);
+  m.impl("se_bwd", &attn_kernels::se_bwd_cpu);
+  m.impl("eca_fwd", &attn_kernels::eca_fwd_cpu);
+  m.impl("eca_bwd", &attn_kernels::eca_bwd_cpu);
+}
+
+// ---- the Python module: importing attn_kernels._C loads the library and registers the ops --------
+extern "C" {
+
+static PyObject* attn_has_cuda(PyObject*, PyObject*) {
+#ifdef WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+// CUDA forward schedule control, for tests and benchmarks on a GPU (no-ops without CUDA).
+static PyObject* attn_set_cuda_cluster(PyObject*, PyObject* arg) {
+#ifdef WITH_CUDA
+  ak_set_cluster_enabled(PyObject_IsTrue(arg) ? 1 : 0);
+#else
+  (void)arg;
+#endif
+  Py_RETURN_NONE;
+}
+
+static PyObject* attn_last_cuda_path(PyObject*, PyObject*) {
+#ifdef WITH_CUDA
+  return PyLong_FromLong(ak_last_forward_path());
+#else
+  return PyLong_FromLong(-1);
+#endif
+}
+
+static PyMethodDef attn_methods[] = {
+    {"has_cuda", attn_has_cuda, METH_NOARGS, "True when the extension was built with its CUDA kernels."},
+    {"set_cuda_cluster", attn_set_cuda_cluster, METH_O,
+     "Enable (True, default) or disable the sm_90 thread-block-cluster forward schedule."},
+    {"last_cuda_path", attn_last_cuda_path, METH_NOARGS,
+     "Schedule of the last CUDA forward: 0 portable, 1 Hopper cluster (-1: built without CUDA)."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+static struct PyModuleDef attn_module = {
+    PyModuleDef_HEAD_INIT, "_C",
+    "attn_kernels C++/CUDA extension: registers torch.ops.attn_kernels_ext.{se,eca}_{fwd,bwd}.", -1, attn_methods,
+};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&attn_module); }
+}

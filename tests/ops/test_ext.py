@@ -1,0 +1,342 @@
+"""The C++/CUDA extension attn_kernels._C (csrc/): the ``cpu`` backend in CI, the ``cuda`` one on a GPU.
+
+Skipped as a whole, with the ImportError as the reason, when the extension is not built.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attn_kernels import _backend, functional, reference, use_backend
+from tests.helpers import assert_close, check_parity, gradcheck
+
+try:
+    from attn_kernels.ops import ext
+except ImportError as exc:  # not built: say why
+    pytest.skip(f"attn_kernels._C is not available: {exc}", allow_module_level=True)
+
+OPS = torch.ops.attn_kernels_ext
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _se_params(c, r, bias=True, ese=False, dtype=torch.float32, device="cpu"):
+    g = lambda *s: (torch.randn(*s, dtype=dtype, device=device) * 0.5).requires_grad_()  # noqa: E731
+    if ese:
+        return None, None, g(c, c), g(c)
+    return g(r, c), (g(r) if bias else None), g(c, r), (g(c) if bias else None)
+
+
+def _x(shape, dtype=torch.float32, device="cpu", channels_last=False):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    return x.requires_grad_()
+
+
+def _se_fused(act, gate, backend="cpu", view=None):
+    def fn(x, w1, b1, w2, b2):
+        return functional.se(view(x) if view else x, w1, b1, w2, b2, act, gate, backend=backend)
+    return fn
+
+
+def _se_eager(act, gate):
+    return lambda x, w1, b1, w2, b2: reference.se(x, w1, b1, w2, b2, act, gate)
+
+
+NAMES = {0: "x", 1: "w1", 2: "b1", 3: "w2", 4: "b2"}
+
+
+# ---- SE -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,gate,bias,ese", [
+    ("relu", "sigmoid", True, False), ("silu", "sigmoid", True, False), ("gelu", "hardsigmoid", False, False),
+    ("relu", "hardsigmoid", True, True), ("silu", "sigmoid", False, False),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_se_parity(dtype, act, gate, bias, ese, channels_last):
+    x = _x((3, 24, 5, 7), channels_last=channels_last)
+    params = _se_params(24, 6, bias=bias, ese=ese)
+    check_parity(_se_fused(act, gate), _se_eager(act, gate), [x, *params], dtype=dtype, names=NAMES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [
+    (2, 1, 4, 4),      # C = 1
+    (2, 13, 3, 5),     # C prime
+    (4, 10, 1, 1),     # HW = 1
+    (1, 16, 9, 9),     # N = 1 (phased, intra-sample parallel schedule)
+    (0, 8, 3, 3),      # N = 0
+    (3, 12, 17),       # 1-D spatial
+    (2, 6, 3, 4, 5),   # 3-D spatial
+    (5, 7, 2, 3),      # N not a multiple of the thread count
+])
+def test_se_shapes(dtype, shape):
+    c = shape[1]
+    x = _x(shape)
+    params = _se_params(c, max(1, c // 4))
+    check_parity(_se_fused("relu", "sigmoid"), _se_eager("relu", "sigmoid"), [x, *params], dtype=dtype, names=NAMES)
+
+
+@pytest.mark.parametrize("shape", [(4, 10, 1, 1), (1, 16, 6, 6), (2, 6, 3, 4, 5)])
+def test_se_channels_last_odd(shape):
+    x = _x(shape, channels_last=True)
+    params = _se_params(shape[1], 3)
+    check_parity(_se_fused("silu", "sigmoid"), _se_eager("silu", "sigmoid"), [x, *params], dtype=torch.float32,
+                 names=NAMES)
+
+
+VIEWS = {
+    "batch_stride": lambda x: x.repeat_interleave(2, 0)[::2],                    # flattens: no copy
+    "h_crop": lambda x: F.pad(x, (0, 0, 1, 1))[:, :, 1:-1],                      # flattens: no copy
+    "w_crop": lambda x: F.pad(x, (1, 1))[..., 1:-1],                             # copy path
+    "hw_transposed": lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),   # copy path
+    "nhwc_permute": lambda x: x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),  # channels_last view
+}
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_se_non_contiguous(view, dtype):
+    x = _x((3, 8, 5, 6))
+    params = _se_params(8, 2)
+    check_parity(_se_fused("relu", "sigmoid", view=VIEWS[view]), _se_eager("relu", "sigmoid"), [x, *params],
+                 dtype=dtype, names=NAMES)
+
+
+def test_se_fp32_weights_with_bf16_x():
+    x = _x((2, 16, 4, 4))
+    params = _se_params(16, 4)
+    check_parity(_se_fused("relu", "sigmoid"), _se_eager("relu", "sigmoid"), [x, *params], dtype=torch.bfloat16,
+                 param_dtype=torch.float32, names=NAMES)
+
+
+def test_se_output_layout_and_dtype():
+    for cl in (False, True):
+        x = _x((2, 8, 4, 5), channels_last=cl).detach()
+        y = functional.se(x, *_se_params(8, 2), backend="cpu")
+        ref = reference.se(x, *_se_params(8, 2))
+        assert y.stride() == ref.stride() and y.dtype == x.dtype
+
+
+# ---- ECA ------------------------------------------------------------------------------------------
+def _eca_fused(circular, backend="cpu", view=None):
+    return lambda x, w: functional.eca(view(x) if view else x, w, circular, backend=backend)
+
+
+def _eca_eager(circular):
+    return lambda x, w: reference.eca(x, w, circular)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("k", [1, 3, 5, 9, 31])  # 9 and 31 > C = 7 below
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eca_parity(dtype, circular, k, channels_last):
+    c = 7 if k >= 9 else 16
+    x = _x((3, c, 4, 5), channels_last=channels_last)
+    w = (torch.randn(1, 1, k) * 0.5).requires_grad_()
+    check_parity(_eca_fused(circular), _eca_eager(circular), [x, w], dtype=dtype, names={0: "x", 1: "weight"})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 1, 4, 4), (2, 13, 3, 5), (4, 10, 1, 1), (1, 32, 7, 7), (0, 8, 3, 3),
+                                   (3, 12, 17), (2, 6, 3, 4, 5)])
+def test_eca_shapes(dtype, shape):
+    x = _x(shape)
+    w = (torch.randn(3) * 0.5).requires_grad_()
+    for circular in (False, True):
+        check_parity(_eca_fused(circular), _eca_eager(circular), [x, w], dtype=dtype, names={0: "x", 1: "weight"})
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_eca_non_contiguous(view):
+    x = _x((3, 8, 5, 6))
+    w = torch.randn(5).requires_grad_()
+    check_parity(_eca_fused(True, view=VIEWS[view]), _eca_eager(True), [x, w], dtype=torch.float32)
+
+
+# ---- schedule-specific paths ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c,k", [(1, 37, 5), (4, 16, 3), (2, 7, 7), (3, 40, 9)])
+@pytest.mark.parametrize("circular", [False, True])
+def test_eca_streaming_path(dtype, n, c, k, circular):
+    """Planar maps with HW >= 256 take the one-read streaming forward (halo pooling at chunk edges)."""
+    x = _x((n, c, 16, 17))
+    w = (torch.randn(k) * 0.5).requires_grad_()
+    check_parity(_eca_fused(circular), _eca_eager(circular), [x, w], dtype=dtype, names={0: "x", 1: "weight"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+def test_se_batched_gemm_path(dtype, gate):
+    """N >= 8 with N*C*R >= 2^20 runs the excitation as ATen GEMMs (phased schedule)."""
+    x = _x((8, 512, 2, 2))
+    params = _se_params(512, 256)
+    check_parity(_se_fused("gelu", gate), _se_eager("gelu", gate), [x, *params], dtype=dtype, names=NAMES)
+
+
+# ---- op contracts ----------------------------------------------------------------------------------
+def _opcheck_args():
+    x = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    w1, b1, w2, b2 = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((2, 8), (2,), (8, 2), (8,)))
+    return x, w1, b1, w2, b2
+
+
+@pytest.mark.parametrize("ese", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_se(ese, channels_last):
+    x, w1, b1, w2, b2 = _opcheck_args()
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    if ese:
+        w1 = b1 = None
+        w2 = torch.randn(8, 8, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(OPS.se_fwd.default, (x, w1, b1, w2, b2, 1, 1))
+    y, pooled, s = (t.detach() for t in OPS.se_fwd(x, w1, b1, w2, b2, 1, 1))
+    d = [None if t is None else t.detach() for t in (x, w1, b1, w2, b2)]
+    torch.library.opcheck(OPS.se_bwd.default, (torch.randn_like(y), *d, pooled, s, 1, 1))
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_opcheck_eca(circular):
+    x = torch.randn(2, 8, 3, 4, requires_grad=True)
+    w = torch.randn(1, 1, 3, requires_grad=True)
+    torch.library.opcheck(OPS.eca_fwd.default, (x, w, circular))
+    y, pooled, s = (t.detach() for t in OPS.eca_fwd(x, w, circular))
+    torch.library.opcheck(OPS.eca_bwd.default, (torch.randn_like(y), x.detach(), w.detach(), pooled, s, circular))
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
+def test_gradcheck_se(act, gate):
+    x = torch.randn(2, 5, 3, 2)
+    w1, b1, w2, b2 = torch.randn(2, 5), torch.randn(2), torch.randn(5, 2), torch.randn(5)
+    ins = [t.requires_grad_() for t in (x, w1, b1, w2, b2)]
+    gradcheck(lambda *a: ext.se(*a, act, gate), ins)
+    gradcheck(lambda x_, w_, b_: ext.se(x_, None, None, w_, b_, act, gate),
+              [x, torch.randn(5, 5).requires_grad_(), b2])
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_gradcheck_eca(circular):
+    x = torch.randn(2, 5, 3, 2).requires_grad_()
+    gradcheck(lambda x_, w_: ext.eca(x_, w_, circular), [x, torch.randn(7).requires_grad_()])
+
+
+@pytest.mark.parametrize("case", ["se", "se_n1", "eca_stream_n1", "eca_cl"])
+def test_deterministic_and_thread_independent(case):
+    shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "eca_stream_n1": (1, 40, 16, 16),
+             "eca_cl": (3, 40, 5, 5)}[case]
+    x = _x(shape, channels_last=case == "eca_cl").detach()
+    params = [p.detach() for p in _se_params(shape[1], 8)]
+    taps = torch.randn(5)
+    gy = torch.randn_like(x)
+
+    def run():
+        if case.startswith("se"):
+            y, pooled, s = OPS.se_fwd(x, *params, 0, 0)
+            return (y,) + tuple(OPS.se_bwd(gy, x, *params, pooled, s, 0, 0))
+        y, pooled, s = OPS.eca_fwd(x, taps, True)
+        return (y, pooled, s) + tuple(OPS.eca_bwd(gy, x, taps, pooled, s, True))
+
+    threads = torch.get_num_threads()
+    first = run()
+    try:
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, run(), single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_torch_compile_fullgraph():
+    x = torch.randn(2, 8, 4, 4)
+    params = _se_params(8, 2)
+    fn = torch.compile(lambda x_: ext.se(x_, *params, "relu", "sigmoid") + 1, fullgraph=True, backend="eager")
+    assert_close(fn(x), reference.se(x, *params) + 1)
+
+
+def test_inputs_not_modified():
+    x = torch.randn(2, 8, 4, 4)
+    params = _se_params(8, 2)
+    x0 = x.clone()
+    ext.se(x, *params, "relu", "sigmoid")
+    ext.eca(x, torch.randn(3), True)
+    assert torch.equal(x, x0)
+
+
+# ---- bad input → clear error (the ops validate on their own too, beyond functional's checks) ------
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: OPS.se_fwd(torch.randn(2, 8, 3, 3), None, None, torch.randn(8, 4), None, 0, 0), ValueError, "w2"),
+    (lambda: OPS.se_fwd(torch.randn(2, 8), None, None, torch.randn(8, 8), None, 0, 0), ValueError, "spatial"),
+    (lambda: OPS.se_fwd(torch.ones(2, 8, 3, 3, dtype=torch.int32), None, None, torch.randn(8, 8), None, 0, 0),
+     TypeError, "float"),
+    (lambda: OPS.se_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 8), None, torch.randn(8, 2), None, 7, 0),
+     ValueError, "act"),
+    (lambda: OPS.se_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 8), torch.randn(3), torch.randn(8, 2), None, 0, 0),
+     ValueError, "b1"),
+    (lambda: OPS.eca_fwd(torch.randn(2, 8, 3, 3), torch.randn(4), False), ValueError, "odd"),
+    (lambda: OPS.eca_fwd(torch.randn(2, 8, 0, 3), torch.randn(3), False), ValueError, "empty spatial"),
+    (lambda: OPS.eca_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 3), False), ValueError, r"\(k,\)"),
+])
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_functional_bad_input_same_error_as_reference():
+    with pytest.raises(ValueError, match="gate"):
+        functional.se(torch.randn(2, 8, 3, 3), None, None, torch.randn(8, 8), None, gate="tanh", backend="cpu")
+
+
+# ---- dispatch --------------------------------------------------------------------------------------
+def test_auto_picks_cpu_backend():
+    assert _backend.unavailable_reason("cpu", "cpu") is None
+    with use_backend("auto"):
+        assert _backend.resolve("se", "cpu") is ext.se
+        assert _backend.resolve("eca", "cpu") is ext.eca
+
+
+def test_info_reports_cpu_available():
+    import attn_kernels
+
+    assert attn_kernels.info()["backends"]["cpu"]["cpu"] == "available"
+
+
+# ---- CUDA kernels (GPU only; never run in CI) -----------------------------------------------------
+@pytest.fixture(params=[True, False], ids=["cluster", "portable"])
+def cuda_schedule(request):
+    """Run each CUDA test with the sm_90 cluster forward enabled (used where it applies) and disabled."""
+    ext._C.set_cuda_cluster(request.param)
+    yield request.param
+    ext._C.set_cuda_cluster(True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 24, 5, 7), (2, 256, 56, 56), (1, 2048, 7, 7), (2, 13, 1, 1)])
+def test_cuda_se_parity(dtype, channels_last, shape, cuda_schedule):
+    if not ext.has_cuda():
+        pytest.skip("attn_kernels._C was built without CUDA kernels")
+    c = shape[1]
+    x = _x(shape, device="cuda", channels_last=channels_last)
+    params = _se_params(c, max(1, c // 16), device="cuda")
+    check_parity(_se_fused("relu", "sigmoid", backend="cuda"), _se_eager("relu", "sigmoid"), [x, *params],
+                 dtype=dtype, names=NAMES)
+    ese = _se_params(c, c, ese=True, device="cuda")
+    check_parity(_se_fused("relu", "hardsigmoid", backend="cuda"), _se_eager("relu", "hardsigmoid"), [x, *ese],
+                 dtype=dtype, names=NAMES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape,k", [((3, 16, 5, 7), 3), ((2, 512, 28, 28), 5), ((2, 7, 3, 3), 9)])
+def test_cuda_eca_parity(dtype, channels_last, shape, k, cuda_schedule):
+    if not ext.has_cuda():
+        pytest.skip("attn_kernels._C was built without CUDA kernels")
+    x = _x(shape, device="cuda", channels_last=channels_last)
+    w = torch.randn(k, device="cuda").requires_grad_()
+    for circular in (False, True):
+        check_parity(_eca_fused(circular, backend="cuda"), _eca_eager(circular), [x, w], dtype=dtype)

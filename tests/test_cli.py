@@ -1,0 +1,163 @@
+"""Smoke tests of every ``attn-kernels`` subcommand on CPU with tiny settings (in-process, via cli.main).
+
+Speed is never asserted here (CLAUDE/COMMON rule: speed claims only from benchmarks); these check that
+each command runs end to end and writes its files with the documented schema.
+"""
+import csv
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from attn_kernels import benchmark, cli
+from attn_kernels.benchmark import FIELDS
+
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+HAS_SWAP = importlib.util.find_spec("attn_kernels.swap") is not None
+
+
+def _fused_cpu(op="se"):
+    return benchmark.fused_backends(op, "cpu")
+
+
+def _one(path_glob_dir, suffix):
+    files = [f for f in os.listdir(path_glob_dir) if f.endswith(suffix)]
+    assert len(files) == 1, (path_glob_dir, os.listdir(path_glob_dir))
+    return os.path.join(path_glob_dir, files[0])
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "backends" in out
+    for backend in ("reference", "triton", "cuda", "cpu"):
+        assert f"{backend}:" in out
+
+
+def test_module_entry_point(monkeypatch, capsys):
+    """``python -m attn_kernels`` runs the same main (run in-process: a subprocess would re-import torch)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["attn-kernels", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("attn_kernels", run_name="__main__")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("bench", "profile", "demo", "info", "swap-check"):
+        assert cmd in out
+
+
+def test_bench_quick_tiny_writes_json_csv_png(tmp_path, capsys):
+    providers = ",".join(["eager"] + _fused_cpu())
+    rc = cli.main(["bench", "--quick", "--ops", "se,eca,se_residual", "--shape", "2x16x4x4", "--providers", providers,
+                   "--min-time", "0.002", "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| op |" in out and "× eager" in out and "rotated" in out
+    data = json.loads(open(_one(tmp_path, ".json")).read())
+    assert data["schema"] == FIELDS
+    rows = data["rows"]
+    n_prov = {op: 1 + len(benchmark.fused_backends(op, "cpu")) for op in ("se", "eca", "se_residual")}
+    # quick: modes fwd, fwd+bwd; layouts nchw, channels_last; fp32 on CPU
+    assert len(rows) == 4 * sum(n_prov.values())
+    for r in rows:
+        assert set(r) == set(FIELDS)
+        assert r["device_type"] == "cpu" and r["torch"] == torch.__version__ and r["date"]
+        assert not r["error"], r
+        assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert r["gbps"] > 0 and r["frac_copy"] > 0 and r["launches"] >= 1
+        assert r["speedup_vs_eager"] > 0 and r["speedup_vs_compile"] is None  # compile not run here
+    fwd = [r for r in rows if r["mode"] == "fwd" and r["op"] == "se"][0]
+    assert fwd["floor_bytes"] == 2 * 2 * 16 * 4 * 4 * 4  # read x + write y, fp32
+    res = [r for r in rows if r["mode"] == "fwd+bwd" and r["op"] == "se_residual"][0]
+    assert res["floor_bytes"] == (3 + 5) * 2 * 16 * 4 * 4 * 4
+    with open(_one(tmp_path, ".csv")) as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == FIELDS
+        assert len(list(reader)) == len(rows)
+    pngs = [f for f in os.listdir(tmp_path) if f.endswith(".png")]
+    assert len(pngs) == (2 if HAS_MPL else 0)
+
+
+def test_bench_compile_provider(tmp_path):
+    rc = cli.main(["bench", "--ops", "se", "--modes", "fwd", "--layouts", "nchw", "--shape", "2x16x4x4",
+                   "--providers", "eager,compile", "--min-time", "0.002", "--no-progress", "--no-plots",
+                   "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads(open(_one(tmp_path, ".json")).read())["rows"]
+    comp = [r for r in rows if r["provider"] == "compile"][0]
+    assert not comp["error"] and comp["median_ms"] > 0 and comp["launches"] is None  # n/a on CPU
+    assert comp["speedup_vs_compile"] == pytest.approx(1.0)
+
+
+def test_bench_list_and_filters(capsys):
+    assert cli.main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "se_silu" in out and "efficientnet_b0[0]" in out and "sweep" in out
+    assert "triton" not in out  # never the Triton interpreter as a provider on CPU
+    assert cli.main(["bench", "--ops", "nope", "--list"]) == 2
+
+
+def test_sites_match_the_documented_models():
+    # SE-ResNet-50 stage widths and the ECA kernel sizes the paper's rule gives.
+    assert [s[:3] for s in benchmark.SITES["se_resnet50"]] == [(256, 56, 56), (512, 28, 28), (1024, 14, 14),
+                                                               (2048, 7, 7)]
+    assert [s[3] for s in benchmark.SITES["eca_resnet50"]] == [5, 5, 5, 7]
+    assert len(benchmark.SITES["efficientnet_b0"]) == 10 and len(benchmark.SITES["mobilenetv3_large"]) == 6
+
+
+@pytest.mark.skipif(not HAS_SWAP, reason="attn_kernels.swap is not available")
+def test_profile_tiny(tmp_path, capsys):
+    rc = cli.main(["profile", "--models", "cnn_se", "--variants", "plain,eager,fused", "--batch", "2",
+                   "--steps", "2", "--warmup", "0", "--active", "1", "--num-classes", "10", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    data = json.loads(open(_one(tmp_path, ".json")).read())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"plain", "eager", "fused"}
+    for r in rows.values():
+        assert not r["error"], r
+        assert r["step_ms"] > 0 and r["images_per_s"] > 0 and os.path.exists(r["trace"])
+        assert len(r["losses"]) == 2
+    assert rows["eager"]["attn_ms"] > 0 and 0 < rows["eager"]["attn_share"] <= 1
+    assert rows["plain"]["attn_share"] == 0
+    assert rows["fused"]["swapped"] >= 3 and rows["fused"]["follows_eager"] is True
+
+
+def test_profile_without_swap_message(tmp_path, capsys, monkeypatch):
+    """Fused variants need swap: with it hidden, the run records a clear reason instead of crashing."""
+    import attn_kernels.profile as prof
+
+    monkeypatch.setattr(prof, "load_swap", lambda: (None, "attn_kernels.swap is not available (test)"))
+    rc = cli.main(["profile", "--models", "cnn_se", "--variants", "fused", "--batch", "2", "--steps", "1",
+                   "--warmup", "0", "--active", "1", "--num-classes", "10", "--no-trace", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "attn_kernels.swap is not available" in captured.out + captured.err
+
+
+def test_demo_tiny(tmp_path, capsys):
+    rc = cli.main(["demo", "--epochs", "1", "--dataset", "synthetic", "--n-synthetic", "96", "--batch", "32",
+                   "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "SYNTHETIC" in out
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert summary["fused_vs_eager"]["same_learning"] is True
+    with open(tmp_path / "demo_epochs.csv") as f:
+        epochs = list(csv.DictReader(f))
+    assert {r["model"] for r in epochs} == {"cnn", "cnn_se", "cnn_se_fused"}
+    with open(tmp_path / "demo_batches.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3 * 3  # 77 train images / 32 = 3 batches, three models
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == (["demo_attention.png", "demo_curves.png", "demo_feature_maps.png"] if HAS_MPL else [])
+
+
+@pytest.mark.skipif(not HAS_SWAP, reason="attn_kernels.swap is not available")
+def test_swap_check(capsys):
+    name = "timm:seresnet18" if importlib.util.find_spec("timm") else "se_resnet50"  # the smallest at hand
+    assert cli.main(["swap-check", name]) == 0
+    assert f"swap-check {name}" in capsys.readouterr().out

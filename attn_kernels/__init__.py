@@ -9,12 +9,16 @@ from . import functional, reference
 from ._backend import BACKENDS, BackendUnavailableError, get_backend, preload, set_backend, use_backend
 from ._backend import info as _backend_info
 from .modules import FusedAdaptiveSE, FusedCBAM, FusedECA, FusedEffectiveSE, FusedSE
+from .modules import FusedBidirectionalECA, FusedDynamicMultiKernelECA
+from .swap import SwapReport, swap, unswap  # noqa: E402  (the function shadows the submodule name)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "functional", "reference", "BACKENDS", "BackendUnavailableError", "get_backend", "set_backend",
     "use_backend", "preload", "info", "FusedSE", "FusedEffectiveSE", "FusedAdaptiveSE", "FusedECA", "FusedCBAM",
+    "FusedDynamicMultiKernelECA", "FusedBidirectionalECA",
+    "swap", "unswap", "SwapReport",
 ]
 
 

@@ -60,6 +60,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from ._layout import as_flat as _as_flat, flat_strides as _flat_strides, out_like as _out_like
 
 __all__ = ["dmk_eca", "bi_eca", "dmk_eca_forward", "dmk_eca_backward", "bi_eca_forward", "bi_eca_backward"]
 
@@ -477,33 +478,6 @@ def _bi_eca_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launch settings and layout
 # ----------------------------------------------------------------------------------------------
-def _flat_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
-    """(stride_n, stride_c, stride_hw) when t's spatial dims flatten to one stride, else None."""
-    dims = [(size, stride) for size, stride in zip(t.shape[2:], t.stride()[2:]) if size != 1]
-    for (_, outer), (size, inner) in zip(dims, dims[1:]):
-        if outer != inner * size:
-            return None
-    return t.stride(0), t.stride(1), (dims[-1][1] if dims else 1)
-
-
-def _as_flat(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """t and its (n, c, hw) strides; a copy only for views whose spatial dims do not flatten."""
-    strides = _flat_strides(t)
-    if strides is None:
-        t = t.contiguous()
-        strides = _flat_strides(t)
-    return t, strides
-
-
-def _out_like(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]:
-    """(result, buffer the kernel writes, its strides): the result has empty_like(x)'s layout; when
-    that does not flatten, the kernel writes a contiguous buffer copied into it afterwards."""
-    out = _alloc.empty_like(x)
-    strides = _flat_strides(out)
-    if strides is not None:
-        return out, out, strides
-    buf = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
-    return out, buf, _flat_strides(buf)
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:

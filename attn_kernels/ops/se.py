@@ -76,6 +76,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from ._layout import as_flat as _as_flat, flat_strides as _flat_strides, out_like as _out_like
 
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
@@ -410,32 +411,6 @@ def _se_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Layout helpers and the launch heuristic
 # ----------------------------------------------------------------------------------------------
-def _flat_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
-    """(stride_n, stride_c, stride_hw) when t's spatial dims flatten to one stride, else None."""
-    dims = [(size, stride) for size, stride in zip(t.shape[2:], t.stride()[2:]) if size != 1]
-    for (_, outer), (size, inner) in zip(dims, dims[1:]):
-        if outer != inner * size:
-            return None
-    return t.stride(0), t.stride(1), (dims[-1][1] if dims else 1)
-
-
-def _as_flat(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """t and its strides; the documented copy only for views whose spatial dims do not flatten."""
-    strides = _flat_strides(t)
-    if strides is None:
-        t = t.contiguous()
-        strides = _flat_strides(t)
-    return t, strides
-
-
-def _out_like(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]:
-    """(result with empty_like(x)'s layout, buffer the kernel writes, its strides)."""
-    out = _alloc.empty_like(x)
-    strides = _flat_strides(out)
-    if strides is not None:
-        return out, out, strides
-    buf = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
-    return out, buf, _flat_strides(buf)
 
 
 def _schedule_env() -> str:

@@ -1,0 +1,39 @@
+"""Layout helpers shared by the Triton launchers.
+
+Kernels address x as (n, c, hw) with one stride each, which covers NCHW, channels_last(_3d) and any
+view whose spatial dims flatten to one stride (crops along the outer dims, x[::2], expanded grad_y):
+those run without a copy. Only a view whose spatial dims do not flatten is copied.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _alloc
+
+
+def flat_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
+    """(stride_n, stride_c, stride_hw) when t's spatial dims flatten to one stride, else None."""
+    dims = [(size, stride) for size, stride in zip(t.shape[2:], t.stride()[2:]) if size != 1]
+    for (_, outer), (size, inner) in zip(dims, dims[1:]):
+        if outer != inner * size:
+            return None
+    return t.stride(0), t.stride(1), (dims[-1][1] if dims else 1)
+
+
+def as_flat(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    """t and its strides; the documented copy only for views whose spatial dims do not flatten."""
+    strides = flat_strides(t)
+    if strides is None:
+        t = t.contiguous()
+        strides = flat_strides(t)
+    return t, strides
+
+
+def out_like(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int]]:
+    """(result with empty_like(x)'s layout, buffer the kernel writes, its strides)."""
+    out = _alloc.empty_like(x)
+    strides = flat_strides(out)
+    if strides is not None:
+        return out, out, strides
+    buf = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out, buf, flat_strides(buf)

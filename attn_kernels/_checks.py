@@ -74,28 +74,52 @@ def check_se_args(x, w1, b1, w2, b2, act: str, gate: str) -> None:
         _check_param(b2, "b2", (channels,), x)
 
 
-def eca_taps(weight) -> torch.Tensor:
-    """Accept the ECA conv weight as (k,) or the Conv1d layout (1, 1, k); return a (k,) view."""
+def check_taps(weight, name: str, x: torch.Tensor) -> torch.Tensor:
+    """A 1-D conv across channels: (k,) or the Conv1d weight (1, 1, k), k odd; returns the (k,) view."""
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.dim() == 3 and weight.shape[0] == 1 and weight.shape[1] == 1:
-        weight = weight.reshape(-1)
-    if weight.dim() != 1:
-        raise ValueError(f"ECA weight must have shape (k,) or (1, 1, k), got {tuple(weight.shape)}")
-    return weight
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+    taps = weight.reshape(-1) if weight.dim() == 3 and weight.shape[:2] == (1, 1) else weight
+    if taps.dim() != 1:
+        raise ValueError(f"{name} must have shape (k,) or (1, 1, k), got {tuple(weight.shape)}")
+    if not taps.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {taps.dtype}")
+    if taps.shape[0] < 1 or taps.shape[0] % 2 == 0:
+        raise ValueError(f"{name} has k={taps.shape[0]} taps: the kernel size must be odd and positive (centred conv)")
+    if taps.device != x.device:
+        raise ValueError(f"{name} is on {taps.device} but x is on {x.device}")
+    return taps
+
+
+def check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7) -> None:
+    """fc_weight (3, C), fc_bias (3,) or None; three odd-length tap vectors, each (k,) or (1, 1, k)."""
+    check_feature_map(x)
+    _check_param(fc_weight, "fc_weight", (3, x.shape[1]), x)
+    if fc_bias is not None:
+        _check_param(fc_bias, "fc_bias", (3,), x)
+    for name, t in (("taps3", taps3), ("taps5", taps5), ("taps7", taps7)):
+        check_taps(t, name, x)
+
+
+def check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2) -> None:
+    """w_fwd, w_bwd odd-length taps; gate MLP w1 (R, C), b1 (R,) or None, w2 (2, R), b2 (2,) or None."""
+    check_feature_map(x)
+    check_taps(w_fwd, "w_fwd", x)
+    check_taps(w_bwd, "w_bwd", x)
+    if not isinstance(w1, torch.Tensor) or w1.dim() != 2 or w1.shape[0] < 1:
+        raise ValueError(f"w1 must be a 2-D (R, C) tensor with R >= 1, got {getattr(w1, 'shape', w1)}")
+    rd = w1.shape[0]
+    _check_param(w1, "w1", (rd, x.shape[1]), x)
+    if b1 is not None:
+        _check_param(b1, "b1", (rd,), x)
+    _check_param(w2, "w2", (2, rd), x)
+    if b2 is not None:
+        _check_param(b2, "b2", (2,), x)
 
 
 def check_eca_args(x, weight) -> torch.Tensor:
+    """x a feature map, weight the ECA taps; returns them as a (k,) view."""
     check_feature_map(x)
-    taps = eca_taps(weight)
-    if not taps.is_floating_point():
-        raise TypeError(f"ECA weight must be floating point, got dtype {taps.dtype}")
-    k = taps.shape[0]
-    if k < 1 or k % 2 == 0:
-        raise ValueError(f"ECA kernel size must be odd and positive (the conv is centred), got k={k}")
-    if taps.device != x.device:
-        raise ValueError(f"ECA weight is on {taps.device} but x is on {x.device}")
-    return taps
+    return check_taps(weight, "ECA weight", x)
 
 
 def check_same_shape(a: torch.Tensor, b: Optional[torch.Tensor], name: str) -> None:

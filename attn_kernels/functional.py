@@ -11,7 +11,7 @@ import torch
 
 from . import _checks
 from ._backend import resolve
-from .reference import OUT_ACTS, check_bi_eca_args, check_dmk_eca_args
+from .reference import OUT_ACTS
 
 __all__ = ["se", "eca", "se_residual", "eca_residual", "cbam", "dmk_eca", "bi_eca"]
 
@@ -64,7 +64,7 @@ def dmk_eca(x: torch.Tensor, fc_weight: torch.Tensor, fc_bias: Optional[torch.Te
     p = mean_spatial(x); fc_weight (3, C), fc_bias (3,) or None; taps3/taps5/taps7 the three
     zero-padded convs across channels, each (k,) or the Conv1d weight (1, 1, k), k odd.
     """
-    check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7)
+    _checks.check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7)
     return resolve("dmk_eca", x.device.type, backend)(x, fc_weight, fc_bias, taps3, taps5, taps7)
 
 
@@ -76,7 +76,7 @@ def bi_eca(x: torch.Tensor, w_fwd: torch.Tensor, w_bwd: torch.Tensor, w1: torch.
 
     w_fwd, w_bwd: (k,) or (1, 1, k), k odd; w1 (R, C), b1 (R,) or None, w2 (2, R), b2 (2,) or None.
     """
-    check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2)
+    _checks.check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2)
     return resolve("bi_eca", x.device.type, backend)(x, w_fwd, w_bwd, w1, b1, w2, b2)
 
 

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from ._checks import (
     ACTS,
     GATES,
-    _check_param,
     check_choice,
+    check_bi_eca_args,
+    check_dmk_eca_args,
     check_eca_args,
     check_feature_map,
     check_same_shape,
@@ -172,48 +173,6 @@ def cbam(x, w1, w2, spatial_weight) -> torch.Tensor:
     desc = torch.cat([x1.mean(1, keepdim=True), x1.amax(1, keepdim=True)], dim=1)
     sa = torch.sigmoid(_CONV[spatial_rank](desc, spatial_weight.to(dt), padding=[k // 2 for k in k_shape]))
     return x1 * sa
-
-
-def _check_taps(weight, name: str, x: torch.Tensor) -> torch.Tensor:
-    """A 1-D conv across channels: (k,) or the Conv1d weight (1, 1, k), k odd; returns the (k,) view."""
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
-    taps = weight.reshape(-1) if weight.dim() == 3 and weight.shape[:2] == (1, 1) else weight
-    if taps.dim() != 1:
-        raise ValueError(f"{name} must have shape (k,) or (1, 1, k), got {tuple(weight.shape)}")
-    if not taps.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got dtype {taps.dtype}")
-    if taps.shape[0] < 1 or taps.shape[0] % 2 == 0:
-        raise ValueError(f"{name} has k={taps.shape[0]} taps: the kernel size must be odd and positive (centred conv)")
-    if taps.device != x.device:
-        raise ValueError(f"{name} is on {taps.device} but x is on {x.device}")
-    return taps
-
-
-def check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7) -> None:
-    """fc_weight (3, C), fc_bias (3,) or None; three odd-length tap vectors, each (k,) or (1, 1, k)."""
-    check_feature_map(x)
-    _check_param(fc_weight, "fc_weight", (3, x.shape[1]), x)
-    if fc_bias is not None:
-        _check_param(fc_bias, "fc_bias", (3,), x)
-    for name, t in (("taps3", taps3), ("taps5", taps5), ("taps7", taps7)):
-        _check_taps(t, name, x)
-
-
-def check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2) -> None:
-    """w_fwd, w_bwd odd-length taps; gate MLP w1 (R, C), b1 (R,) or None, w2 (2, R), b2 (2,) or None."""
-    check_feature_map(x)
-    _check_taps(w_fwd, "w_fwd", x)
-    _check_taps(w_bwd, "w_bwd", x)
-    if not isinstance(w1, torch.Tensor) or w1.dim() != 2 or w1.shape[0] < 1:
-        raise ValueError(f"w1 must be a 2-D (R, C) tensor with R >= 1, got {getattr(w1, 'shape', w1)}")
-    rd = w1.shape[0]
-    _check_param(w1, "w1", (rd, x.shape[1]), x)
-    if b1 is not None:
-        _check_param(b1, "b1", (rd,), x)
-    _check_param(w2, "w2", (2, rd), x)
-    if b2 is not None:
-        _check_param(b2, "b2", (2,), x)
 
 
 def _conv_channels(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -298,10 +298,11 @@ def time_cpu(fn: Callable, min_time: float, min_reps: int = 5, max_reps: int = 1
     return _quantiles(times)
 
 
-def time_cuda(fn: Callable, rep_ms: int):
+def time_cuda(fn: Callable, rep_ms: int, grad_to_none=None):
     import triton.testing
 
-    med, p20, p80 = triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    med, p20, p80 = triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, quantiles=[0.5, 0.2, 0.8],
+                                            grad_to_none=grad_to_none)
     return float(med), float(p20), float(p80)
 
 

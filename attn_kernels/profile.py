@@ -40,7 +40,6 @@ inductor fuses the attention ops into their neighbours.
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import json
 import os

@@ -30,21 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import attn_kernels  # noqa: E402
 from attn_kernels import reference  # noqa: E402
+from attn_kernels.benchmark import cpu_model  # noqa: E402
 from attn_kernels.ops import ext  # noqa: E402
 
 SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
 BATCHES = [1, 16]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def median_us(fn, min_run_time: float) -> float:
@@ -81,7 +71,6 @@ def run(args) -> list:
                         t_clone = median_us(lambda: x.clone(), args.min_run_time)
                 else:
                     xg = x.detach().requires_grad_()
-                    ps = [p.detach().requires_grad_() for p in params]
                     gy = torch.randn_like(x)
                     fused_g, eager_g, _ = make_case(op, c, dtype)
 
@@ -93,7 +82,6 @@ def run(args) -> list:
                     t_cpu = median_us(fb(fused), args.min_run_time)
                     t_eager = median_us(fb(eager), args.min_run_time)
                     t_clone = median_us(lambda: (x.clone(), gy.clone()), args.min_run_time)
-                    del ps
                 rows.append(dict(op=op, mode=args.mode, dtype=args.dtype,
                                  layout="channels_last" if args.channels_last else "nchw", n=n, c=c, h=h, w=w,
                                  cpu_us=round(t_cpu, 2), eager_us=round(t_eager, 2), clone_us=round(t_clone, 2),

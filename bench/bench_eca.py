@@ -30,9 +30,7 @@ import csv
 import datetime as _dt
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -44,6 +42,7 @@ import triton  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import attn_kernels as ak  # noqa: E402
+from attn_kernels.benchmark import count_launches, time_cpu, time_cuda  # noqa: E402
 from attn_kernels import functional, reference  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
@@ -55,29 +54,15 @@ FLOOR = {"eca": (2, 5), "eca_residual": (3, 8), "cbam": (2, 5)}  # (fwd, fwd+bwd
 
 
 def _time_ms(fn, grad_to_none=None) -> float:
+    """Median ms: do_bench on CUDA, a perf_counter median on CPU (the suite's timers)."""
     if HAS_CUDA:
-        return triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)[0]
-    fn()
-    ts = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+        return time_cuda(fn, rep_ms=100, grad_to_none=grad_to_none)[0]
+    return time_cpu(fn, min_time=0.0, min_reps=3, warmup=1)[0]
 
 
-def _launches(fn, iters: int = 3) -> float:
-    """Device kernels (and memsets / copies) per call, from torch.profiler (CUDA only)."""
-    if not HAS_CUDA:
-        return float("nan")
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / iters
+def _launches(fn) -> float:
+    """Device kernels per call, from torch.profiler (CUDA only)."""
+    return float(count_launches(fn, "cuda", "fused")) if HAS_CUDA else float("nan")
 
 
 class _EcaResidual(torch.nn.Module):

@@ -22,7 +22,6 @@ import csv
 import datetime as _dt
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -34,6 +33,7 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 
 import attn_kernels as ak  # noqa: E402
+from attn_kernels.benchmark import count_launches, time_cpu, time_cuda  # noqa: E402
 from attn_kernels import reference  # noqa: E402
 from attn_kernels.ops import se as S  # noqa: E402
 
@@ -44,30 +44,15 @@ PROVIDERS = ["fused", "eager", "compile", "compile-max-autotune"]
 
 
 def _time_ms(fn, grad_to_none=None) -> float:
+    """Median ms: do_bench on CUDA, a perf_counter median on CPU (the suite's timers)."""
     if HAS_CUDA:
-        return triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)[0]
-    fn()
-    ts = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+        return time_cuda(fn, rep_ms=100, grad_to_none=grad_to_none)[0]
+    return time_cpu(fn, min_time=0.0, min_reps=5, warmup=1)[0]
 
 
-def _launches(fn, iters: int = 3) -> float:
-    """Device kernels (and memsets/copies) per call, from torch.profiler."""
-    if not HAS_CUDA:
-        return float("nan")
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    kinds = (torch.autograd.DeviceType.CUDA,)
-    return sum(1 for e in prof.events() if e.device_type in kinds) / iters
+def _launches(fn) -> float:
+    """Device kernels per call, from torch.profiler (CUDA only)."""
+    return float(count_launches(fn, "cuda", "fused")) if HAS_CUDA else float("nan")
 
 
 def _modules(c: int, device, dtype):

@@ -11,7 +11,11 @@
 // (distributed shared memory, cluster.map_shared_rank), cluster.sync(), computes the gates of its
 // channels, and scales the slice straight from shared memory: x read once, y written once (the
 // 2-bytes-per-byte floor). Used when the slice fits the opt-in shared memory with a cluster of <= 16
-// blocks; otherwise (or on other GPUs, or when the launch is refused) the portable schedule runs.
+// blocks and the occupancy query says such a cluster can be resident; otherwise (or on other GPUs) the
+// portable schedule runs. That choice is made on the host from answers cached per device (LaunchCache),
+// before anything is launched: steady-state calls do no CUDA queries, and a CUDA-graph capture never
+// sees a refused launch (warm up once outside the capture, as torch.cuda.graphs advises anyway, so the
+// one-time probes do not run inside it).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -19,6 +23,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
 
 #include "launchers.h"
 
@@ -28,8 +38,9 @@ namespace ak {
 
 constexpr int kThreads = 256;
 
-extern int g_last_path;
-extern int g_cluster_enabled;
+// Test / benchmark switches (launchers.h): atomics, as forwards may run on several host threads.
+extern std::atomic<int> g_last_path;
+extern std::atomic<int> g_cluster_enabled;
 
 __device__ __forceinline__ float ld(const float* p) { return *p; }
 __device__ __forceinline__ float ld(const __half* p) { return __half2float(*p); }
@@ -65,20 +76,23 @@ __device__ __forceinline__ float gate_fwd(float z, int gate) {
 
 // ---- pooling-type reductions: out[n*C + c] = scale * sum_hw a (* b) ---------------------------------
 // Planar: one warp per (n, c) row, lanes stride the contiguous spatial axis.
+// Grid-stride over rows (warp-uniform loop, so the full-mask shuffles always see 32 live lanes): the grid
+// is capped, and N*C can pass 2^34 rows on a 141 GB GPU.
 template <typename T, bool kDot>
 __global__ void __launch_bounds__(kThreads) reduce_planar_kernel(const T* a, int64_t asn, int64_t asc, const T* b,
                                                                  int64_t bsn, int64_t bsc, int64_t N, int64_t C,
                                                                  int64_t HW, float scale, float* out) {
-  const int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (row >= N * C) return;
-  const int64_t n = row / C, c = row % C;
-  const T* pa = a + n * asn + c * asc;
-  const T* pb = kDot ? b + n * bsn + c * bsc : nullptr;
-  float acc = 0.f;
-  for (int64_t p = lane; p < HW; p += 32) acc += kDot ? ld(pa + p) * ld(pb + p) : ld(pa + p);
-  acc = warp_sum(acc);
-  if (lane == 0) out[row] = acc * scale;
+  const int64_t rows = N * C, step = (int64_t)gridDim.x * (kThreads / 32);
+  for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < rows; row += step) {
+    const int64_t n = row / C, c = row % C;
+    const T* pa = a + n * asn + c * asc;
+    const T* pb = kDot ? b + n * bsn + c * bsc : nullptr;
+    float acc = 0.f;
+    for (int64_t p = lane; p < HW; p += 32) acc += kDot ? ld(pa + p) * ld(pb + p) : ld(pa + p);
+    acc = warp_sum(acc);
+    if (lane == 0) out[row] = acc * scale;
+  }
 }
 
 // Channels_last: block (32 channels x 8 row groups), grid (ceil(C/32), N); fixed-order reduction.
@@ -134,20 +148,24 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(const T* x, int64_t xsn
 }
 
 // ---- deterministic batch sums: g[r, j] = sum_n a[n, r] * b[n, j]; gb[r] = sum_n a[n, r] --------------
+// One thread per (r, j); with cols == 0 (C == 0 for grad_W1) one thread per row still writes gb[r].
 static __global__ void __launch_bounds__(kThreads) outer_sum_kernel(const float* a, const float* b, int64_t N, int64_t rows,
                                                              int64_t cols, float* g, float* gb) {
+  const int64_t width = cols > 0 ? cols : 1;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= rows * cols) return;
-  const int64_t r = i / cols, j = i % cols;
+  if (i >= rows * width) return;
+  const int64_t r = i / width, j = i % width;
   float acc = 0.f, bias = 0.f;
   for (int64_t n = 0; n < N; ++n) {
     const float v = a[n * rows + r];
-    acc += v * b[n * cols + j];
+    if (cols > 0) acc += v * b[n * cols + j];
     bias += v;
   }
-  g[i] = acc;
+  if (cols > 0) g[i] = acc;
   if (gb != nullptr && j == 0) gb[r] = bias;
 }
+
+constexpr int64_t kMaxGridX = 0x7fffffffLL;  // gridDim.x limit (2^31 - 1)
 
 inline unsigned blocks_for(int64_t work, int64_t per_block, int64_t cap = 65535LL * 32) {
   int64_t b = (work + per_block - 1) / per_block;
@@ -162,7 +180,7 @@ cudaError_t reduce(int layout, const ak_view& a, const ak_view* b, int64_t N, in
   const T* pb = b ? static_cast<const T*>(b->ptr) : nullptr;
   if (N * C == 0) return cudaSuccess;
   if (layout == 0) {
-    const unsigned grid = blocks_for(N * C, kThreads / 32, 1LL << 31);
+    const unsigned grid = blocks_for(N * C, kThreads / 32);  // grid-stride kernel: any cap is correct
     if (b) {
       reduce_planar_kernel<T, true><<<grid, kThreads, 0, st>>>(pa, a.sn, a.sc, pb, b->sn, b->sc, N, C, HW, scale, out);
     } else {
@@ -200,8 +218,9 @@ cudaError_t scale(int layout, const ak_view& x, const ak_view& y, int64_t N, int
 
 inline cudaError_t outer_sum(const float* a, const float* b, int64_t N, int64_t rows, int64_t cols, float* g,
                              float* gb, cudaStream_t st) {
-  if (rows * cols == 0) return cudaSuccess;
-  outer_sum_kernel<<<blocks_for(rows * cols, kThreads, 1LL << 31), kThreads, 0, st>>>(a, b, N, rows, cols, g, gb);
+  const int64_t threads = rows * (cols > 0 ? cols : 1);
+  if (rows == 0 || (cols == 0 && gb == nullptr)) return cudaSuccess;
+  outer_sum_kernel<<<blocks_for(threads, kThreads, kMaxGridX), kThreads, 0, st>>>(a, b, N, rows, cols, g, gb);
   return cudaGetLastError();
 }
 
@@ -273,54 +292,176 @@ __global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view
 #endif
 }
 
-// Try the cluster schedule; returns cudaSuccess when it ran, an error code when it did not apply
-// (caller falls back to the portable schedule). Never leaves a sticky error behind.
+// ---- launch facts, cached per device (host) --------------------------------------------------------
+// An SE layer's forward is a few microseconds of GPU work, and a network has dozens of them: device
+// attributes, function attributes and occupancy answers cost host time of the same order, so each is
+// asked once per key and kept here; a steady-state call only reads the table (one mutex, no CUDA queries).
+// Function attributes (cudaFuncSetAttribute) belong to a device's context, hence the device in every key
+// (torch runs each device in its primary context; a cudaDeviceReset would make the table stale -- torch
+// never does one). Thread-safe: one mutex, never held across a launch.
+//
+// Error hygiene: every probe checks its own return code. A failing runtime call also becomes the
+// thread's "last error"; it is cleared only when no error was pending before the probe (peeked first),
+// so an unrelated pending error is never swallowed.
+// Launch config of `blocks` 512-thread blocks in clusters of `csize` along x; `attr` holds the attribute.
+inline cudaLaunchConfig_t cluster_config(unsigned blocks, int csize, size_t bytes, cudaStream_t st,
+                                         cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(512);
+  cfg.dynamicSmemBytes = bytes;
+  cfg.stream = st;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = (unsigned)csize;
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+struct DeviceFacts {
+  int major = 0, sms = 0, smem_optin = 0;  // compute capability major, SM count, opt-in smem per block
+};
+
+enum class ClusterFit : int8_t { kFits, kRefused, kNoSm90Code };
+
+class LaunchCache {
+ public:
+  static LaunchCache& get() {
+    static LaunchCache cache;  // one instance for both .cu files (inline function: one static)
+    return cache;
+  }
+
+  // Facts of the current device (and its ordinal), queried once per device.
+  cudaError_t current_device(int* dev, DeviceFacts* facts) {
+    cudaError_t err = cudaGetDevice(dev);
+    if (err != cudaSuccess) return err;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = devices_.find(*dev);
+    if (it == devices_.end()) {
+      DeviceFacts f;
+      if ((err = cudaDeviceGetAttribute(&f.major, cudaDevAttrComputeCapabilityMajor, *dev)) != cudaSuccess ||
+          (err = cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, *dev)) != cudaSuccess ||
+          (err = cudaDeviceGetAttribute(&f.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, *dev)) != cudaSuccess) {
+        return err;  // returned to the caller, which reports it
+      }
+      it = devices_.emplace(*dev, f).first;
+    }
+    *facts = it->second;
+    return cudaSuccess;
+  }
+
+  // Lets `kernel` launch with `bytes` of dynamic shared memory on device `dev`. The attribute is only ever
+  // raised (a lower value set for a smaller shape would break a cached larger one, or a concurrent launch).
+  cudaError_t allow_dynamic_smem(int dev, const void* kernel, size_t bytes) {
+    if (bytes <= 48 * 1024) return cudaSuccess;  // the default limit, no opt-in needed
+    std::lock_guard<std::mutex> lock(mu_);
+    return raise_smem_locked(funcs_[{dev, kernel}], kernel, bytes);
+  }
+
+  // Whether one cluster of `csize` blocks x 512 threads with `bytes` of dynamic shared memory of `kernel`
+  // can be resident on device `dev` (cudaOccupancyMaxActiveClusters >= 1). Probed once per key; the
+  // answer decides the schedule before any launch, so a launch that would be refused is never issued
+  // (which also keeps CUDA-graph captures valid: a refused launch inside one invalidates it).
+  ClusterFit cluster_fit(int dev, const void* kernel, size_t bytes, int csize) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto key = std::make_tuple(dev, kernel, bytes, csize);
+    auto it = fits_.find(key);
+    if (it != fits_.end()) return it->second;
+    const bool clean = cudaPeekAtLastError() == cudaSuccess;
+    const ClusterFit fit = probe_cluster_locked(funcs_[{dev, kernel}], kernel, bytes, csize);
+    if (fit != ClusterFit::kFits && clean) (void)cudaGetLastError();  // ours, if any: clear it
+    fits_.emplace(key, fit);
+    return fit;
+  }
+
+  // A launch the cached answer allowed was refused after all: never try this key again.
+  void mark_refused(int dev, const void* kernel, size_t bytes, int csize) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fits_[std::make_tuple(dev, kernel, bytes, csize)] = ClusterFit::kRefused;
+  }
+
+ private:
+  struct FuncFacts {
+    int sm90 = -1;            // -1 not asked yet; 1 the loaded image has sm_90+ code (ptxVersion >= 90)
+    size_t smem_allowed = 0;  // cudaFuncAttributeMaxDynamicSharedMemorySize set so far
+    bool nonportable = false; // cudaFuncAttributeNonPortableClusterSizeAllowed set
+  };
+
+  cudaError_t raise_smem_locked(FuncFacts& ff, const void* kernel, size_t bytes) {
+    if (bytes <= ff.smem_allowed) return cudaSuccess;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (err == cudaSuccess) ff.smem_allowed = bytes;
+    return err;
+  }
+
+  ClusterFit probe_cluster_locked(FuncFacts& ff, const void* kernel, size_t bytes, int csize) {
+    if (ff.sm90 < 0) {  // built without sm_90 code (e.g. TORCH_CUDA_ARCH_LIST=8.0 run on a Hopper)?
+      cudaFuncAttributes fa;
+      ff.sm90 = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.ptxVersion >= 90 ? 1 : 0;
+    }
+    if (!ff.sm90) return ClusterFit::kNoSm90Code;
+    if (raise_smem_locked(ff, kernel, bytes) != cudaSuccess) return ClusterFit::kRefused;
+    if (csize > 8 && !ff.nonportable) {
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+        return ClusterFit::kRefused;
+      }
+      ff.nonportable = true;
+    }
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = cluster_config((unsigned)csize, csize, bytes, nullptr, &attr);  // one cluster:
+    // the answer does not depend on N
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters < 1) {
+      return ClusterFit::kRefused;
+    }
+    return ClusterFit::kFits;
+  }
+
+  std::mutex mu_;
+  std::map<int, DeviceFacts> devices_;
+  std::map<std::pair<int, const void*>, FuncFacts> funcs_;
+  std::map<std::tuple<int, const void*, size_t, int>, ClusterFit> fits_;
+};
+
+// Try the cluster schedule; returns cudaSuccess when it ran, cudaErrorNotSupported when it does not
+// apply (the caller runs the portable schedule), or the launch's own error when a launch the cached
+// occupancy answer allowed is refused inside a CUDA-graph capture (the capture is invalid by then: the
+// error is reported, not hidden). The schedule is decided from cached answers only, before launching.
 template <typename T, typename Ex>
-cudaError_t try_cluster_forward(int layout, const ak_view& x, const ak_view& y, int64_t N, int64_t C, int64_t HW,
-                                const Ex& ex, int64_t scratch_floats, float* pooled, float* s, cudaStream_t st) {
-  if (!g_cluster_enabled || N == 0 || C == 0 || N > (1LL << 26)) return cudaErrorNotSupported;
-  int dev = 0, major = 0, sms = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return cudaErrorNotSupported;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (major < 9) return cudaErrorNotSupported;
+cudaError_t try_cluster_forward(int dev, const DeviceFacts& facts, int layout, const ak_view& x, const ak_view& y,
+                                int64_t N, int64_t C, int64_t HW, const Ex& ex, int64_t scratch_floats,
+                                float* pooled, float* s, cudaStream_t st) {
+  if (!g_cluster_enabled.load(std::memory_order_relaxed) || N == 0 || C == 0 || N > (1LL << 26)) {
+    return cudaErrorNotSupported;
+  }
+  if (facts.major < 9) return cudaErrorNotSupported;
+  auto kernel = layout == 0 ? cluster_forward_kernel<T, true, Ex> : cluster_forward_kernel<T, false, Ex>;
+  LaunchCache& cache = LaunchCache::get();
   // Smallest power-of-two cluster (>= enough blocks to fill the SMs, capped at 8) whose slice fits.
   int want = 1;
-  while (want < 8 && (int64_t)want * N < sms) want *= 2;
+  while (want < 8 && (int64_t)want * N < facts.sms) want *= 2;
   for (int csize = want; csize <= 16; csize *= 2) {
     const int64_t slice = (C + csize - 1) / csize;
     const size_t bytes = (size_t)(2 * slice + C + ((scratch_floats + 3) / 4) * 4) * sizeof(float) +
                          (size_t)(slice * HW) * sizeof(T) + 16;
-    if (bytes > (size_t)optin) continue;
-    auto kernel = layout == 0 ? cluster_forward_kernel<T, true, Ex> : cluster_forward_kernel<T, false, Ex>;
-    cudaFuncAttributes fa;
-    if (cudaFuncGetAttributes(&fa, kernel) != cudaSuccess || fa.ptxVersion < 90) {
-      cudaGetLastError();  // built without sm_90 code (e.g. TORCH_CUDA_ARCH_LIST=8.0 run on a Hopper)
-      return cudaErrorNotSupported;
-    }
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (csize > 8) cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)(N * csize));
-    cfg.blockDim = dim3(512);
-    cfg.dynamicSmemBytes = bytes;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)csize;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters < 1) {
-      cudaGetLastError();
-      continue;
-    }
-    cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, x, y, C, HW, slice, scratch_floats, ex, pooled, s);
+    if (bytes > (size_t)facts.smem_optin) continue;
+    const ClusterFit fit = cache.cluster_fit(dev, (const void*)kernel, bytes, csize);
+    if (fit == ClusterFit::kNoSm90Code) return cudaErrorNotSupported;
+    if (fit != ClusterFit::kFits) continue;
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = cluster_config((unsigned)(N * csize), csize, bytes, st, &attr);
+    const bool clean = cudaPeekAtLastError() == cudaSuccess;
+    const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, x, y, C, HW, slice, scratch_floats, ex, pooled, s);
     if (err == cudaSuccess) return cudaSuccess;
-    cudaGetLastError();  // a refused launch is not sticky: clear it and try the next size / fall back
+    // Not expected (the occupancy answer said it fits): remember, and fall back -- unless a capture is
+    // in progress, which the refused launch has already invalidated.
+    cache.mark_refused(dev, (const void*)kernel, bytes, csize);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(st, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) return err;
+    if (clean) (void)cudaGetLastError();  // the refusal is the pending error: ours, clear it
+    return cudaErrorNotSupported;
   }
   return cudaErrorNotSupported;
 }

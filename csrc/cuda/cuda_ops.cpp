@@ -31,7 +31,12 @@ ak_dtype dtype_of(const Tensor& x, const char* op) {
 ak_view view_of(const Flat& f) { return ak_view{f.t.data_ptr(), f.st[0], f.st[1], f.st[2]}; }
 
 void check_cuda(int err, const char* op) {
-  TORCH_CHECK(err == 0, op, ": CUDA error ", err, ": ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+  if (err == 0) return;
+  // Reported here: clear it from the thread's last-error slot too (when it is the one pending there: the
+  // launchers also return codes of their own, which never reach that slot), or it would surface again
+  // at the next unrelated launch check (torch's) and be blamed on that kernel.
+  if (cudaPeekAtLastError() == static_cast<cudaError_t>(err)) (void)cudaGetLastError();
+  TORCH_CHECK(false, op, ": CUDA error ", err, ": ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
 float* fptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
@@ -41,11 +46,36 @@ Tensor opt_f32(const OptTensor& t) { return t && t->defined() ? t->to(at::kFloat
 
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+// The dispatcher picks this CUDA kernel when any tensor argument is on CUDA: x itself must be (the
+// weights are checked against x.device() by check_se / check_eca).
+void check_x_cuda(const Tensor& x, const char* op) {
+  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x is on ", x.device(), " but another argument is on CUDA");
+}
+
+// Backward inputs that are not checked by check_se / check_eca: the kernels read them on x's device,
+// as (N, C) arrays for pooled / s (a host or other-device pointer would fault inside the kernel).
+void check_bwd_inputs(const Tensor& grad_y, const Tensor& x, const Tensor& pooled, const Tensor& s, const char* op) {
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), op, ": grad_y has shape ", grad_y.sizes(), ", expected ", x.sizes());
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),
+                   " != x dtype ", x.scalar_type());
+  const at::IntArrayRef nc = x.sizes().slice(0, 2);
+  auto same_device = [&](const Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  };
+  same_device(grad_y, "grad_y");
+  same_device(pooled, "pooled");
+  same_device(s, "s");
+  TORCH_CHECK_VALUE(pooled.sizes() == nc && s.sizes() == nc, op, ": pooled / s have shapes ", pooled.sizes(), " / ",
+                    s.sizes(), ", expected (N, C) = ", nc);
+  TORCH_CHECK_TYPE(pooled.is_floating_point() && s.is_floating_point(), op, ": pooled / s must be floating point");
+}
+
 }  // namespace
 
 T3 se_fwd_cuda(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
                int64_t act, int64_t gate) {
   check_se(x, w1, b1, w2, b2, act, gate);
+  check_x_cuda(x, "se_fwd_cuda");
   const ak_dtype dt = dtype_of(x, "se_fwd_cuda");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x);
@@ -56,9 +86,12 @@ T3 se_fwd_cuda(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const 
   auto [y, yf] = output_like(x, layout);
   Tensor pooled = alloc({nb, c}, opt), s = alloc({nb, c}, opt);
   Tensor w1f = opt_f32(w1), b1f = opt_f32(b1), w2f = w2.to(at::kFloat).contiguous(), b2f = opt_f32(b2);
+  // Global-memory hidden layer, only when C + R floats pass the device's shared memory (very large C).
+  const int64_t scratch_floats = ak_se_forward_scratch_floats(nb, c, r, has_w1 ? 1 : 0);
+  Tensor scratch = scratch_floats > 0 ? alloc({scratch_floats}, opt) : Tensor();
   const ak_se_params p{cfptr(w1f), cfptr(b1f), cfptr(w2f), cfptr(b2f), c, r, (int)act, (int)gate};
-  check_cuda(ak_se_forward(dt, (int)layout, view_of(xf), view_of(yf), nb, c, hw, &p, fptr(pooled), fptr(s), nullptr,
-                           stream()),
+  check_cuda(ak_se_forward(dt, (int)layout, view_of(xf), view_of(yf), nb, c, hw, &p, fptr(pooled), fptr(s),
+                           fptr(scratch), stream()),
              "se_fwd_cuda");
   finish_output(y, yf);
   return {y, pooled, s};
@@ -67,10 +100,9 @@ T3 se_fwd_cuda(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const 
 T5 se_bwd_cuda(const Tensor& grad_y, const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2,
                const OptTensor& b2, const Tensor& pooled_in, const Tensor& s_in, int64_t act, int64_t gate) {
   check_se(x, w1, b1, w2, b2, act, gate);
+  check_x_cuda(x, "se_bwd_cuda");
   const ak_dtype dt = dtype_of(x, "se_bwd_cuda");
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "se_bwd: grad_y has shape ", grad_y.sizes(), ", expected ", x.sizes());
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "se_bwd: grad_y dtype ", grad_y.scalar_type(),
-                   " != x dtype ", x.scalar_type());
+  check_bwd_inputs(grad_y, x, pooled_in, s_in, "se_bwd");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x);
   const bool has_w1 = w1 && w1->defined();
@@ -98,6 +130,7 @@ T5 se_bwd_cuda(const Tensor& grad_y, const Tensor& x, const OptTensor& w1, const
 
 T3 eca_fwd_cuda(const Tensor& x, const Tensor& weight, bool circular) {
   Tensor taps_in = check_eca(x, weight);
+  check_x_cuda(x, "eca_fwd_cuda");
   const ak_dtype dt = dtype_of(x, "eca_fwd_cuda");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x), k = taps_in.size(0);
@@ -116,11 +149,9 @@ T3 eca_fwd_cuda(const Tensor& x, const Tensor& weight, bool circular) {
 std::tuple<Tensor, Tensor> eca_bwd_cuda(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                                         const Tensor& pooled_in, const Tensor& s_in, bool circular) {
   Tensor taps_in = check_eca(x, weight);
+  check_x_cuda(x, "eca_bwd_cuda");
   const ak_dtype dt = dtype_of(x, "eca_bwd_cuda");
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "eca_bwd: grad_y has shape ", grad_y.sizes(), ", expected ",
-                    x.sizes());
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "eca_bwd: grad_y dtype ", grad_y.scalar_type(),
-                   " != x dtype ", x.scalar_type());
+  check_bwd_inputs(grad_y, x, pooled_in, s_in, "eca_bwd");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x), k = taps_in.size(0);
   const auto opt = x.options().dtype(at::kFloat);

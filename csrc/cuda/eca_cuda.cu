@@ -86,14 +86,19 @@ __global__ void eca_tap_sum_kernel(int64_t N, int64_t k, const float* part, floa
 template <typename T>
 static cudaError_t eca_forward_t(int layout, ak_view x, ak_view y, int64_t N, int64_t C, int64_t HW,
                                  const ECADev& ex, float* pooled, float* s, cudaStream_t st) {
-  if (try_cluster_forward<T>(layout, x, y, N, C, HW, ex, 0, pooled, s, st) == cudaSuccess) {
-    g_last_path = 1;
-    return cudaSuccess;
+  int dev = 0;
+  DeviceFacts facts;
+  cudaError_t err = LaunchCache::get().current_device(&dev, &facts);
+  if (err != cudaSuccess) return err;
+  err = try_cluster_forward<T>(dev, facts, layout, x, y, N, C, HW, ex, 0, pooled, s, st);
+  if (err != cudaErrorNotSupported) {  // ran, or failed where falling back is not possible (see there)
+    if (err == cudaSuccess) g_last_path.store(1, std::memory_order_relaxed);
+    return err;
   }
-  g_last_path = 0;
-  cudaError_t err = reduce<T>(layout, x, nullptr, N, C, HW, 1.f / (float)HW, pooled, st);
+  g_last_path.store(0, std::memory_order_relaxed);
+  err = reduce<T>(layout, x, nullptr, N, C, HW, 1.f / (float)HW, pooled, st);
   if (err != cudaSuccess || N * C == 0) return err;
-  eca_excite_kernel<<<blocks_for(N * C, kThreads, 1LL << 31), kThreads, 0, st>>>(ex, N, pooled, s);
+  eca_excite_kernel<<<blocks_for(N * C, kThreads, kMaxGridX), kThreads, 0, st>>>(ex, N, pooled, s);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   return scale<T>(layout, x, y, N, C, HW, s, nullptr, st);
 }
@@ -104,15 +109,15 @@ static cudaError_t eca_backward_t(int layout, ak_view gy, ak_view x, ak_view gx,
                                   float* dp, float* part, float* gtaps, cudaStream_t st) {
   cudaError_t err = cudaSuccess;
   if (N * C > 0) {
-    const unsigned grid = blocks_for(N * C, kThreads, 1LL << 31);
+    const unsigned grid = blocks_for(N * C, kThreads, kMaxGridX);
     if ((err = reduce<T>(layout, gy, &x, N, C, HW, 1.f, ds, st)) != cudaSuccess) return err;
     eca_dz_kernel<<<grid, kThreads, 0, st>>>(N * C, s, ds, dz);
     eca_dp_kernel<<<grid, kThreads, 0, st>>>(ex, N, dz, 1.f / (float)HW, dp);
-    eca_dtap_kernel<<<blocks_for(N * ex.k, kThreads, 1LL << 31), kThreads, 0, st>>>(ex, N, dz, pooled, part);
+    eca_dtap_kernel<<<blocks_for(N * ex.k, kThreads, kMaxGridX), kThreads, 0, st>>>(ex, N, dz, pooled, part);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if ((err = scale<T>(layout, gy, gx, N, C, HW, s, dp, st)) != cudaSuccess) return err;
   } else if (N > 0) {
-    cudaMemsetAsync(part, 0, sizeof(float) * N * ex.k, st);
+    if ((err = cudaMemsetAsync(part, 0, sizeof(float) * N * ex.k, st)) != cudaSuccess) return err;
   }
   eca_tap_sum_kernel<<<blocks_for(ex.k, kThreads), kThreads, 0, st>>>(N, ex.k, part, gtaps);
   return cudaGetLastError();

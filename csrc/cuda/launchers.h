@@ -33,11 +33,16 @@ typedef struct {
 
 /* Which forward schedule ran (for tests / benchmarks): 0 portable (pool, excite, scale), 1 Hopper cluster. */
 int ak_last_forward_path(void);
-/* 1 disables the sm_90 cluster path (forces the portable one), 0 re-enables it. */
+/* 0 disables the sm_90 cluster path (forces the portable one), nonzero (the default) re-enables it. */
 void ak_set_cluster_enabled(int enabled);
 
+/* Floats of `scratch` that ak_se_forward needs on the current device: N * R when the portable excitation's
+ * working set (C + R floats) passes the opt-in shared memory per block (C ~ 58k on H100/H200) and runs from
+ * global memory, else 0. The device limit is queried once per device. */
+int64_t ak_se_forward_scratch_floats(int64_t N, int64_t C, int64_t R, int has_w1);
+
 /* y = x * gate(W2 act(W1 mean(x) + b1) + b2); writes pooled (N, C) means and s (N, C) gates.
- * scratch: >= N * R floats. */
+ * scratch: ak_se_forward_scratch_floats(N, C, R, w1 != NULL) floats (NULL when that is 0). */
 int ak_se_forward(ak_dtype dt, int layout, ak_view x, ak_view y, int64_t N, int64_t C, int64_t HW,
                   const ak_se_params* p, float* pooled, float* s, float* scratch, void* stream);
 

@@ -9,8 +9,8 @@
 
 namespace ak {
 
-int g_last_path = 0;
-int g_cluster_enabled = 1;
+std::atomic<int> g_last_path{0};
+std::atomic<int> g_cluster_enabled{1};
 
 struct SEDev {
   const float *w1, *b1, *w2, *b2;
@@ -40,32 +40,49 @@ struct SEDev {
   }
 };
 
-// Portable excitation: one block per sample; pooled means -> gates (shared memory: C + R floats).
-__global__ void __launch_bounds__(kThreads) se_excite_kernel(SEDev ex, const float* pooled, float* s) {
+// Portable excitation: one block per sample; pooled means -> gates. Working arrays (p[C], h[R]) in shared
+// memory (C + R floats; C for effective SE), or -- kGlobal, when that passes the device's opt-in limit
+// (C ~ 58k on H100/H200) -- read / written in global memory: p straight from pooled, h in `hidden`
+// (N x R floats; unused for effective SE). Same arithmetic and order either way.
+template <bool kGlobal>
+__global__ void __launch_bounds__(kThreads) se_excite_kernel(SEDev ex, const float* pooled, float* s, float* hidden) {
   extern __shared__ float sm[];
-  float* p = sm;
-  float* hs = sm + ex.C;
   const int64_t n = blockIdx.x;
-  for (int64_t c = threadIdx.x; c < ex.C; c += blockDim.x) p[c] = pooled[n * ex.C + c];
-  __syncthreads();
+  const float* p = pooled + n * ex.C;
+  float* hs = hidden != nullptr ? hidden + n * ex.R : nullptr;
+  if (!kGlobal) {
+    for (int64_t c = threadIdx.x; c < ex.C; c += blockDim.x) sm[c] = p[c];
+    __syncthreads();
+    p = sm;
+    hs = sm + ex.C;
+  }
   // gates written straight to global s (sgate indexed from c0 = 0)
   ex.gates(p, 0, ex.C, s + n * ex.C, hs);
 }
 
-// Excitation backward, one block per sample. Shared: p[C], dz[C], pre[R], h[R], da[R].
+// Excitation backward, one block per sample. Working arrays p[C], dz[C], h[R], da[R] (the pre-activation
+// lives in da[r] until da[r] replaces it, read and written by the same thread): in shared memory (2C + 2R
+// floats; 2C for effective SE), or -- kGlobal, past the opt-in limit -- in the global outputs themselves
+// (p = pooled, dz = dz_out, h = h_out, da = da_out).
+template <bool kGlobal>
 __global__ void __launch_bounds__(kThreads) se_excite_bwd_kernel(SEDev ex, const float* pooled, const float* s,
                                                                  const float* ds, float inv_hw, float* dz_out,
                                                                  float* dp_out, float* h_out, float* da_out) {
   extern __shared__ float sm[];
   const int64_t C = ex.C, R = ex.R, K = ex.K, n = blockIdx.x;
-  float* p = sm;
-  float* dz = p + C;
-  float* pre = dz + C;
-  float* h = pre + R;
-  float* da = h + R;
+  const float* p = pooled + n * C;
+  float* dz = dz_out + n * C;
+  float* h = h_out + n * R;
+  float* da = da_out + n * R;
+  if (!kGlobal) {
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) sm[c] = p[c];
+    __syncthreads();
+    p = sm;
+    dz = sm + C;
+    h = dz + C;  // h, da: not touched for effective SE (no shared memory reserved for them then)
+    da = h + R;
+  }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) p[c] = pooled[n * C + c];
-  __syncthreads();
   const float* hid = p;
   if (ex.w1 != nullptr) {
     for (int64_t r = warp; r < R; r += nwarps) {
@@ -74,9 +91,10 @@ __global__ void __launch_bounds__(kThreads) se_excite_bwd_kernel(SEDev ex, const
       acc = warp_sum(acc);
       if (lane == 0) {
         const float v = acc + (ex.b1 ? ex.b1[r] : 0.f);
-        pre[r] = v;
-        h[r] = act_fwd(v, ex.act);
-        h_out[n * R + r] = h[r];
+        const float hv = act_fwd(v, ex.act);
+        da[r] = v;  // pre-activation, until the da loop below
+        h[r] = hv;
+        if (!kGlobal) h_out[n * R + r] = hv;
       }
     }
     __syncthreads();
@@ -94,8 +112,9 @@ __global__ void __launch_bounds__(kThreads) se_excite_bwd_kernel(SEDev ex, const
       g = (z > -3.f && z < 3.f) ? (1.f / 6.f) : 0.f;
     }
     if (lane == 0) {
-      dz[c] = ds[n * C + c] * g;
-      dz_out[n * C + c] = dz[c];
+      const float v = ds[n * C + c] * g;
+      dz[c] = v;
+      if (!kGlobal) dz_out[n * C + c] = v;
     }
   }
   __syncthreads();
@@ -105,8 +124,9 @@ __global__ void __launch_bounds__(kThreads) se_excite_bwd_kernel(SEDev ex, const
       for (int64_t c = lane; c < C; c += 32) acc += ex.w2[c * R + r] * dz[c];
       acc = warp_sum(acc);
       if (lane == 0) {
-        da[r] = acc * act_grad(pre[r], ex.act);
-        da_out[n * R + r] = da[r];
+        const float v = acc * act_grad(da[r], ex.act);  // da[r] still holds the pre-activation
+        da[r] = v;
+        if (!kGlobal) da_out[n * R + r] = v;
       }
     }
     __syncthreads();
@@ -124,9 +144,10 @@ __global__ void __launch_bounds__(kThreads) se_excite_bwd_kernel(SEDev ex, const
   }
 }
 
-static cudaError_t set_smem(const void* kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+// Shared memory of the portable excitation kernels (forward / backward), in bytes.
+static size_t excite_smem(int64_t C, int64_t R, bool has_w1) { return (size_t)(C + (has_w1 ? R : 0)) * sizeof(float); }
+static size_t excite_bwd_smem(int64_t C, int64_t R, bool has_w1) {
+  return (size_t)(2 * C + (has_w1 ? 2 * R : 0)) * sizeof(float);
 }
 
 static SEDev make_dev(const ak_se_params* p) {
@@ -136,18 +157,30 @@ static SEDev make_dev(const ak_se_params* p) {
 
 template <typename T>
 static cudaError_t se_forward_t(int layout, ak_view x, ak_view y, int64_t N, int64_t C, int64_t HW,
-                                const ak_se_params* p, float* pooled, float* s, cudaStream_t st) {
+                                const ak_se_params* p, float* pooled, float* s, float* scratch, cudaStream_t st) {
   const SEDev ex = make_dev(p);
-  if (try_cluster_forward<T>(layout, x, y, N, C, HW, ex, ex.w1 ? ex.R : 0, pooled, s, st) == cudaSuccess) {
-    g_last_path = 1;
-    return cudaSuccess;
+  int dev = 0;
+  DeviceFacts facts;
+  cudaError_t err = LaunchCache::get().current_device(&dev, &facts);
+  if (err != cudaSuccess) return err;
+  err = try_cluster_forward<T>(dev, facts, layout, x, y, N, C, HW, ex, ex.w1 ? ex.R : 0, pooled, s, st);
+  if (err != cudaErrorNotSupported) {  // ran, or failed where falling back is not possible (see there)
+    if (err == cudaSuccess) g_last_path.store(1, std::memory_order_relaxed);
+    return err;
   }
-  g_last_path = 0;
-  cudaError_t err = reduce<T>(layout, x, nullptr, N, C, HW, 1.f / (float)HW, pooled, st);
-  if (err != cudaSuccess || N == 0) return err;
-  const size_t smem = (size_t)(C + ex.R) * sizeof(float);
-  if ((err = set_smem((const void*)se_excite_kernel, smem)) != cudaSuccess) return err;
-  se_excite_kernel<<<(unsigned)N, kThreads, smem, st>>>(ex, pooled, s);
+  g_last_path.store(0, std::memory_order_relaxed);
+  if (N > kMaxGridX) return cudaErrorInvalidConfiguration;  // se_excite_kernel: one block per sample
+  if ((err = reduce<T>(layout, x, nullptr, N, C, HW, 1.f / (float)HW, pooled, st)) != cudaSuccess || N == 0) return err;
+  const size_t smem = excite_smem(C, ex.R, ex.w1 != nullptr);
+  if (smem > (size_t)facts.smem_optin) {
+    if (ex.w1 != nullptr && scratch == nullptr) return cudaErrorInvalidValue;  // see ak_se_forward_scratch_floats
+    se_excite_kernel<true><<<(unsigned)N, kThreads, 0, st>>>(ex, pooled, s, scratch);
+  } else {
+    if ((err = LaunchCache::get().allow_dynamic_smem(dev, (const void*)se_excite_kernel<false>, smem)) != cudaSuccess) {
+      return err;
+    }
+    se_excite_kernel<false><<<(unsigned)N, kThreads, smem, st>>>(ex, pooled, s, nullptr);
+  }
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   return scale<T>(layout, x, y, N, C, HW, s, nullptr, st);
 }
@@ -159,11 +192,21 @@ static cudaError_t se_backward_t(int layout, ak_view gy, ak_view x, ak_view gx, 
                                  cudaStream_t st) {
   const SEDev ex = make_dev(p);
   cudaError_t err = cudaSuccess;
+  if (N > kMaxGridX) return cudaErrorInvalidConfiguration;  // se_excite_bwd_kernel: one block per sample
   if (N > 0) {
+    int dev = 0;
+    DeviceFacts facts;
+    if ((err = LaunchCache::get().current_device(&dev, &facts)) != cudaSuccess) return err;
     if ((err = reduce<T>(layout, gy, &x, N, C, HW, 1.f, ds, st)) != cudaSuccess) return err;
-    const size_t smem = (size_t)(2 * C + 3 * ex.R) * sizeof(float);
-    if ((err = set_smem((const void*)se_excite_bwd_kernel, smem)) != cudaSuccess) return err;
-    se_excite_bwd_kernel<<<(unsigned)N, kThreads, smem, st>>>(ex, pooled, s, ds, 1.f / (float)HW, dz, dp, h, da);
+    const size_t smem = excite_bwd_smem(C, ex.R, ex.w1 != nullptr);
+    const float inv_hw = 1.f / (float)HW;
+    if (smem > (size_t)facts.smem_optin) {  // working arrays in the global outputs (see the kernel)
+      se_excite_bwd_kernel<true><<<(unsigned)N, kThreads, 0, st>>>(ex, pooled, s, ds, inv_hw, dz, dp, h, da);
+    } else {
+      const void* kernel = (const void*)se_excite_bwd_kernel<false>;
+      if ((err = LaunchCache::get().allow_dynamic_smem(dev, kernel, smem)) != cudaSuccess) return err;
+      se_excite_bwd_kernel<false><<<(unsigned)N, kThreads, smem, st>>>(ex, pooled, s, ds, inv_hw, dz, dp, h, da);
+    }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if ((err = scale<T>(layout, gy, gx, N, C, HW, s, dp, st)) != cudaSuccess) return err;
   }
@@ -177,17 +220,25 @@ static cudaError_t se_backward_t(int layout, ak_view gy, ak_view x, ak_view gx, 
 
 extern "C" {
 
-int ak_last_forward_path(void) { return ak::g_last_path; }
-void ak_set_cluster_enabled(int enabled) { ak::g_cluster_enabled = enabled; }
+int ak_last_forward_path(void) { return ak::g_last_path.load(std::memory_order_relaxed); }
+void ak_set_cluster_enabled(int enabled) { ak::g_cluster_enabled.store(enabled ? 1 : 0, std::memory_order_relaxed); }
+
+int64_t ak_se_forward_scratch_floats(int64_t N, int64_t C, int64_t R, int has_w1) {
+  if (!has_w1) return 0;  // effective SE: h is the pooled vector itself
+  if (ak::excite_smem(C, R, true) <= 48 * 1024) return 0;  // fits every device: no lookup (the usual case)
+  int dev = 0;
+  ak::DeviceFacts facts;
+  if (ak::LaunchCache::get().current_device(&dev, &facts) != cudaSuccess) return N * R;  // unknown: be safe
+  return ak::excite_smem(C, R, true) > (size_t)facts.smem_optin ? N * R : 0;  // the test of se_forward_t
+}
 
 int ak_se_forward(ak_dtype dt, int layout, ak_view x, ak_view y, int64_t N, int64_t C, int64_t HW,
                   const ak_se_params* p, float* pooled, float* s, float* scratch, void* stream) {
-  (void)scratch;  // the hidden layer lives in shared memory
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   switch (dt) {
-    case AK_F32: return ak::se_forward_t<float>(layout, x, y, N, C, HW, p, pooled, s, st);
-    case AK_F16: return ak::se_forward_t<__half>(layout, x, y, N, C, HW, p, pooled, s, st);
-    case AK_BF16: return ak::se_forward_t<__nv_bfloat16>(layout, x, y, N, C, HW, p, pooled, s, st);
+    case AK_F32: return ak::se_forward_t<float>(layout, x, y, N, C, HW, p, pooled, s, scratch, st);
+    case AK_F16: return ak::se_forward_t<__half>(layout, x, y, N, C, HW, p, pooled, s, scratch, st);
+    case AK_BF16: return ak::se_forward_t<__nv_bfloat16>(layout, x, y, N, C, HW, p, pooled, s, scratch, st);
   }
   return cudaErrorInvalidValue;
 }

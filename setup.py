@@ -7,6 +7,9 @@
     ``TORCH_CUDA_ARCH_LIST`` / ``FORCE_CUDA=1`` asks for a (cross-)compile. With no GPU visible and no
     ``TORCH_CUDA_ARCH_LIST``, it targets sm_80 and sm_90a. ``ATTN_KERNELS_NO_CUDA=1`` builds CPU only.
   * ``ATTN_KERNELS_SKIP_EXT=1`` skips the extension. ``MAX_JOBS`` bounds ninja's parallel compiles.
+  * OpenMP (``-fopenmp``) when the compiler takes it: ATen's ``at::parallel_for`` only runs in parallel
+    in code compiled with OpenMP (without it every CPU kernel is single-threaded); the extension then
+    shares torch's libgomp (same SONAME) and its thread count (``torch.set_num_threads``).
   * ``ATTN_KERNELS_CPU_ISA=auto|avx2|default``: the CPU kernels use AVX2/FMA/F16C when the build
     machine has them (auto), or the portable baseline; ``ATTN_KERNELS_NATIVE=1`` adds ``-march=native``.
 A failing compile never fails the install: the error is printed with a warning and the pure-Python
@@ -55,6 +58,33 @@ def _cpu_has(*flags: str) -> bool:
     return all(flag in have for flag in flags)
 
 
+def _openmp_flags() -> list:
+    """["-fopenmp"] when the C++ compiler builds and links an OpenMP program, else [] (with a warning).
+
+    torch's headers make ``at::parallel_for`` parallel only under ``_OPENMP`` (ATen/ParallelOpenMP.h),
+    so an extension compiled without -fopenmp runs every CPU kernel on one thread.
+    """
+    if sys.platform == "win32":
+        return ["/openmp"]
+    import subprocess
+    import tempfile
+
+    cxx = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { int n = 0;\n#pragma omp parallel\n{ n = omp_get_num_threads(); }\n"
+                    "return n > 0 ? 0 : 1; }\n")
+        try:
+            ok = subprocess.run([cxx, "-fopenmp", src, "-o", os.path.join(tmp, "omp")], capture_output=True,
+                                timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    if not ok:
+        _warn(f"{cxx} does not build OpenMP programs (-fopenmp): the CPU kernels will run on one thread")
+    return ["-fopenmp"] if ok else []
+
+
 def _cpu_isa_flags() -> list:
     """Vector ISA of the CPU kernels (ATen's at::vec picks its implementation from CPU_CAPABILITY_*).
 
@@ -84,7 +114,9 @@ def _extensions():
 
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
-    cxx = ["-O3", "-Wno-unknown-pragmas"] + _cpu_isa_flags()
+    openmp = _openmp_flags()
+    cxx = ["-O3", "-Wno-unknown-pragmas"] + openmp + _cpu_isa_flags()
+    link = [] if sys.platform == "win32" else openmp
     macros = []
     with_cuda = False
     if not _flag("ATTN_KERNELS_NO_CUDA"):
@@ -104,10 +136,10 @@ def _extensions():
         macros.append(("WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension(
             "attn_kernels._C", sources + cuda_sources, define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]})
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]}, extra_link_args=link)
     else:
         ext = cpp_extension.CppExtension("attn_kernels._C", sources, define_macros=macros,
-                                         extra_compile_args={"cxx": cxx})
+                                         extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
     base = cpp_extension.BuildExtension.with_options(use_ninja=True)
 

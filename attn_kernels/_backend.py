@@ -230,6 +230,11 @@ def info() -> Dict[str, Dict[str, str]]:
         for dev in devices:
             reason = unavailable_reason(backend, dev)
             row[dev] = "available" if reason is None else reason
+            if reason is None and backend == "cpu" and dev == "cpu":
+                from .ops import ext
+
+                if not ext.has_openmp():
+                    row[dev] = "available (single-threaded: attn_kernels._C was built without OpenMP)"
         row["ops"] = ", ".join(op for op in _IMPLS if backend in _IMPLS[op]) or "-"
         out[backend] = row
     return out

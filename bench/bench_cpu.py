@@ -10,6 +10,10 @@ default; ``--mode fwdbwd`` times forward + backward (clone floor then: clone of 
     python bench/bench_cpu.py [--dtype float32|bfloat16|float16] [--channels-last] [--mode fwd|fwdbwd]
                               [--threads N] [--min-run-time 0.3] [--repeat 1] [--out bench/out]
 
+Large maps (tens of MB) are dominated by first-touch page faults of freshly mmapped outputs under
+glibc's default malloc (eager and clone pay them too); the allocator settings are recorded. PyTorch's CPU
+tuning guide suggests jemalloc/tcmalloc, or ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``.
+
 Writes ``<out>/cpu_<op-mode-dtype-layout>_<timestamp>.json`` and ``.csv`` (CPU model, thread count,
 versions, date in every row / the header) and prints a markdown table with the speedups.
 """
@@ -109,8 +113,11 @@ def main(argv=None) -> int:
     meta = dict(cpu=cpu_model(), logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 torch=torch.__version__, attn_kernels=attn_kernels.__version__, python=platform.python_version(),
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                allocator=" ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ)
+                                   if k.startswith("MALLOC_") or k == "LD_PRELOAD") or "glibc defaults",
                 note="medians of torch.utils.benchmark blocked_autorange; the machine may be shared")
-    print(f"# {meta['cpu']}, {meta['torch_threads']} threads, torch {meta['torch']}, {meta['date']}")
+    print(f"# {meta['cpu']}, {meta['torch_threads']} threads, torch {meta['torch']}, {meta['date']}, "
+          f"allocator: {meta['allocator']}")
     rows = run(args)
     for _ in range(args.repeat - 1):  # interleaved repeats: a burst of load elsewhere hits one pass only
         for r, again in zip(rows, run(args)):

@@ -8,6 +8,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/gate_driver.h"
 #include "glue.h"
 #include "ops.h"
 #ifdef WITH_CUDA
@@ -78,6 +79,30 @@ static PyObject* attn_has_cuda(PyObject*, PyObject*) {
 #endif
 }
 
+static PyObject* attn_has_openmp(PyObject*, PyObject*) {
+#ifdef _OPENMP  // ATen's at::parallel_for is parallel only in code compiled with OpenMP
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+// CPU output stores: -1 auto (non-temporal above the last-level cache size), 0 plain, 1 non-temporal.
+static PyObject* attn_set_cpu_stream(PyObject*, PyObject* arg) {
+  const long mode = PyLong_AsLong(arg);
+  if (mode == -1 && PyErr_Occurred()) return nullptr;
+  if (mode < -1 || mode > 1) {
+    PyErr_SetString(PyExc_ValueError, "set_cpu_stream: mode must be -1 (auto), 0 (plain stores) or 1 (non-temporal)");
+    return nullptr;
+  }
+  const int old = attn_kernels::cpu::stream_mode().exchange(static_cast<int>(mode));
+  return PyLong_FromLong(old);
+}
+
+static PyObject* attn_can_stream(PyObject*, PyObject*) {
+  return PyBool_FromLong(ATTN_KERNELS_STREAM_STORES);
+}
+
 // CUDA forward schedule control, for tests and benchmarks on a GPU (no-ops without CUDA).
 static PyObject* attn_set_cuda_cluster(PyObject*, PyObject* arg) {
 #ifdef WITH_CUDA
@@ -98,6 +123,13 @@ static PyObject* attn_last_cuda_path(PyObject*, PyObject*) {
 
 static PyMethodDef attn_methods[] = {
     {"has_cuda", attn_has_cuda, METH_NOARGS, "True when the extension was built with its CUDA kernels."},
+    {"has_openmp", attn_has_openmp, METH_NOARGS,
+     "True when the CPU kernels were compiled with OpenMP (else at::parallel_for runs on one thread)."},
+    {"set_cpu_stream", attn_set_cpu_stream, METH_O,
+     "CPU output stores: -1 auto (non-temporal above the last-level cache size), 0 plain, 1 non-temporal. "
+     "Returns the previous mode."},
+    {"can_stream", attn_can_stream, METH_NOARGS,
+     "True when the CPU kernels were built with non-temporal stores (AVX2 build)."},
     {"set_cuda_cluster", attn_set_cuda_cluster, METH_O,
      "Enable (True, default) or disable the sm_90 thread-block-cluster forward schedule."},
     {"last_cuda_path", attn_last_cuda_path, METH_NOARGS,

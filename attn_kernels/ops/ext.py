@@ -54,7 +54,8 @@ def _jit_build():
         raise ImportError(f"ATTN_KERNELS_JIT=1 but no C++ sources found under {_CSRC} (not a source checkout)")
     build_dir = _get_build_directory("attn_kernels_C", verbose=False)  # our own folder; the module is "_C"
     return load(name="_C", sources=sources, build_directory=build_dir,
-                extra_cflags=["-O3", "-Wno-unknown-pragmas"] + _cpu_isa_flags(), is_python_module=True,
+                extra_cflags=["-O3", "-Wno-unknown-pragmas", "-fopenmp"] + _cpu_isa_flags(),
+                extra_ldflags=["-fopenmp"], is_python_module=True,
                 verbose=os.environ.get("ATTN_KERNELS_JIT_VERBOSE", "0") == "1")
 
 
@@ -81,6 +82,11 @@ def load_error() -> Optional[str]:
 
 def has_cuda() -> bool:
     return bool(getattr(_C, "has_cuda", lambda: False)())
+
+
+def has_openmp() -> bool:
+    """True when the CPU kernels were compiled with OpenMP (else at::parallel_for runs them on one thread)."""
+    return bool(getattr(_C, "has_openmp", lambda: False)())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@
 //   small N (batch 1): three phases, each parallel inside the sample: pool (planar: over channel
 //     rows; channels_last: over channel blocks), excitation (parallel over its outputs), scale
 //     (planar: over channel rows; channels_last: over spatial rows).
-// Every reduction is done by one task in a fixed order: results do not depend on the thread count.
+// Every reduction is done by one task in a fixed order: results do not depend on the thread count
+// (except the forward's batched-GEMM excitation, se_cpu.cpp, which is ATen's GEMM).
+// Outputs past a quarter of the last-level cache are written with non-temporal stores (stream_output).
+// Built with -fopenmp (setup.py): without it at::parallel_for runs everything on one thread.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -25,12 +28,26 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 #include <cstdint>
 #include <functional>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <unistd.h>
 
 #include "../layout.h"
+
+
+#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#define ATTN_KERNELS_STREAM_STORES 1  // one Vectorized<S> chunk is 32 bytes: _mm256_stream_*
+#else
+#define ATTN_KERNELS_STREAM_STORES 0
+#endif
 
 namespace attn_kernels {
 namespace cpu {
@@ -66,6 +83,21 @@ struct Io {
       at::vec::convert_from_float<S>(in[0], in[1]).store(p);
     }
   }
+  // Non-temporal store of one chunk (p 32-byte aligned): no read-for-ownership of the destination line
+  // and no eviction of the input that is still to be read. Plain store where the ISA has none.
+  static inline void stream(S* p, const V* in) {
+#if ATTN_KERNELS_STREAM_STORES
+    if constexpr (std::is_same_v<S, float>) {
+      _mm256_stream_ps(p, in[0]);
+    } else if constexpr (std::is_same_v<S, double>) {
+      _mm256_stream_pd(p, in[0]);
+    } else {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), at::vec::convert_from_float<S>(in[0], in[1]));
+    }
+#else
+    store(p, in);
+#endif
+  }
   static inline void load_acc(const A* p, V* out) {  // kWidth accumulators from an A array
     for (int i = 0; i < kVecs; ++i) out[i] = V::loadu(p + i * V::size());
   }
@@ -75,20 +107,31 @@ struct Io {
 };
 
 // ---- contiguous-row primitives -------------------------------------------------------------
+// Row reductions keep kChains independent accumulator chains: one chain would bound the loop by the
+// add latency (~3-4 cycles per vector, ~30 GB/s), below what L2/L3 deliver.
+constexpr int kChains = 4;
+
 template <typename S>
 inline at::opmath_type<S> row_sum(const S* p, int64_t n) {
   using IO = Io<S>;
   using A = typename IO::A;
   using V = typename IO::V;
-  V acc[IO::kVecs], v[IO::kVecs];
-  for (auto& a : acc) a = V(A(0));
+  V acc[kChains][IO::kVecs], v[IO::kVecs];
+  for (auto& chain : acc) for (auto& a : chain) a = V(A(0));
   int64_t i = 0;
+  for (; i + kChains * IO::kWidth <= n; i += kChains * IO::kWidth) {
+    for (int k = 0; k < kChains; ++k) {
+      IO::load(p + i + k * IO::kWidth, v);
+      for (int j = 0; j < IO::kVecs; ++j) acc[k][j] = acc[k][j] + v[j];
+    }
+  }
   for (; i + IO::kWidth <= n; i += IO::kWidth) {
     IO::load(p + i, v);
-    for (int j = 0; j < IO::kVecs; ++j) acc[j] = acc[j] + v[j];
+    for (int j = 0; j < IO::kVecs; ++j) acc[0][j] = acc[0][j] + v[j];
   }
-  for (int j = 1; j < IO::kVecs; ++j) acc[0] = acc[0] + acc[j];
-  A s = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, acc[0]);
+  V total = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);
+  for (int j = 1; j < IO::kVecs; ++j) total = total + ((acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]));
+  A s = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, total);
   for (; i < n; ++i) s += static_cast<A>(p[i]);
   return s;
 }
@@ -98,34 +141,57 @@ inline at::opmath_type<S> row_dot(const S* a, const S* b, int64_t n) {
   using IO = Io<S>;
   using A = typename IO::A;
   using V = typename IO::V;
-  V acc[IO::kVecs], va[IO::kVecs], vb[IO::kVecs];
-  for (auto& x : acc) x = V(A(0));
+  V acc[kChains][IO::kVecs], va[IO::kVecs], vb[IO::kVecs];
+  for (auto& chain : acc) for (auto& x : chain) x = V(A(0));
   int64_t i = 0;
+  for (; i + kChains * IO::kWidth <= n; i += kChains * IO::kWidth) {
+    for (int k = 0; k < kChains; ++k) {
+      IO::load(a + i + k * IO::kWidth, va);
+      IO::load(b + i + k * IO::kWidth, vb);
+      for (int j = 0; j < IO::kVecs; ++j) acc[k][j] = at::vec::fmadd(va[j], vb[j], acc[k][j]);
+    }
+  }
   for (; i + IO::kWidth <= n; i += IO::kWidth) {
     IO::load(a + i, va);
     IO::load(b + i, vb);
-    for (int j = 0; j < IO::kVecs; ++j) acc[j] = at::vec::fmadd(va[j], vb[j], acc[j]);
+    for (int j = 0; j < IO::kVecs; ++j) acc[0][j] = at::vec::fmadd(va[j], vb[j], acc[0][j]);
   }
-  for (int j = 1; j < IO::kVecs; ++j) acc[0] = acc[0] + acc[j];
-  A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, acc[0]);
+  V total = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);
+  for (int j = 1; j < IO::kVecs; ++j) total = total + ((acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]));
+  A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, total);
   for (; i < n; ++i) s += static_cast<A>(a[i]) * static_cast<A>(b[i]);
   return s;
 }
 
-// y[i] = x[i] * s + d  (d = 0 in the forward)
+// Elements of y before its first 32-byte boundary: written scalar so the streamed chunks are aligned.
 template <typename S>
+inline int64_t stream_head(const S* y, int64_t n) {
+  const auto misalign = reinterpret_cast<uintptr_t>(y) & 31;
+  return std::min<int64_t>(n, misalign ? static_cast<int64_t>((32 - misalign) / sizeof(S)) : 0);
+}
+
+// y[i] = x[i] * s + d  (d = 0 in the forward); kStream: non-temporal stores for y.
+template <typename S, bool kStream = false>
 inline void row_scale(const S* x, S* y, int64_t n, at::opmath_type<S> s, at::opmath_type<S> d) {
   using IO = Io<S>;
+  using A = at::opmath_type<S>;
   using V = typename IO::V;
   V v[IO::kVecs];
   const V vs(s), vd(d);
   int64_t i = 0;
+  if constexpr (kStream) {
+    for (const int64_t head = stream_head(y, n); i < head; ++i) y[i] = static_cast<S>(static_cast<A>(x[i]) * s + d);
+  }
   for (; i + IO::kWidth <= n; i += IO::kWidth) {
     IO::load(x + i, v);
     for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs, vd);
-    IO::store(y + i, v);
+    if constexpr (kStream) {
+      IO::stream(y + i, v);
+    } else {
+      IO::store(y + i, v);
+    }
   }
-  for (; i < n; ++i) y[i] = static_cast<S>(static_cast<at::opmath_type<S>>(x[i]) * s + d);
+  for (; i < n; ++i) y[i] = static_cast<S>(static_cast<A>(x[i]) * s + d);
 }
 
 // acc[c] += row[c] (c in [0, n))
@@ -161,14 +227,19 @@ inline void col_accum_prod(at::opmath_type<S>* acc, const S* a, const S* b, int6
   for (; i < n; ++i) acc[i] += static_cast<at::opmath_type<S>>(a[i]) * static_cast<at::opmath_type<S>>(b[i]);
 }
 
-// y[c] = x[c] * s[c] + d[c]   (d may be null)
-template <typename S>
+// y[c] = x[c] * s[c] + d[c]   (d may be null); kStream: non-temporal stores for y.
+template <typename S, bool kStream = false>
 inline void row_scale_vec(const S* x, S* y, const at::opmath_type<S>* s, const at::opmath_type<S>* d, int64_t n) {
   using IO = Io<S>;
   using A = typename IO::A;
   using V = typename IO::V;
   V v[IO::kVecs], vs[IO::kVecs], vd[IO::kVecs];
   int64_t i = 0;
+  if constexpr (kStream) {
+    for (const int64_t head = stream_head(y, n); i < head; ++i) {
+      y[i] = static_cast<S>(static_cast<A>(x[i]) * s[i] + (d ? d[i] : A(0)));
+    }
+  }
   for (; i + IO::kWidth <= n; i += IO::kWidth) {
     IO::load(x + i, v);
     IO::load_acc(s + i, vs);
@@ -178,9 +249,61 @@ inline void row_scale_vec(const S* x, S* y, const at::opmath_type<S>* s, const a
     } else {
       for (int j = 0; j < IO::kVecs; ++j) v[j] = v[j] * vs[j];
     }
-    IO::store(y + i, v);
+    if constexpr (kStream) {
+      IO::stream(y + i, v);
+    } else {
+      IO::store(y + i, v);
+    }
   }
   for (; i < n; ++i) y[i] = static_cast<S>(static_cast<A>(x[i]) * s[i] + (d ? d[i] : A(0)));
+}
+
+// Streamed stores are weakly ordered: fence them before the task ends (the join then publishes them).
+inline void stream_fence() {
+#if ATTN_KERNELS_STREAM_STORES
+  _mm_sfence();
+#endif
+}
+
+// Size of the level-`level` data/unified cache that CPU 0 sees (one core's L2; the L3 slice its core
+// shares), from Linux sysfs; `fallback` elsewhere. sysfs, not sysconf: in VMs glibc's
+// _SC_LEVEL3_CACHE_SIZE reports the whole host's L3 (seen here: 384 MB on a 32 MB-L3 guest).
+inline int64_t cache_bytes(int level, int64_t fallback) {
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream level_file(dir + "level"), type_file(dir + "type"), size_file(dir + "size");
+    int lv = 0;
+    std::string type, size;
+    if (!(level_file >> lv) || !(type_file >> type) || !(size_file >> size)) continue;
+    if (lv != level || type == "Instruction" || size.empty()) continue;
+    int64_t bytes = std::atoll(size.c_str());
+    const char unit = size.back();
+    if (unit == 'K') bytes <<= 10;
+    if (unit == 'M') bytes <<= 20;
+    if (bytes > 0) return bytes;
+  }
+  return fallback;
+}
+
+// Non-temporal stores for outputs: -1 auto (see stream_output), 0 never, 1 always. Initialised from
+// ATTN_KERNELS_CPU_STREAM; attn_kernels._C.set_cpu_stream() changes it (tests, benchmarks).
+inline std::atomic<int>& stream_mode() {
+  static std::atomic<int> mode{[] {
+    const char* env = std::getenv("ATTN_KERNELS_CPU_STREAM");
+    return env && *env ? std::atoi(env) : -1;
+  }()};
+  return mode;
+}
+
+// Whether an output of `bytes` is written with non-temporal stores. Auto mode: when input and output
+// together exceed half the last-level cache (output > LLC / 4), i.e. when y would not survive in cache for
+// its consumer anyway. A plain store first reads every destination line (read-for-ownership: y costs
+// twice its bytes) and evicts the input rows that are still to be scaled; a streamed one does neither.
+inline bool stream_output(int64_t bytes) {
+  static const int64_t llc = cache_bytes(3, int64_t(32) << 20);
+  const int mode = stream_mode().load(std::memory_order_relaxed);
+  if (!ATTN_KERNELS_STREAM_STORES || mode == 0) return false;
+  return mode > 0 || bytes > llc / 4;
 }
 
 // Dot product of two A arrays (the excitation's small mat-vecs): four independent accumulators so
@@ -270,21 +393,34 @@ void reduce_channels(const View<const S>& a, const View<const S>* b, Layout layo
 // Planar: y[n,c,:] = x[n,c,:] * s[c] + d[c], c in [c0, c1). s, d indexed by absolute channel.
 template <typename S>
 void scale_channels(const View<const S>& x, const View<S>& y, int64_t n, int64_t c0, int64_t c1, int64_t hw,
-                    const at::opmath_type<S>* s, const at::opmath_type<S>* d) {
+                    const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream) {
   const S* px = x.ptr + n * x.sn;
   S* py = y.ptr + n * y.sn;
   for (int64_t c = c0; c < c1; ++c) {
-    row_scale<S>(px + c * x.sc, py + c * y.sc, hw, s[c], d ? d[c] : at::opmath_type<S>(0));
+    const at::opmath_type<S> dc = d ? d[c] : at::opmath_type<S>(0);
+    if (stream) {
+      row_scale<S, true>(px + c * x.sc, py + c * y.sc, hw, s[c], dc);
+    } else {
+      row_scale<S>(px + c * x.sc, py + c * y.sc, hw, s[c], dc);
+    }
   }
+  if (stream) stream_fence();
 }
 
 // Channels_last: rows p in [p0, p1) of sample n: y[n,:,p] = x[n,:,p] * s + d.
 template <typename S>
 void scale_rows(const View<const S>& x, const View<S>& y, int64_t n, int64_t p0, int64_t p1, int64_t c,
-                const at::opmath_type<S>* s, const at::opmath_type<S>* d) {
+                const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream) {
   const S* px = x.ptr + n * x.sn;
   S* py = y.ptr + n * y.sn;
-  for (int64_t p = p0; p < p1; ++p) row_scale_vec<S>(px + p * x.shw, py + p * y.shw, s, d, c);
+  for (int64_t p = p0; p < p1; ++p) {
+    if (stream) {
+      row_scale_vec<S, true>(px + p * x.shw, py + p * y.shw, s, d, c);
+    } else {
+      row_scale_vec<S>(px + p * x.shw, py + p * y.shw, s, d, c);
+    }
+  }
+  if (stream) stream_fence();
 }
 
 // Sum over channels (or channel products) of every sample, into red (N, C), phase-parallel.
@@ -312,12 +448,12 @@ void reduce_all(const View<const S>& a, const View<const S>* b, Layout layout, i
 
 template <typename S>
 void scale_all(const View<const S>& x, const View<S>& y, Layout layout, int64_t nb, int64_t c, int64_t hw,
-               const at::opmath_type<S>* s, const at::opmath_type<S>* d) {
+               const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream) {
   if (layout == Layout::Planar) {
     at::parallel_for(0, nb * c, grain_for(hw), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1;) {
         const int64_t n = i / c, c0 = i % c, c1 = std::min(c, c0 + (i1 - i));
-        scale_channels<S>(x, y, n, c0, c1, hw, s + n * c, d ? d + n * c : nullptr);
+        scale_channels<S>(x, y, n, c0, c1, hw, s + n * c, d ? d + n * c : nullptr, stream);
         i += c1 - c0;
       }
     });
@@ -325,7 +461,7 @@ void scale_all(const View<const S>& x, const View<S>& y, Layout layout, int64_t 
     at::parallel_for(0, nb * hw, grain_for(c), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1;) {
         const int64_t n = i / hw, p0 = i % hw, p1 = std::min(hw, p0 + (i1 - i));
-        scale_rows<S>(x, y, n, p0, p1, c, s + n * c, d ? d + n * c : nullptr);
+        scale_rows<S>(x, y, n, p0, p1, c, s + n * c, d ? d + n * c : nullptr, stream);
         i += p1 - p0;
       }
     });
@@ -343,6 +479,7 @@ void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64
                   bool per_sample_ok = true) {
   using A = at::opmath_type<S>;
   const A inv = A(1) / static_cast<A>(hw);
+  const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S)));
   if (per_sample_schedule(nb, per_sample_ok)) {
     at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
@@ -351,9 +488,9 @@ void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64
         for (int64_t i = 0; i < c; ++i) p[i] *= inv;
         excite(n, n + 1);
         if (layout == Layout::Planar) {
-          scale_channels<S>(x, y, n, 0, c, hw, s + n * c, nullptr);
+          scale_channels<S>(x, y, n, 0, c, hw, s + n * c, nullptr, stream);
         } else {
-          scale_rows<S>(x, y, n, 0, hw, c, s + n * c, nullptr);
+          scale_rows<S>(x, y, n, 0, hw, c, s + n * c, nullptr, stream);
         }
       }
     });
@@ -361,7 +498,7 @@ void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64
     reduce_all<S>(x, nullptr, layout, nb, c, hw, pooled);
     for (int64_t i = 0; i < nb * c; ++i) pooled[i] *= inv;
     excite(0, nb);
-    scale_all<S>(x, y, layout, nb, c, hw, s, nullptr);
+    scale_all<S>(x, y, layout, nb, c, hw, s, nullptr, stream);
   }
 }
 
@@ -373,6 +510,7 @@ void gate_backward(const View<const S>& gy, const View<const S>& x, const View<S
                    at::opmath_type<S>* dp, const RangeFn& excite_bwd, bool per_sample_ok = true) {
   using A = at::opmath_type<S>;
   const A inv = A(1) / static_cast<A>(hw);
+  const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S)));
   if (per_sample_schedule(nb, per_sample_ok)) {
     at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
@@ -381,9 +519,9 @@ void gate_backward(const View<const S>& gy, const View<const S>& x, const View<S
         A* d = dp + n * c;
         for (int64_t i = 0; i < c; ++i) d[i] *= inv;
         if (layout == Layout::Planar) {
-          scale_channels<S>(gy, gx, n, 0, c, hw, s + n * c, d);
+          scale_channels<S>(gy, gx, n, 0, c, hw, s + n * c, d, stream);
         } else {
-          scale_rows<S>(gy, gx, n, 0, hw, c, s + n * c, d);
+          scale_rows<S>(gy, gx, n, 0, hw, c, s + n * c, d, stream);
         }
       }
     });
@@ -391,7 +529,7 @@ void gate_backward(const View<const S>& gy, const View<const S>& x, const View<S
     reduce_all<S>(gy, &x, layout, nb, c, hw, ds);
     excite_bwd(0, nb);
     for (int64_t i = 0; i < nb * c; ++i) dp[i] *= inv;
-    scale_all<S>(gy, gx, layout, nb, c, hw, s, dp);
+    scale_all<S>(gy, gx, layout, nb, c, hw, s, dp, stream);
   }
 }
 

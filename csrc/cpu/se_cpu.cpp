@@ -301,7 +301,6 @@ T5 se_bwd_cpu(const Tensor& grad_y, const Tensor& x, const OptTensor& w1, const 
       p.b2 = b2a.defined() ? b2a.const_data_ptr<A>() : nullptr;
       p.C = c, p.R = r, p.K = r, p.act = act, p.gate = gate;
       p.tw1 = w1a, p.tb1 = b1a, p.tw2 = w2a, p.tb2 = b2a;
-    p.tw1 = w1a, p.tb1 = b1a, p.tw2 = w2a, p.tb2 = b2a;
       const A* pp = pooled.const_data_ptr<A>();
       const A* sp = s.const_data_ptr<A>();
       A* dsp = ds.mutable_data_ptr<A>();

@@ -2,6 +2,8 @@
 
 Skipped as a whole, with the ImportError as the reason, when the extension is not built.
 """
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,6 +176,42 @@ def test_se_batched_gemm_path(dtype, gate):
     check_parity(_se_fused("gelu", gate), _se_eager("gelu", gate), [x, *params], dtype=dtype, names=NAMES)
 
 
+@pytest.fixture
+def cpu_stream_stores():
+    """Force the non-temporal output stores (normally only for outputs larger than the last-level cache)."""
+    if not ext._C.can_stream():
+        pytest.skip("attn_kernels._C was built without AVX2 non-temporal stores")
+    old = ext._C.set_cpu_stream(1)
+    yield
+    ext._C.set_cpu_stream(old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 12, 5, 7), (2, 37, 17), (4, 9, 16, 16)])
+def test_stream_stores_path(cpu_stream_stores, dtype, channels_last, shape):
+    """Streamed rows start anywhere (odd C and HW: a scalar head up to the 32-byte boundary); SE and ECA,
+    forward and backward (grad_x is streamed too); the ECA (4, 9, 16, 16) case runs its halo forward."""
+    channels_last = channels_last and len(shape) == 4
+    x = _x(shape, channels_last=channels_last)
+    check_parity(_se_fused("relu", "sigmoid"), _se_eager("relu", "sigmoid"), [x, *_se_params(shape[1], 3)],
+                 dtype=dtype, names=NAMES)
+    w = (torch.randn(5) * 0.5).requires_grad_()
+    check_parity(_eca_fused(False), _eca_eager(False), [x, w], dtype=dtype, names={0: "x", 1: "weight"})
+
+
+def test_schedule_setters_reject_bad_mode():
+    with pytest.raises(ValueError, match="mode must be"):
+        ext._C.set_cpu_stream(2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenMP build checked on Linux (gcc) only")
+def test_built_with_openmp():
+    """at::parallel_for is parallel only in code compiled with -fopenmp: without it every CPU kernel
+    runs on one thread (the state of this package before setup.py passed -fopenmp)."""
+    assert ext.has_openmp()
+
+
 # ---- op contracts ----------------------------------------------------------------------------------
 def _opcheck_args():
     x = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -222,11 +260,14 @@ def test_gradcheck_eca(circular):
     gradcheck(lambda x_, w_: ext.eca(x_, w_, circular), [x, torch.randn(7).requires_grad_()])
 
 
-@pytest.mark.parametrize("case", ["se", "se_n1", "eca_stream_n1", "eca_cl"])
+@pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "eca_stream_n1", "eca_cl"])
 def test_deterministic_and_thread_independent(case):
-    shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "eca_stream_n1": (1, 40, 16, 16),
+    """Bitwise equal run to run and with 1 thread vs the default: every reduction has one owner and a
+    fixed order. (The forward's batched-GEMM excitation, used above N*C*R >= 2^20, is excluded: ATen's
+    GEMM does not promise that.)"""
+    shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "se_cl_n3": (3, 40, 5, 5), "eca_stream_n1": (1, 40, 16, 16),
              "eca_cl": (3, 40, 5, 5)}[case]
-    x = _x(shape, channels_last=case == "eca_cl").detach()
+    x = _x(shape, channels_last=case.endswith("cl") or "_cl_" in case).detach()
     params = [p.detach() for p in _se_params(shape[1], 8)]
     taps = torch.randn(5)
     gy = torch.randn_like(x)
@@ -340,3 +381,103 @@ def test_cuda_eca_parity(dtype, channels_last, shape, k, cuda_schedule):
     w = torch.randn(k, device="cuda").requires_grad_()
     for circular in (False, True):
         check_parity(_eca_fused(circular, backend="cuda"), _eca_eager(circular), [x, w], dtype=dtype)
+
+
+def _need_cuda_kernels():
+    if not ext.has_cuda():
+        pytest.skip("attn_kernels._C was built without CUDA kernels")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_cluster_path_taken(dtype, channels_last):
+    """On sm_90+ the (1, 2048, 7, 7) forward runs as one thread-block cluster per sample (last_cuda_path 1);
+    with the cluster schedule disabled it runs the portable one (path 0), with the same results."""
+    _need_cuda_kernels()
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the thread-block-cluster forward needs sm_90+")
+    x = _x((1, 2048, 7, 7), dtype=dtype, device="cuda", channels_last=channels_last).detach()
+    params = [p.detach() for p in _se_params(2048, 128, device="cuda")]
+    try:
+        ext._C.set_cuda_cluster(True)
+        cluster = OPS.se_fwd(x, *params, 0, 0)
+        assert ext._C.last_cuda_path() == 1, (
+            "cluster forward not taken on an sm_90+ device: was the extension built without sm_90 code "
+            "(TORCH_CUDA_ARCH_LIST)?")
+        ext._C.set_cuda_cluster(False)
+        portable = OPS.se_fwd(x, *params, 0, 0)
+        assert ext._C.last_cuda_path() == 0
+    finally:
+        ext._C.set_cuda_cluster(True)
+    for name, a, b in zip(("y", "pooled", "s"), cluster, portable):
+        assert_close(a, b, name=name)
+
+
+@pytest.mark.gpu
+def test_cuda_se_beyond_shared_memory():
+    """C + R floats past the device's opt-in shared memory per block (227 KB on H100/H200): the excitation,
+    forward and backward, runs from global memory instead of failing with 'invalid argument' (and the
+    cluster forward, whose blocks hold C floats, does not apply)."""
+    _need_cuda_kernels()
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    optin = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
+    c = optin // 4 + 16
+    x = _x((2, c, 2, 2), device="cuda")
+    w1 = (torch.randn(4, c, device="cuda") / c ** 0.5).requires_grad_()
+    w2 = torch.randn(c, 4, device="cuda").requires_grad_()
+    b1, b2 = torch.randn(4, device="cuda").requires_grad_(), torch.randn(c, device="cuda").requires_grad_()
+    check_parity(_se_fused("relu", "sigmoid", backend="cuda"), _se_eager("relu", "sigmoid"), [x, w1, b1, w2, b2],
+                 dtype=torch.float32, names=NAMES)
+    assert ext._C.last_cuda_path() == 0
+
+
+@pytest.mark.gpu
+def test_cuda_effective_se_large_c():
+    """Effective SE at C = 16384 (W2 is C x C, 1 GiB): the backward excitation used to ask for 5C floats of
+    shared memory (320 KB, past the 227 KB limit) where it needs 2C (128 KB)."""
+    _need_cuda_kernels()
+    c = 16384
+    x = _x((2, c, 2, 2), device="cuda")
+    w2 = (torch.randn(c, c, device="cuda") / c ** 0.5).requires_grad_()
+    b2 = torch.randn(c, device="cuda").requires_grad_()
+    check_parity(_se_fused("relu", "hardsigmoid", backend="cuda"), _se_eager("relu", "hardsigmoid"),
+                 [x, None, None, w2, b2], dtype=torch.float32, names=NAMES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ese", [False, True])
+@pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (4, 64, 9, 9)])
+def test_cuda_graph_capture_se(shape, ese, cuda_schedule):
+    """The cuda backend's se forward + backward captured in a CUDA graph and replayed on new inputs gives
+    what an eager call gives (bitwise: every reduction has one owner and a fixed order). The schedule is
+    chosen from cached answers before launching, so the capture never sees a refused cluster launch."""
+    _need_cuda_kernels()
+    c = shape[1]
+    x = torch.randn(shape, device="cuda")
+    params = [None if p is None else p.detach() for p in _se_params(c, max(1, c // 16), ese=ese, device="cuda")]
+    gy = torch.randn_like(x)
+
+    def step():
+        y, pooled, s = OPS.se_fwd(x, *params, 0, 0)
+        return (y, pooled, s) + tuple(OPS.se_bwd(gy, x, *params, pooled, s, 0, 0))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (one-time probes, allocator pools)
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    if cuda_schedule and torch.cuda.get_device_capability() >= (9, 0):
+        assert ext._C.last_cuda_path() == 1  # the cluster launch is part of the graph
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x))
+        gy.copy_(torch.randn_like(gy))
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = step()
+    for i, (a, b) in enumerate(zip(captured, expected)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, i=i: f"output {i}: {m}")

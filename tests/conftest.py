@@ -31,6 +31,13 @@ HAS_TRITON = _has_triton()
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def pytest_report_header(config):
+    """Say in every log how the Triton kernels ran: compiled on the GPU, or interpreted on the CPU."""
+    where = "CUDA available" if HAS_CUDA else "no CUDA device"  # no device query: CUDA stays uninitialised here
+    mode = "Triton interpreter (TRITON_INTERPRET=1)" if INTERPRET else "Triton compiled"
+    return f"attn_kernels: {where}; {mode}"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_triton = pytest.mark.skip(reason="triton is not importable")
@@ -53,6 +60,18 @@ def _restore_backend():
     previous = attn_kernels.get_backend()
     yield
     attn_kernels.set_backend(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """References in true fp32 on a GPU: cuDNN may run fp32 convolutions in TF32 by default (the ECA /
+    DMK / BiECA / CBAM references use F.conv1d / F.conv2d), ~1e-3 relative off, far outside the fp32
+    tolerances of tests that compare the fused op to the fp32 reference directly. No effect on the CPU."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(autouse=True)

@@ -537,7 +537,7 @@ def dmk_eca_forward(x, fc_weight, fc_bias, taps3, taps5, taps7):
     cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
     fcw = fc_weight.contiguous()
     _dmk_eca_fwd_kernel[(n,)](
-        xk, y_buf, fcw, fc_bias if fc_bias is not None else fcw, *taps, pooled, s, blend,
+        xk, y_buf, fcw, fc_bias.contiguous() if fc_bias is not None else fcw, *taps, pooled, s, blend,
         c, hw, *ks, half, *sx, *sy,
         HAS_BIAS=int(fc_bias is not None), ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
     if y_buf is not y:
@@ -605,7 +605,8 @@ def bi_eca_forward(x, w_fwd, w_bwd, w1, b1, w2, b2):
     block_r = max(1, min(triton.next_power_of_2(r), _TILE_K // cfg["BLOCK_C"]))
     w1c, w2c = w1.contiguous(), w2.contiguous()
     _bi_eca_fwd_kernel[(n,)](
-        xk, y_buf, tf, tb, w1c, b1 if b1 is not None else w1c, w2c, b2 if b2 is not None else w2c,
+        xk, y_buf, tf, tb, w1c, b1.contiguous() if b1 is not None else w1c, w2c,
+        b2.contiguous() if b2 is not None else w2c,  # the kernel reads the biases at unit stride
         pooled, s, hidden, blend, c, hw, r, kf, kb, half, *sx, *sy,
         HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
         ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r, **cfg)

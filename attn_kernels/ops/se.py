@@ -158,9 +158,11 @@ def _sample_sync(cnt_ptr, err_ptr, target, max_spin):
 
 
 @triton.jit
-def _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, HAS_B1: tl.constexpr, ACC: tl.constexpr,
-            BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
-    """u[r] = Σ_c W1[r, c] p[c] + b1[r] for all R, from the pooled vector in memory; stored to u_base."""
+def _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, poison, HAS_B1: tl.constexpr, MULTI: tl.constexpr,
+            ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """u[r] = Σ_c W1[r, c] p[c] + b1[r] for all R, from the pooled vector in memory; stored to u_base.
+    MULTI: ``poison`` (NaN after a timed-out wait) is added, so the shared u another program of the
+    sample may read is NaN rather than silently computed from a partly pooled vector."""
     for r0 in range(0, R, BLOCK_K):
         offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         mask_r = offs_r < R
@@ -174,6 +176,8 @@ def _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, HAS_B1: tl.constexpr, ACC: tl.
             acc += tl.sum(w * p[None, :], axis=1)
         if HAS_B1:
             acc += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+        if MULTI:
+            acc += poison
         tl.store(u_base + offs_r, acc, mask=mask_r)
 
 
@@ -266,7 +270,7 @@ def _se_fwd_kernel(
         tl.debug_barrier()  # the pooled vector is re-read by other threads of this program
     # excitation: hidden vector (all R, every program) then per-tile logits, gate, scale
     if HAS_FC1:
-        _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, HAS_B1, ACC, BLOCK_C, BLOCK_K)
+        _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, poison, HAS_B1, MULTI, ACC, BLOCK_C, BLOCK_K)
         tl.debug_barrier()
     for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -378,7 +382,10 @@ def _se_bwd_kernel(
             mask_r = offs_r < R
             dh = _matvec_cols(w2_ptr, dz_base, offs_r, mask_r, C, R, ACC, BLOCK_K, BLOCK_C)
             u = tl.load(u_base + offs_r, mask=mask_r, other=0.0)
-            tl.store(du_base + offs_r, dh * _act_grad(u, ACT), mask=mask_r)
+            du = dh * _act_grad(u, ACT)
+            if MULTI:
+                du += poison  # the shared du must not be silently wrong after a timed-out wait (NaN)
+            tl.store(du_base + offs_r, du, mask=mask_r)
         tl.debug_barrier()
     # pass 2: dp = W1ᵀ du (eSE: W2ᵀ dz) for this program's channels, then grad_x
     for c0 in range(c_lo, c_hi, BLOCK_C):

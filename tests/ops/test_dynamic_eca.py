@@ -168,6 +168,16 @@ def test_optional_biases(device):
     check_parity(bi_fused, reference.bi_eca, [x, wf, wb, w1, None, w2, None], dtype=torch.float32)
 
 
+def test_strided_biases(device):
+    """Bias views with a non-unit stride (the kernels read biases at unit stride: made contiguous)."""
+    x, w, _, t3, t5, t7 = [t.detach() for t in dmk_inputs((2, 9, 2, 3), device=device)]
+    fc_b = torch.randn(6, device=device)[::2]
+    assert_close(dmk_fused(x, w, fc_b, t3, t5, t7), reference.dmk_eca(x, w, fc_b, t3, t5, t7), name="dmk")
+    x, wf, wb, w1, _, w2, _ = [t.detach() for t in bi_inputs((2, 9, 2, 3), rd=2, device=device)]
+    b1, b2 = torch.rand(4, device=device)[::2] + 0.5, torch.randn(4, device=device)[::2]
+    assert_close(bi_fused(x, wf, wb, w1, b1, w2, b2), reference.bi_eca(x, wf, wb, w1, b1, w2, b2), name="bi")
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_gradcheck_float64(op, device):
     fused, _, make, _ = OPS[op]

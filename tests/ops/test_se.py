@@ -291,7 +291,11 @@ def test_gpu_schedules(schedule, channels_last, shape, rd, monkeypatch):
     monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
     cfg = S.launch_config(shape[0], shape[1], rd, shape[2] * shape[3], 1 if channels_last else shape[2] * shape[3],
                           torch.device("cuda"))
-    assert cfg["MULTI"] == (schedule == "multi")
+    # "multi" needs >= 2 channel tiles: channels_last C = 256 is one BLOCK_C = 256 tile, so it stays single
+    tiles = triton.cdiv(shape[1], cfg["BLOCK_C"])
+    assert cfg["MULTI"] == (schedule == "multi" and tiles >= 2)
+    if schedule == "multi" and cfg["MULTI"]:
+        assert cfg["P"] >= 2 and shape[0] * cfg["P"] <= torch.cuda.get_device_properties(0).multi_processor_count
     view = LAYOUTS["channels_last"] if channels_last else None
     for dtype in (torch.float32, torch.bfloat16):
         _run_parity(shape, rd, dtype, act="silu", device="cuda", view=view)
@@ -344,6 +348,38 @@ def test_split_partition_emulated(ese, layout, residual, device):
     g3 = S.se_backward(gy, x, w1, w2, p1, u1, z1, "gelu", "sigmoid", _split=3, **kw)
     for a, b, name in zip(g3, g1, ("grad_x", "grad_shortcut", "grad_w1", "grad_b1", "grad_w2", "grad_b2")):
         assert_close(a, b, name=name)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: programs run in order")
+def test_multi_schedule_timeout_is_loud(monkeypatch):
+    """Schedule (b)'s MULTI=1 code (counter, bounded wait, error flag, NaN poison) under the interpreter.
+    Programs run one after another here, so with a 3-iteration wait programs 0 .. P-2 of each sample
+    time out (their peers have not arrived) and program P-1 finds all arrivals: the early slices must
+    come back NaN, the last slice exact, the flag set, and ATTN_KERNELS_SE_CHECK=1 must raise."""
+    x = torch.randn(2, 520, 3, 3)
+    w1, b1, w2, b2 = torch.randn(5, 520) / 20, torch.rand(5), torch.randn(520, 5) / 2, torch.randn(520)
+    gy = torch.randn_like(x)
+    y1, p1, u1, z1 = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")  # schedule (a): the expected values
+    gx1 = S.se_backward(gy, x, w1, w2, p1, u1, z1, "relu", "sigmoid")[0]
+    cfg = dict(S._emulate_split(S.launch_config(2, 520, 5, 9, 9, x.device), 520, 3), MULTI=1)
+    assert cfg["P"] == 3
+    monkeypatch.setattr(S, "launch_config", lambda *a: dict(cfg))
+    monkeypatch.setattr(S, "_MAX_SPIN", 3)
+    syncs = []
+    sync_buffer = S._sync_buffer
+    monkeypatch.setattr(S, "_sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    last = (cfg["P"] - 1) * cfg["chan_per_prog"]  # first channel of program P-1
+    y, _, _, z = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")
+    assert syncs[-1].tolist() == [3, 3, 1]  # every program arrived; the error flag is set
+    assert torch.isnan(y[:, :last]).all() and torch.isnan(z[:, :last]).all()
+    assert_close(y[:, last:], y1[:, last:], name="y of the last program")
+    gx = S.se_backward(gy, x, w1, w2, p1, u1, z1, "relu", "sigmoid")[0]
+    assert syncs[-1].tolist() == [3, 3, 1]
+    assert torch.isnan(gx[:, :last]).all()
+    assert_close(gx[:, last:], gx1[:, last:], name="grad_x of the last program")
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    with pytest.raises(RuntimeError, match="timed out"):
+        S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")
 
 
 def test_strided_params_and_mixed_param_dtypes(device):

@@ -50,6 +50,7 @@ profiler does not see).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -59,8 +60,10 @@ import math
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -495,7 +498,9 @@ def run_case(case: Case, providers: List[str], st: Settings, copy_cache: Dict) -
             med, p20, p80 = timer(fn)
             row.update(median_ms=med, p20_ms=p20, p80_ms=p80)
             row["gbps"] = fbytes / (med * 1e-3) / 1e9
-            if st.device.type == "cuda" and st.cuda_graphs:
+            # bwd replays a graph whose forward ran on the default stream outside any capture: its backward
+            # kernels follow the forward's stream, not the capture stream, so the capture cannot work.
+            if st.device.type == "cuda" and st.cuda_graphs and case.mode != "bwd":
                 try:
                     row["cudagraph_ms"] = time_cuda_graph(fn, st.rep_ms)
                 except Exception as exc:  # backward on the side stream, allocator limits, ...
@@ -519,6 +524,29 @@ def run_case(case: Case, providers: List[str], st: Settings, copy_cache: Dict) -
             r[col] = (base / m) if (m and base) else None
     del inputs
     return rows
+
+
+class StopRun(BaseException):
+    """A run was asked to stop (SIGTERM, e.g. from ``timeout``): write what was measured, then exit.
+
+    A BaseException, so that the per-row ``except Exception`` handlers do not swallow it."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Inside the block a SIGTERM raises StopRun instead of killing the process (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise StopRun("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -787,6 +815,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", help="output directory (default bench/results/<device>/ in a checkout, "
                                  "else ./attn_kernels_bench/<device>/)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="start no new case after this many seconds; the rows measured so far are written (as on "
+                        "SIGTERM), in files named *_partial_*")
     p.add_argument("--list", action="store_true", help="print the cases and providers, run nothing")
 
 
@@ -841,14 +872,28 @@ def main(args) -> int:
     rows, copy_cache = [], {}
     bar = Progress(total, "bench", enable=not args.no_progress)
     t0 = time.time()
-    for case, provs in plan:
-        rows += run_case(case, provs, st, copy_cache)
-        bar.update(len(provs), f"{case.op} {case.shape} {case.dtype} {case.layout} {case.mode}")
-        if dt_ == "cuda":
-            torch.cuda.empty_cache()
+    max_seconds = getattr(args, "max_seconds", None)
+    stopped, done = None, 0
+    with stop_on_sigterm():
+        try:
+            for case, provs in plan:
+                if max_seconds is not None and time.time() - t0 > max_seconds:
+                    stopped = f"--max-seconds {max_seconds:g} reached"
+                    break
+                rows += run_case(case, provs, st, copy_cache)
+                done += 1
+                bar.update(len(provs), f"{case.op} {case.shape} {case.dtype} {case.layout} {case.mode}")
+                if dt_ == "cuda":
+                    torch.cuda.empty_cache()
+        except StopRun as exc:
+            stopped = str(exc)
     bar.close()
+    if stopped:
+        print(f"note: stopped early ({stopped}): {done} of {len(plan)} cases measured; writing those",
+              file=sys.stderr)
     out_dir = args.out or default_out_dir(device)
-    stem = "bench" + ("_quick" if args.quick else "") + "_" + meta["date"].replace("-", "").replace(":", "")
+    stem = ("bench" + ("_quick" if args.quick else "") + ("_partial" if stopped else "") + "_"
+            + meta["date"].replace("-", "").replace(":", ""))
     paths = write_outputs(rows, meta, out_dir, stem, plots=not args.no_plots)
     print(markdown_table(rows, meta))
     print(f"\n{len(rows)} rows in {time.time() - t0:.1f}s; wrote " + ", ".join(paths.values()))

@@ -405,6 +405,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--out", help="output directory (default bench/results/<device>/ in a checkout)")
     p.add_argument("--no-trace", action="store_true", help="do not write chrome traces")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="start no new run after this many seconds; the runs so far are written (as on SIGTERM), "
+                        "in files named profile_partial_*")
 
 
 def main(args) -> int:
@@ -439,18 +442,32 @@ def main(args) -> int:
     runs = [(m, v, d, l) for m in models for d in dtypes for l in layouts for v in variants]
     bar = benchmark.Progress(len(runs), "profile")
     rows = []
-    for m, v, d, l in runs:
+    t0 = time.time()
+    max_seconds = getattr(args, "max_seconds", None)
+    stopped = None
+    with benchmark.stop_on_sigterm():
         try:
-            row = run_one(m, v, d, l, args, device, trace_dir)
-        except Exception as exc:
-            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
-            row = {"model": m, "variant": v, "dtype": d, "layout": l, "batch": args.batch, "res": args.res,
-                   "steps": args.steps, "error": f"{type(exc).__name__}: {msg}"}
-        rows.append(row)
-        bar.update(1, f"{m} {v} {d} {l}")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            for m, v, d, l in runs:
+                if max_seconds is not None and time.time() - t0 > max_seconds:
+                    stopped = f"--max-seconds {max_seconds:g} reached"
+                    break
+                try:
+                    row = run_one(m, v, d, l, args, device, trace_dir)
+                except Exception as exc:
+                    msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+                    row = {"model": m, "variant": v, "dtype": d, "layout": l, "batch": args.batch, "res": args.res,
+                           "steps": args.steps, "error": f"{type(exc).__name__}: {msg}"}
+                rows.append(row)
+                bar.update(1, f"{m} {v} {d} {l}")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        except benchmark.StopRun as exc:
+            stopped = str(exc)
     bar.close()
+    if stopped:
+        print(f"note: stopped early ({stopped}): {len(rows)} of {len(runs)} runs done; writing those",
+              file=sys.stderr)
+        stamp = "partial_" + stamp
     plain = {(r["model"], r["dtype"], r["layout"]): r.get("step_ms") for r in rows if r["variant"] == "plain"}
     for r in rows:
         base = plain.get((r["model"], r["dtype"], r["layout"]))

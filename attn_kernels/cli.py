@@ -5,6 +5,7 @@
     attn-kernels profile --models se_resnet50 --steps 20
     attn-kernels demo --epochs 8           # CNN vs CNN_SE (eager and fused) on a bundled dataset
     attn-kernels swap-check timm:seresnet50
+    attn-kernels swap-check CNN_SE         # the probe input fits the model (or --input-size NxCxHxW)
 
 Each subcommand's module is imported only when it runs, so ``info`` stays fast.
 """
@@ -52,8 +53,19 @@ def _swap_check(args) -> int:
     if fn is None:
         print("swap-check: attn_kernels.swap has no swap_check()", file=sys.stderr)
         return 1
-    print(fn(args.model))
+    print(fn(args.model, input_size=args.input_size))
     return 0
+
+
+def _input_size(text: str):
+    """``NxCxHxW`` (as ``bench --shape``) → a 4-tuple of positive ints."""
+    try:
+        dims = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected NxCxHxW, e.g. 2x3x224x224; got {text!r}")
+    return dims
 
 
 def _bench(args) -> int:
@@ -105,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("swap-check", help="which attention modules of a model swap() would replace")
-    p.add_argument("model", help="model name, e.g. timm:seresnet50, torchvision:efficientnet_b0")
+    p.add_argument("model", help="model name, e.g. timm:seresnet50, torchvision:efficientnet_b0, CNN_SE")
+    p.add_argument("--input-size", type=_input_size, default=None, metavar="NxCxHxW",
+                   help="probe input (default: one that fits the model: 2x3x32x32 for CNN_SE, timm's "
+                        "pretrained_cfg input size for fixed-size timm models, else 2x3x128x128)")
     p.set_defaults(func=_swap_check)
     return parser
 

@@ -683,34 +683,52 @@ def unswap(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------------------------
 # swap-check (the CLI's ``attn-kernels swap-check MODEL``)
 # ----------------------------------------------------------------------------------------------
-def _build_model(model_name: str) -> nn.Module:
-    """``name``, ``timm:name``, ``torchvision:name`` or this package's ``se_resnet50`` / ``CNN_SE``."""
+# Probe inputs: batch 2, because train-mode BatchNorm over a batch of 1 at the last stage normalises over
+# very few values. 128x128 for models that pool globally (any size fits; it keeps CPU runs short and the
+# last stage of a stride-32 network at 4x4). This package's CNN/CNN_SE end in a Linear sized for 32x32
+# (128·4·4 = 2048 features), so they need exactly 32x32.
+DEFAULT_INPUT_SIZE = (2, 3, 128, 128)
+_PACKAGE_MODELS = {"se_resnet50": (2, 3, 128, 128), "CNN_SE": (2, 3, 32, 32)}
+
+
+def _build_model(model_name: str) -> Tuple[nn.Module, Tuple[int, int, int, int], str]:
+    """(model, probe input size that fits it, where that size comes from) for ``name``, ``timm:name``,
+    ``torchvision:name`` or this package's ``se_resnet50`` / ``CNN_SE`` (``attn_kernels:`` prefix optional)."""
     errors = []
     lib, _, bare = model_name.rpartition(":")
     if lib not in ("", "timm", "torchvision", "attn_kernels"):
-        raise ValueError(f"unknown model library {lib!r} in {model_name!r}; expected timm:, torchvision: or none")
+        raise ValueError(f"unknown model library {lib!r} in {model_name!r}; expected timm:, torchvision:, "
+                         "attn_kernels: or none")
     model_name = bare
     try:
         import timm
 
         if lib in ("", "timm") and model_name in timm.list_models():
-            return timm.create_model(model_name, pretrained=False)
+            model = timm.create_model(model_name, pretrained=False)
+            cfg = getattr(model, "pretrained_cfg", None) or {}
+            chw = tuple(cfg.get("input_size") or (3,) + DEFAULT_INPUT_SIZE[2:])
+            if cfg.get("fixed_input_size"):  # ViTs and the like: only the configured size fits
+                return model, (2,) + chw, "timm pretrained_cfg input_size (fixed_input_size)"
+            return model, (2, chw[0]) + DEFAULT_INPUT_SIZE[2:], (
+                f"default; the model takes any size (timm pretrained_cfg input_size {chw}, not fixed)")
     except ImportError as exc:
         errors.append(f"timm: {exc}")
     try:
         import torchvision
 
         if lib in ("", "torchvision") and model_name in torchvision.models.list_models():
-            return torchvision.models.get_model(model_name, weights=None)
+            model = torchvision.models.get_model(model_name, weights=None)
+            side = getattr(model, "image_size", None)  # VisionTransformer: fixed size
+            if isinstance(side, int):
+                return model, (2, 3, side, side), "the model's image_size"
+            return model, DEFAULT_INPUT_SIZE, "default; the model takes any size"
     except ImportError as exc:
         errors.append(f"torchvision: {exc}")
-    try:
+    if lib in ("", "attn_kernels") and model_name in _PACKAGE_MODELS:
         from . import models
 
-        if model_name in ("se_resnet50", "CNN_SE"):
-            return getattr(models, model_name)()
-    except Exception as exc:  # pragma: no cover
-        errors.append(str(exc))
+        return (getattr(models, model_name)(), _PACKAGE_MODELS[model_name],
+                f"the input size attn_kernels.models.{model_name} is built for")
     raise ValueError(f"unknown model {model_name!r}: not a timm or torchvision model name, nor se_resnet50/CNN_SE"
                      + (f" ({'; '.join(errors)})" if errors else ""))
 
@@ -754,22 +772,29 @@ def parity(original: nn.Module, swapped: nn.Module, x: torch.Tensor, *, train: b
     return (outs[0] - outs[1]).abs().max().item(), outs[0].abs().max().item(), grad_err, grad_max
 
 
-def swap_check(model_name: str, *, input_size: Tuple[int, ...] = (2, 3, 128, 128), backend: Optional[str] = None,
+def swap_check(model_name: str, *, input_size: Optional[Tuple[int, ...]] = None, backend: Optional[str] = None,
                fuse_residual: bool = True, seed: int = 0, float64: bool = True) -> str:
     """Build ``model_name`` (``[timm:|torchvision:]name``, random weights: nothing is downloaded), swap
     its attention blocks, and return the report plus the parity of the swapped model against the
     original on a random input, in eval and train mode (float32), and with ``float64`` also in train
     mode in float64, where the rounding of float32 is out of the way and any real difference shows.
 
-    Train-mode BatchNorm over very few values (a small input reaching 1x1 or 2x2 maps with a batch of
-    1-2) amplifies rounding differences enormously; keep the default input or larger."""
+    ``input_size`` (N, C, H, W) defaults to one that fits the model: 32x32 for this package's
+    ``CNN_SE``, timm's ``pretrained_cfg["input_size"]`` for timm models with a fixed input size (ViTs),
+    else 2x3x128x128. Train-mode BatchNorm over very few values (a small input reaching 1x1 or 2x2 maps
+    with a batch of 1-2) amplifies rounding differences enormously; keep the default input or larger."""
     torch.manual_seed(seed)
-    original = randomize_norms(_build_model(model_name), seed)
+    model, default_size, size_from = _build_model(model_name)
+    if input_size is None:
+        input_size = default_size
+    else:
+        size_from = "given"
+    original = randomize_norms(model, seed)
     swapped = copy.deepcopy(original)
     report = swap(swapped, backend=backend, fuse_residual=fuse_residual)
     keys_equal = list(original.state_dict()) == list(swapped.state_dict())
     x = torch.randn(input_size, generator=torch.Generator().manual_seed(seed))
-    lines = [f"swap-check {model_name} (input {tuple(input_size)}, backend {backend or 'current'}, "
+    lines = [f"swap-check {model_name} (input {tuple(input_size)} [{size_from}], backend {backend or 'current'}, "
              f"fuse_residual={fuse_residual})", str(report),
              f"state_dict keys unchanged: {keys_equal}"]
     for train in (False, True):

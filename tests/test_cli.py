@@ -17,6 +17,7 @@ from attn_kernels.benchmark import FIELDS
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 HAS_SWAP = importlib.util.find_spec("attn_kernels.swap") is not None
+HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None  # the `test` extra installs it
 
 
 def _fused_cpu(op="se"):
@@ -156,8 +157,57 @@ def test_demo_tiny(tmp_path, capsys):
     assert pngs == (["demo_attention.png", "demo_curves.png", "demo_feature_maps.png"] if HAS_MPL else [])
 
 
+@pytest.mark.skipif(not HAS_SKLEARN, reason="scikit-learn is not installed (the `test` extra has it): "
+                    "the demo's real data set ships inside it")
+def test_demo_real_digits_tiny(tmp_path, capsys):
+    """The real-data path: scikit-learn's bundled digits (160 of the 1797, one epoch)."""
+    rc = cli.main(["demo", "--epochs", "1", "--dataset", "digits", "--limit", "160", "--batch", "32",
+                   "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "data: scikit-learn digits" in out and "SYNTHETIC" not in out
+    assert "128 train / 32 validation images" in out
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert summary["dataset"].startswith("scikit-learn digits (UCI optical digits, 1797 real 8x8 images")
+    cmp = summary["fused_vs_eager"]
+    assert cmp["same_learning"] is True and cmp["first_step_same"] is True
+    assert cmp["first_step"]["loss_rel_diff"] <= 1e-4 and 0 < cmp["first_step"]["grad_max_abs"]
+    with open(tmp_path / "demo_batches.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3 * 4  # 128 train images / 32 = 4 batches, three models
+
+
+def test_demo_falls_back_to_synthetic_without_sklearn(monkeypatch):
+    """auto: no scikit-learn -> synthetic digits, and the description says so and why; digits: an error."""
+    from attn_kernels import demo
+
+    def no_sklearn():
+        raise ImportError("No module named 'sklearn'")
+
+    monkeypatch.setattr(demo, "load_sklearn_digits", no_sklearn)
+    xtr, ytr, xva, yva, desc = demo.load_data("auto", n_synthetic=20, seed=0)
+    assert desc.startswith("SYNTHETIC digits (20 glyphs") and "scikit-learn is not importable" in desc
+    assert xtr.shape == (16, 1, 32, 32) and xva.shape == (4, 1, 32, 32) and len(ytr) == 16 and len(yva) == 4
+    with pytest.raises(RuntimeError, match="needs scikit-learn"):
+        demo.load_data("digits", n_synthetic=20, seed=0)
+
+
 @pytest.mark.skipif(not HAS_SWAP, reason="attn_kernels.swap is not available")
 def test_swap_check(capsys):
     name = "timm:seresnet18" if importlib.util.find_spec("timm") else "se_resnet50"  # the smallest at hand
     assert cli.main(["swap-check", name]) == 0
     assert f"swap-check {name}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_SWAP, reason="attn_kernels.swap is not available")
+def test_swap_check_cnn_se_gets_a_probe_that_fits(capsys):
+    """CNN_SE's classifier is sized for 32x32: the default probe must be 32x32 (128x128 failed in the Linear)."""
+    assert cli.main(["swap-check", "CNN_SE"]) == 0
+    out = capsys.readouterr().out
+    assert "swap-check CNN_SE (input (2, 3, 32, 32)" in out and "replaced 3 block(s)" in out
+    assert "train float64: max abs err output" in out
+    assert cli.main(["swap-check", "attn_kernels:CNN_SE", "--input-size", "4x3x32x32"]) == 0
+    assert "(input (4, 3, 32, 32) [given]" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["swap-check", "CNN_SE", "--input-size", "32x32"])
+    assert exc.value.code == 2
+    assert "expected NxCxHxW" in capsys.readouterr().err

@@ -406,3 +406,17 @@ def test_swap_check_text():
     assert "eval : max abs err output" in text and "train: max abs err output" in text
     with pytest.raises(ValueError, match="unknown model"):
         swap_check("no_such_model_xyz")
+
+
+def test_swap_check_default_probe_fits_the_model():
+    """CNN_SE's Linear is sized for 32x32 (the old fixed 128x128 probe failed there); fixed-size timm models
+    get their pretrained_cfg input size; models that pool globally keep 2x3x128x128."""
+    from attn_kernels.swap import DEFAULT_INPUT_SIZE, _build_model
+
+    assert _build_model("CNN_SE")[1] == _build_model("attn_kernels:CNN_SE")[1] == (2, 3, 32, 32)
+    assert _build_model("timm:vit_tiny_patch16_224")[1] == (2, 3, 224, 224)
+    assert _build_model("timm:mobilenetv3_small_050")[1] == DEFAULT_INPUT_SIZE
+    with pytest.raises(ValueError, match="unknown model"):
+        _build_model("timm:CNN_SE")  # a library prefix names where to look
+    text = swap_check("CNN_SE", backend="reference", float64=False)
+    assert "swap-check CNN_SE (input (2, 3, 32, 32)" in text and "replaced 3 block(s)" in text

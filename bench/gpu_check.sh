@@ -59,6 +59,9 @@ if [ "$DEV" = "no-cuda" ] && [ "$DRY_RUN" != 1 ]; then
   echo "gpu_check.sh: no CUDA device visible to torch ($PY); nothing to check (DRY_RUN=1 prints the plan)" >&2
   exit 1
 fi
+if [ "$DRY_RUN" = 1 ] && [ -z "${RESULTS_DIR:-}" ]; then
+  RESULTS_DIR=$(mktemp -d)  # a dry run writes nothing into the checkout
+fi
 RES=${RESULTS_DIR:-bench/results/$DEV}
 mkdir -p "$RES" && RES=$(cd "$RES" && pwd)
 if [ -n "${ARCHIVE:-}" ]; then

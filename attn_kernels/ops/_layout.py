@@ -4,6 +4,7 @@ Kernels address x as (n, c, hw) with one stride each, which covers NCHW, channel
 view whose spatial dims flatten to one stride (crops along the outer dims, x[::2], expanded grad_y):
 those run without a copy. Only a view whose spatial dims do not flatten is copied.
 """
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -37,3 +38,11 @@ def out_like(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, in
         return out, out, strides
     buf = _alloc.empty(x.shape, dtype=x.dtype, device=x.device)
     return out, buf, flat_strides(buf)
+
+
+def device_of(t: torch.Tensor):
+    """Context making t's GPU the current one: Triton launches on the current CUDA device, so without it
+    a tensor on cuda:1 while cuda:0 is current (one process driving several GPUs) would fail to launch."""
+    if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()

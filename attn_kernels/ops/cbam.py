@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from .eca import _acc_dtype, _as_flat, _check_x, _out_like, _sigmoid, _tl_acc
+from .eca import _acc_dtype, _as_flat, _check_x, _device_of, _out_like, _sigmoid, _tl_acc
 
 __all__ = ["cbam", "cbam_forward", "cbam_backward", "LAUNCHES"]
 
@@ -382,9 +382,10 @@ def cbam_forward(x, w1, w2, spatial_weight):
     if n == 0:
         return y, avg, mx, pa, pm, ca, d, sa
     xk, sx = _as_flat(x)
-    _cbam_fwd_kernel[(n,)](
-        xk, y_buf, w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous(),
-        avg, mx, pa, pm, ca, d, sa, c, r, *dhw, *ks, *sx, *sy, ACC=_tl_acc(acc), **cfg)
+    with _device_of(xk):
+        _cbam_fwd_kernel[(n,)](
+            xk, y_buf, w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous(),
+            avg, mx, pa, pm, ca, d, sa, c, r, *dhw, *ks, *sx, *sy, ACC=_tl_acc(acc), **cfg)
     if y_buf is not y:
         y.copy_(y_buf)
     return y, avg, mx, pa, pm, ca, d, sa
@@ -408,10 +409,11 @@ def cbam_backward(grad_y, x, w1, w2, spatial_weight, avg, mx, pa, pm, ca, d, sa)
     scratch = [torch.empty((n, hw), dtype=acc, device=dev), torch.empty((n, hw), dtype=acc, device=dev),
                torch.empty((n, 2, hw), dtype=acc, device=dev)]
     cntc = torch.empty((n, c), dtype=acc, device=dev)
-    _cbam_bwd_kernel[(n,)](
-        gyk, xk, gx_buf, w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous(),
-        mx, pa, pm, ca, d, sa, *scratch, dz, cntc, dpa, dpm, gsw, c, r, *dhw, *ks, *sg, *sx, *sd,
-        ACC=_tl_acc(acc), **cfg)
+    with _device_of(gyk):
+        _cbam_bwd_kernel[(n,)](
+            gyk, xk, gx_buf, w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous(),
+            mx, pa, pm, ca, d, sa, *scratch, dz, cntc, dpa, dpm, gsw, c, r, *dhw, *ks, *sg, *sx, *sd,
+            ACC=_tl_acc(acc), **cfg)
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     hidden = torch.relu(pa) + torch.relu(pm)

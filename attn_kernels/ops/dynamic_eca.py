@@ -60,7 +60,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, flat_strides as _flat_strides, out_like as _out_like
+from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides, out_like as _out_like
 
 __all__ = ["dmk_eca", "bi_eca", "dmk_eca_forward", "dmk_eca_backward", "bi_eca_forward", "bi_eca_backward"]
 
@@ -536,10 +536,11 @@ def dmk_eca_forward(x, fc_weight, fc_bias, taps3, taps5, taps7):
     half = max(ks) // 2
     cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
     fcw = fc_weight.contiguous()
-    _dmk_eca_fwd_kernel[(n,)](
-        xk, y_buf, fcw, fc_bias.contiguous() if fc_bias is not None else fcw, *taps, pooled, s, blend,
-        c, hw, *ks, half, *sx, *sy,
-        HAS_BIAS=int(fc_bias is not None), ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
+    with _device_of(xk):
+        _dmk_eca_fwd_kernel[(n,)](
+            xk, y_buf, fcw, fc_bias.contiguous() if fc_bias is not None else fcw, *taps, pooled, s, blend,
+            c, hw, *ks, half, *sx, *sy,
+            HAS_BIAS=int(fc_bias is not None), ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s, blend
@@ -567,10 +568,11 @@ def dmk_eca_backward(grad_y, x, fc_weight, taps3, taps5, taps7, pooled, s, blend
         half = max(ks) // 2
         cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
         dz = _alloc.empty((n, c), dtype=acc, device=x.device)
-        _dmk_eca_bwd_kernel[(n,)](
-            gyk, xk, gx_buf, fc_weight.contiguous(), *taps, pooled, s, blend, dz, *gts, dl,
-            c, hw, *ks, half, *sg, *sx, *sd,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
+        with _device_of(gyk):
+            _dmk_eca_bwd_kernel[(n,)](
+                gyk, xk, gx_buf, fc_weight.contiguous(), *taps, pooled, s, blend, dz, *gts, dl,
+                c, hw, *ks, half, *sg, *sx, *sd,
+                ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
         if gx_buf is not gx:
             gx.copy_(gx_buf)
     grad_w = (dl.t() @ pooled).to(fc_weight.dtype)  # Σ_n dl_n ⊗ p_n, one deterministic GEMM
@@ -604,12 +606,13 @@ def bi_eca_forward(x, w_fwd, w_bwd, w1, b1, w2, b2):
     cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
     block_r = max(1, min(triton.next_power_of_2(r), _TILE_K // cfg["BLOCK_C"]))
     w1c, w2c = w1.contiguous(), w2.contiguous()
-    _bi_eca_fwd_kernel[(n,)](
-        xk, y_buf, tf, tb, w1c, b1.contiguous() if b1 is not None else w1c, w2c,
-        b2.contiguous() if b2 is not None else w2c,  # the kernel reads the biases at unit stride
-        pooled, s, hidden, blend, c, hw, r, kf, kb, half, *sx, *sy,
-        HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r, **cfg)
+    with _device_of(xk):
+        _bi_eca_fwd_kernel[(n,)](
+            xk, y_buf, tf, tb, w1c, b1.contiguous() if b1 is not None else w1c, w2c,
+            b2.contiguous() if b2 is not None else w2c,  # the kernel reads the biases at unit stride
+            pooled, s, hidden, blend, c, hw, r, kf, kb, half, *sx, *sy,
+            HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
+            ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r, **cfg)
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s, hidden, blend
@@ -640,10 +643,11 @@ def bi_eca_backward(grad_y, x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend):
         block_r = max(1, min(triton.next_power_of_2(r), _TILE_K // cfg["BLOCK_C"]))
         dzf = _alloc.empty((n, c), dtype=acc, device=x.device)
         dzb = _alloc.empty((n, c), dtype=acc, device=x.device)
-        _bi_eca_bwd_kernel[(n,)](
-            gyk, xk, gx_buf, tf, tb, w1.contiguous(), w2.contiguous(), pooled, s, hidden, blend,
-            dzf, dzb, gtf, gtb, dl, dh, c, hw, r, kf, kb, half, *sg, *sx, *sd,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r, **cfg)
+        with _device_of(gyk):
+            _bi_eca_bwd_kernel[(n,)](
+                gyk, xk, gx_buf, tf, tb, w1.contiguous(), w2.contiguous(), pooled, s, hidden, blend,
+                dzf, dzb, gtf, gtb, dl, dh, c, hw, r, kf, kb, half, *sg, *sx, *sd,
+                ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r, **cfg)
         if gx_buf is not gx:
             gx.copy_(gx_buf)
     return (gx, _sum_like(gtf, w_fwd), _sum_like(gtb, w_bwd),

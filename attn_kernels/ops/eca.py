@@ -62,7 +62,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, flat_strides as _flat_strides, out_like as _out_like
+from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides, out_like as _out_like
 
 __all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]
 
@@ -413,10 +413,11 @@ def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch
     residual = shortcut is not None
     sck, ss = _as_flat(shortcut) if residual else (xk, sx)
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)  # scratch, fully written before read
-    _eca_fwd_kernel[(n * tiles,)](
-        xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy,
-        CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-        ACC=_tl_acc(acc), **cfg)
+    with _device_of(xk):
+        _eca_fwd_kernel[(n * tiles,)](
+            xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy,
+            CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
+            ACC=_tl_acc(acc), **cfg)
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s
@@ -441,11 +442,12 @@ def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch
     sck, ss = _as_flat(shortcut) if residual else (xk, sx)
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)
     gt = _alloc.empty((n * tiles, k), dtype=acc, device=x.device)
-    _eca_bwd_kernel[(n * tiles,)](
-        gyk, xk, sck, gx_buf, gsc_buf, taps, pooled, s, ext, gt, c, hw, k, k // 2, tiles, width,
-        *sg, *sx, *ss, *sd, *se,
-        CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-        ACC=_tl_acc(acc), **cfg)
+    with _device_of(gyk):
+        _eca_bwd_kernel[(n * tiles,)](
+            gyk, xk, sck, gx_buf, gsc_buf, taps, pooled, s, ext, gt, c, hw, k, k // 2, tiles, width,
+            *sg, *sx, *ss, *sd, *se,
+            CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
+            ACC=_tl_acc(acc), **cfg)
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     if residual and gsc_buf is not gsc:

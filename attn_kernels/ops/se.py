@@ -76,7 +76,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, flat_strides as _flat_strides, out_like as _out_like
+from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides, out_like as _out_like
 
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
@@ -532,13 +532,14 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
     sync = _sync_buffer(cfg, n, x.device)
     meta = dict(cfg)
     p, per = meta.pop("P"), meta.pop("chan_per_prog")
-    _se_fwd_kernel[(n * p,)](
-        xk, sck, y_buf, w1c, b1.contiguous() if b1 is not None else w2c, w2c,
-        b2.contiguous() if b2 is not None else w2c,
-        pooled, u, z, sync, c, max(r, 1), hw, p, per, _MAX_SPIN, *sx, *ss, *sy,
-        HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
-        ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
-        ACC=acc_tl, **meta)
+    with _device_of(xk):
+        _se_fwd_kernel[(n * p,)](
+            xk, sck, y_buf, w1c, b1.contiguous() if b1 is not None else w2c, w2c,
+            b2.contiguous() if b2 is not None else w2c,
+            pooled, u, z, sync, c, max(r, 1), hw, p, per, _MAX_SPIN, *sx, *ss, *sy,
+            HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
+            ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
+            ACC=acc_tl, **meta)
     _check_error(sync, cfg, n)
     if y_buf is not y:
         y.copy_(y_buf)
@@ -600,11 +601,12 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
             sync = _sync_buffer(cfg, n, x.device)
             meta = dict(cfg)
             p, per = meta.pop("P"), meta.pop("chan_per_prog")
-            _se_bwd_kernel[(n * p,)](
-                gyk, xk, sck, gx_buf, gsc_buf if shortcut is not None else gx_buf, w1c, w2c, u, z, dz, du, sync,
-                c, max(r, 1), hw, p, per, _MAX_SPIN, *sg, *sx, *ss, *sd, *so,
-                HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
-                OUT_ACT=_ACTS[out_act], ACC=acc_tl, **meta)
+            with _device_of(gyk):
+                _se_bwd_kernel[(n * p,)](
+                    gyk, xk, sck, gx_buf, gsc_buf if shortcut is not None else gx_buf, w1c, w2c, u, z, dz, du, sync,
+                    c, max(r, 1), hw, p, per, _MAX_SPIN, *sg, *sx, *ss, *sd, *so,
+                    HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
+                    OUT_ACT=_ACTS[out_act], ACC=acc_tl, **meta)
             _check_error(sync, cfg, n)
         if gx_buf is not gx:
             gx.copy_(gx_buf)

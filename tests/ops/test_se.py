@@ -402,3 +402,18 @@ def test_strided_params_and_mixed_param_dtypes(device):
         assert a.dtype == p.dtype and a.shape == p.shape
         atol, rtol = tolerances(torch.float32 if p.dtype == torch.float64 else p.dtype)  # x is fp32
         assert_close(a, b, atol=atol, rtol=rtol, name=f"grad in {p.dtype}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_tensors_on_a_non_current_gpu():
+    """Triton launches on the current device: the launchers switch to x's device (ops/_layout.device_of)."""
+    x = torch.randn(2, 24, 5, 5, device="cuda:1", requires_grad=True)
+    params = [p.to("cuda:1").requires_grad_() for p in (torch.randn(4, 24), torch.randn(4), torch.randn(24, 4),
+                                                          torch.randn(24))]
+    with torch.cuda.device(0):
+        y = S.se(x, *params)
+        y.backward(torch.randn_like(y))
+    expected = reference.se(x.detach().double(), *(p.detach().double() for p in params))
+    assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)
+    assert x.grad is not None and x.grad.device == x.device

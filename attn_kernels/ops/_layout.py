@@ -1,4 +1,4 @@
-"""Layout helpers shared by the Triton launchers.
+"""Layout and launch-arithmetic helpers shared by the Triton launchers.
 
 Kernels address x as (n, c, hw) with one stride each, which covers NCHW, channels_last(_3d) and any
 view whose spatial dims flatten to one stride (crops along the outer dims, x[::2], expanded grad_y):
@@ -10,6 +10,17 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _alloc
+
+
+# Host-side integer helpers. triton.next_power_of_2 / triton.cdiv are constexpr functions in triton >= 3.5:
+# ~2-4 us per host call (argument unwrapping), paid several times per launch; these are plain Python.
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (0 for n = 0), as triton.next_power_of_2."""
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def flat_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:

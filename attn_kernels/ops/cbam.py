@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from ._layout import next_pow2 as _next_pow2
 from .eca import _acc_dtype, _as_flat, _check_x, _device_of, _out_like, _sigmoid, _tl_acc
 
 __all__ = ["cbam", "cbam_forward", "cbam_backward", "LAUNCHES"]
@@ -358,11 +359,11 @@ def _geometry(x: torch.Tensor, w1: torch.Tensor, spatial_weight: torch.Tensor):
     n, c = x.shape[:2]
     r = w1.shape[0]
     hw = dhw[0] * dhw[1] * dhw[2]
-    block_hw = min(triton.next_power_of_2(hw), _MAX_BLOCK_HW)
-    block_c = max(1, min(triton.next_power_of_2(c), _TILE // block_hw))
-    block_r = max(1, min(triton.next_power_of_2(r), _TILE // block_c))
-    block_t = min(triton.next_power_of_2(2 * ks[0] * ks[1] * ks[2]), 256)
-    block_p = max(1, min(triton.next_power_of_2(hw), _TILE // block_t))
+    block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
+    block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
+    block_r = max(1, min(_next_pow2(r), _TILE // block_c))
+    block_t = min(_next_pow2(2 * ks[0] * ks[1] * ks[2]), 256)
+    block_p = max(1, min(_next_pow2(hw), _TILE // block_t))
     cfg = dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_T=block_t, num_warps=4)
     return n, c, r, dhw, ks, cfg
 

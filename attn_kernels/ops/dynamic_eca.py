@@ -60,7 +60,8 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides, out_like as _out_like
+from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides
+from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 
 __all__ = ["dmk_eca", "bi_eca", "dmk_eca_forward", "dmk_eca_backward", "bi_eca_forward", "bi_eca_backward"]
 
@@ -489,11 +490,11 @@ def _settings(channels: int, hw: int, stride_c: int, block_k: int) -> dict:
     (HW for NCHW, C for channels_last), the [BLOCK_C, BLOCK_K] conv window stays ≤ _TILE_K."""
     k_cap = max(1, _TILE_K // block_k)
     if stride_c == 1 and channels > 1 and hw > 1:  # channels_last: channels are contiguous
-        block_c = min(triton.next_power_of_2(channels), 256, k_cap)
-        block_hw = max(1, min(triton.next_power_of_2(hw), _MAX_BLOCK_HW, _TILE // block_c))
+        block_c = min(_next_pow2(channels), 256, k_cap)
+        block_hw = max(1, min(_next_pow2(hw), _MAX_BLOCK_HW, _TILE // block_c))
     else:
-        block_hw = min(triton.next_power_of_2(hw), _MAX_BLOCK_HW)
-        block_c = max(1, min(triton.next_power_of_2(channels), _TILE // block_hw, k_cap))
+        block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
+        block_c = max(1, min(_next_pow2(channels), _TILE // block_hw, k_cap))
     return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_K=block_k,
                 num_warps=8 if block_c * block_hw >= 4096 else 4)
 
@@ -534,7 +535,7 @@ def dmk_eca_forward(x, fc_weight, fc_bias, taps3, taps5, taps7):
     taps = [_taps_vec(t) for t in (taps3, taps5, taps7)]
     ks = [t.numel() for t in taps]
     half = max(ks) // 2
-    cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
+    cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
     fcw = fc_weight.contiguous()
     with _device_of(xk):
         _dmk_eca_fwd_kernel[(n,)](
@@ -566,7 +567,7 @@ def dmk_eca_backward(grad_y, x, fc_weight, taps3, taps5, taps7, pooled, s, blend
         xk, sx = _as_flat(x)
         gyk, sg = _as_flat(grad_y)
         half = max(ks) // 2
-        cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
+        cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
         dz = _alloc.empty((n, c), dtype=acc, device=x.device)
         with _device_of(gyk):
             _dmk_eca_bwd_kernel[(n,)](
@@ -603,8 +604,8 @@ def bi_eca_forward(x, w_fwd, w_bwd, w1, b1, w2, b2):
     tf, tb = _taps_vec(w_fwd), _taps_vec(w_bwd)
     kf, kb = tf.numel(), tb.numel()
     half = max(kf, kb) // 2
-    cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
-    block_r = max(1, min(triton.next_power_of_2(r), _TILE_K // cfg["BLOCK_C"]))
+    cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
+    block_r = max(1, min(_next_pow2(r), _TILE_K // cfg["BLOCK_C"]))
     w1c, w2c = w1.contiguous(), w2.contiguous()
     with _device_of(xk):
         _bi_eca_fwd_kernel[(n,)](
@@ -639,8 +640,8 @@ def bi_eca_backward(grad_y, x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend):
         xk, sx = _as_flat(x)
         gyk, sg = _as_flat(grad_y)
         half = max(kf, kb) // 2
-        cfg = _settings(c, hw, sx[1], triton.next_power_of_2(2 * half + 1))
-        block_r = max(1, min(triton.next_power_of_2(r), _TILE_K // cfg["BLOCK_C"]))
+        cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
+        block_r = max(1, min(_next_pow2(r), _TILE_K // cfg["BLOCK_C"]))
         dzf = _alloc.empty((n, c), dtype=acc, device=x.device)
         dzb = _alloc.empty((n, c), dtype=acc, device=x.device)
         with _device_of(gyk):

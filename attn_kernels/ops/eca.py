@@ -62,7 +62,8 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides, out_like as _out_like
+from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, flat_strides as _flat_strides
+from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 
 __all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]
 
@@ -363,15 +364,15 @@ def settings(channels: int, hw: int, elem_bytes: int, k: int) -> dict:
     BLOCK_H (halo rows per step) = next_pow2(2h) ≤ BLOCK_C; BLOCK_K (taps per step) = next_pow2(k) ≤ 64.
     """
     by_slab = max(1, _SLAB_BYTES // max(1, hw * elem_bytes))
-    block_c = min(max(triton.next_power_of_2(by_slab + 1) // 2, _MIN_BLOCK_C), _MAX_BLOCK_C)
-    block_c = max(1, min(block_c, triton.next_power_of_2(channels)))
-    block_hw = max(1, min(triton.next_power_of_2(hw), _MAX_BLOCK_HW, _TILE // block_c))
-    resident = block_c * triton.next_power_of_2(hw) <= _RESIDENT_TILE
+    block_c = min(max(_next_pow2(by_slab + 1) // 2, _MIN_BLOCK_C), _MAX_BLOCK_C)
+    block_c = max(1, min(block_c, _next_pow2(channels)))
+    block_hw = max(1, min(_next_pow2(hw), _MAX_BLOCK_HW, _TILE // block_c))
+    resident = block_c * _next_pow2(hw) <= _RESIDENT_TILE
     if resident:
-        block_hw = triton.next_power_of_2(hw)
+        block_hw = _next_pow2(hw)
     half = k // 2
-    block_h = max(1, min(triton.next_power_of_2(max(1, 2 * half)), block_c))
-    block_k = min(triton.next_power_of_2(k), _MAX_BLOCK_K)
+    block_h = max(1, min(_next_pow2(max(1, 2 * half)), block_c))
+    block_k = min(_next_pow2(k), _MAX_BLOCK_K)
     return dict(BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_HW=block_hw, BLOCK_K=block_k, RESIDENT=int(resident),
                 num_warps=8 if block_c * block_hw >= 4096 else 4)
 
@@ -388,7 +389,7 @@ def _geometry(x: torch.Tensor, taps: torch.Tensor):
         hw *= int(d)
     k = taps.numel()
     cfg = settings(c, hw, x.element_size(), k)
-    tiles = triton.cdiv(c, cfg["BLOCK_C"]) if c else 0
+    tiles = _cdiv(c, cfg["BLOCK_C"]) if c else 0
     width = cfg["BLOCK_C"] + 2 * (k // 2)
     return n, c, hw, k, tiles, width, cfg
 

@@ -67,6 +67,7 @@ needs a second sync (not done). No measured GPU figure exists for either schedul
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -76,7 +77,8 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides, out_like as _out_like
+from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, flat_strides as _flat_strides
+from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
@@ -444,25 +446,31 @@ def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.
     when the batch is small (N < SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, SMs // N)
     programs per sample, so the grid N·P never exceeds the SM count (co-resident: no deadlock).
     ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces one (multi still capped to co-residency).
+    Memoised on the shape (SE layers are small and many: this runs on every call).
     """
-    if stride_c == 1 and c > 1 and hw > 1:
-        block_c = min(triton.next_power_of_2(c), 256)
-        block_hw = max(1, min(triton.next_power_of_2(hw), _MAX_BLOCK_HW, _TILE // block_c))
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    sms = _sm_count(device) if device.type == "cuda" and not interpret else 0
+    return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_env(), sms))
+
+
+@functools.lru_cache(maxsize=4096)
+def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: str, sms: int) -> dict:
+    """launch_config for a device with ``sms`` SMs (0: no multi-program schedule: CPU / interpreter)."""
+    if c_contiguous and c > 1 and hw > 1:
+        block_c = min(_next_pow2(c), 256)
+        block_hw = max(1, min(_next_pow2(hw), _MAX_BLOCK_HW, _TILE // block_c))
     else:
-        block_hw = min(triton.next_power_of_2(hw), _MAX_BLOCK_HW)
-        block_c = max(1, min(triton.next_power_of_2(c), _TILE // block_hw))
-    block_k = max(1, min(triton.next_power_of_2(k), _TILE // block_c))
-    tiles = triton.cdiv(c, block_c)
+        block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
+        block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
+    block_k = max(1, min(_next_pow2(k), _TILE // block_c))
+    tiles = _cdiv(c, block_c)
     cfg = dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_K=block_k,
                num_warps=8 if block_c * block_hw >= _TILE else 4, MULTI=0, P=1, chan_per_prog=tiles * block_c)
-    mode = _schedule_env()
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if device.type == "cuda" and not interpret and mode != "single" and tiles >= 2:
-        sms = _sm_count(device)
+    if sms and mode != "single" and tiles >= 2:
         if n < sms and (mode == "multi" or n * 2 <= sms):
             p = min(tiles, max(1, sms // n))
-            per = triton.cdiv(tiles, p) * block_c
-            p = triton.cdiv(c, per)
+            per = _cdiv(tiles, p) * block_c
+            p = _cdiv(c, per)
             if p >= 2:
                 cfg.update(MULTI=1, P=p, chan_per_prog=per)
     return cfg
@@ -497,9 +505,9 @@ def _check_error(sync: torch.Tensor, cfg: dict, n: int) -> None:
 def _emulate_split(cfg: dict, c: int, split: int) -> dict:
     """Test hook (interpreter): schedule (b)'s channel partition with P = ``split`` programs per sample
     but MULTI=0 — the cross-program vector is pre-published by the caller instead of the sync."""
-    tiles = triton.cdiv(c, cfg["BLOCK_C"])
-    per = triton.cdiv(tiles, split) * cfg["BLOCK_C"]
-    return dict(cfg, MULTI=0, P=triton.cdiv(c, per), chan_per_prog=per)
+    tiles = _cdiv(c, cfg["BLOCK_C"])
+    per = _cdiv(tiles, split) * cfg["BLOCK_C"]
+    return dict(cfg, MULTI=0, P=_cdiv(c, per), chan_per_prog=per)
 
 
 def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: str = "identity", *,

@@ -35,10 +35,12 @@ _IMPLS: Dict[str, Dict[str, str]] = {
     "se_residual": {
         "reference": "attn_kernels.reference:se_residual",
         "triton": "attn_kernels.ops.se:se_residual",
+        "cpu": "attn_kernels.ops.ext:se_residual",
     },
     "eca_residual": {
         "reference": "attn_kernels.reference:eca_residual",
         "triton": "attn_kernels.ops.eca:eca_residual",
+        "cpu": "attn_kernels.ops.ext:eca_residual",
     },
     "dmk_eca": {
         "reference": "attn_kernels.reference:dmk_eca",

@@ -1,7 +1,8 @@
 // attn_kernels._C: op schemas, per-device registration and the Python module.
 //
 // Layout follows pytorch/extension-cpp: one schema per op in TORCH_LIBRARY, one implementation per
-// device in TORCH_LIBRARY_IMPL (CPU here, CUDA in cuda/cuda_ops.cpp when built WITH_CUDA). The ops
+// device in TORCH_LIBRARY_IMPL (CPU here, CUDA in cuda/cuda_ops.cpp when built WITH_CUDA; the residual
+// ops have no CUDA implementation, so the dispatcher refuses CUDA tensors for them). The ops
 // live in their own namespace, attn_kernels_ext, so they never clash with the Python-defined Triton
 // ops in attn_kernels::. Fake (meta) kernels and autograd are registered from Python
 // (attn_kernels/ops/ext.py) with torch.library.register_fake / register_autograd.
@@ -51,6 +52,26 @@ Tensor check_eca(const Tensor& x, const Tensor& weight) {
   return taps;
 }
 
+void check_residual(const Tensor& x, const Tensor& shortcut, int64_t out_act, const char* op) {
+  TORCH_CHECK_VALUE(out_act >= kRelu && out_act <= kIdentity, op, ": unknown out_act code ", out_act,
+                    " (0 relu, 1 silu, 2 gelu, 3 identity)");
+  TORCH_CHECK_VALUE(shortcut.defined(), op, ": shortcut is undefined");
+  TORCH_CHECK_VALUE(shortcut.sizes() == x.sizes(), op, ": shortcut has shape ", shortcut.sizes(), ", expected ",
+                    x.sizes(), " (same as x)");
+  TORCH_CHECK_TYPE(shortcut.scalar_type() == x.scalar_type(), op, ": shortcut dtype ", shortcut.scalar_type(),
+                   " != x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(shortcut.device() == x.device(), op, ": shortcut is on ", shortcut.device(), " but x is on ",
+                    x.device());
+}
+
+void check_grad_y(const Tensor& grad_y, const Tensor& x, const char* op) {
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), op, ": grad_y has shape ", grad_y.sizes(), ", expected ", x.sizes());
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),
+                   " != x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(grad_y.device() == x.device(), op, ": grad_y is on ", grad_y.device(), " but x is on ",
+                    x.device());
+}
+
 }  // namespace attn_kernels
 
 TORCH_LIBRARY(attn_kernels_ext, m) {
@@ -59,6 +80,13 @@ TORCH_LIBRARY(attn_kernels_ext, m) {
         "int act, int gate) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("eca_fwd(Tensor x, Tensor weight, bool circular) -> (Tensor, Tensor, Tensor)");
   m.def("eca_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor pooled, Tensor s, bool circular) -> (Tensor, Tensor)");
+  m.def("se_residual_fwd(Tensor x, Tensor shortcut, Tensor? w1, Tensor? b1, Tensor w2, Tensor? b2, int act, int gate, "
+        "int out_act) -> (Tensor, Tensor, Tensor)");
+  m.def("se_residual_bwd(Tensor grad_y, Tensor x, Tensor shortcut, Tensor? w1, Tensor? b1, Tensor w2, Tensor? b2, "
+        "Tensor pooled, Tensor s, int act, int gate, int out_act) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("eca_residual_fwd(Tensor x, Tensor shortcut, Tensor weight, bool circular, int out_act) -> (Tensor, Tensor, Tensor)");
+  m.def("eca_residual_bwd(Tensor grad_y, Tensor x, Tensor shortcut, Tensor weight, Tensor pooled, Tensor s, "
+        "bool circular, int out_act) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attn_kernels_ext, CPU, m) {
@@ -66,6 +94,10 @@ TORCH_LIBRARY_IMPL(attn_kernels_ext, CPU, m) {
   m.impl("se_bwd", &attn_kernels::se_bwd_cpu);
   m.impl("eca_fwd", &attn_kernels::eca_fwd_cpu);
   m.impl("eca_bwd", &attn_kernels::eca_bwd_cpu);
+  m.impl("se_residual_fwd", &attn_kernels::se_residual_fwd_cpu);
+  m.impl("se_residual_bwd", &attn_kernels::se_residual_bwd_cpu);
+  m.impl("eca_residual_fwd", &attn_kernels::eca_residual_fwd_cpu);
+  m.impl("eca_residual_bwd", &attn_kernels::eca_residual_bwd_cpu);
 }
 
 // ---- the Python module: importing attn_kernels._C loads the library and registers the ops --------
@@ -139,7 +171,7 @@ static PyMethodDef attn_methods[] = {
 
 static struct PyModuleDef attn_module = {
     PyModuleDef_HEAD_INIT, "_C",
-    "attn_kernels C++/CUDA extension: registers torch.ops.attn_kernels_ext.{se,eca}_{fwd,bwd}.", -1, attn_methods,
+    "attn_kernels C++/CUDA extension: registers torch.ops.attn_kernels_ext.{se,eca}[_residual]_{fwd,bwd}.", -1, attn_methods,
 };
 
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&attn_module); }

@@ -2,16 +2,18 @@
 
 Importing this module loads the compiled extension, which registers the ops
 ``torch.ops.attn_kernels_ext.{se,eca}_{fwd,bwd}`` (CPU kernels, plus CUDA kernels when built with
-nvcc); here they get their fake (meta) kernels and autograd (backward as its own op), so they work
-under ``torch.compile`` and ``torch.library.opcheck``.
+nvcc) and ``{se,eca}_residual_{fwd,bwd}`` (CPU only); here they get their fake (meta) kernels and
+autograd (backward as its own op), so they work under ``torch.compile`` and ``torch.library.opcheck``.
 
 Loading: ``import attn_kernels._C`` (built by ``pip install --no-build-isolation .``). Only when the
 user asks with ``ATTN_KERNELS_JIT=1`` and the import fails, the CPU part is JIT-compiled with
 ``torch.utils.cpp_extension.load`` (ninja; cached under ``TORCH_EXTENSIONS_DIR``). Without either,
 importing this module raises the ImportError, which the backend table reports as the reason.
 
-Entry points ``se(x, w1, b1, w2, b2, act, gate)`` and ``eca(x, weight, circular)``: the same
-semantics as ``reference.se`` / ``reference.eca`` (arguments validated by ``functional``). Compared
+Entry points ``se(x, w1, b1, w2, b2, act, gate)``, ``eca(x, weight, circular)`` and the residual block
+tails ``se_residual(x, shortcut, w1, b1, w2, b2, act, gate, out_act)`` / ``eca_residual(x, shortcut,
+weight, circular, out_act)`` (``out_act(x · s + shortcut)`` in one pass): the same semantics as their
+``reference`` functions (arguments validated by ``functional``). Compared
 with the eager reference, which computes the excitation in x's dtype, the kernels keep the pooled
 vector, the excitation and the gate in float32 (float64 for float64 x) and round once at the store.
 """
@@ -24,9 +26,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["se", "eca", "ACT_CODES", "GATE_CODES", "load_error"]
+__all__ = ["se", "eca", "se_residual", "eca_residual", "ACT_CODES", "GATE_CODES", "OUT_ACT_CODES", "load_error"]
 
 ACT_CODES = {"relu": 0, "silu": 1, "gelu": 2}
+OUT_ACT_CODES = {**ACT_CODES, "identity": 3}
 GATE_CODES = {"sigmoid": 0, "hardsigmoid": 1}
 
 _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
@@ -126,41 +129,55 @@ def _(grad_y, x, weight, pooled, s, circular):
     return torch.empty_like(x), _grad_like(weight, x)
 
 
+@torch.library.register_fake("attn_kernels_ext::se_residual_fwd")
+def _(x, shortcut, w1, b1, w2, b2, act, gate, out_act):
+    return _fake_fwd(x)
+
+
+@torch.library.register_fake("attn_kernels_ext::se_residual_bwd")
+def _(grad_y, x, shortcut, w1, b1, w2, b2, pooled, s, act, gate, out_act):
+    return (torch.empty_like(x), torch.empty_like(x), _grad_like(w1, x), _grad_like(b1, x), _grad_like(w2, x),
+            _grad_like(b2, x))
+
+
+@torch.library.register_fake("attn_kernels_ext::eca_residual_fwd")
+def _(x, shortcut, weight, circular, out_act):
+    return _fake_fwd(x)
+
+
+@torch.library.register_fake("attn_kernels_ext::eca_residual_bwd")
+def _(grad_y, x, shortcut, weight, pooled, s, circular, out_act):
+    return torch.empty_like(x), torch.empty_like(x), _grad_like(weight, x)
+
+
 # ----------------------------------------------------------------------------------------------
 # Autograd: the backward is its own op
 # ----------------------------------------------------------------------------------------------
-def _se_setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, act, gate = inputs
-    _, pooled, s = output
-    ctx.act, ctx.gate = act, gate
-    ctx.present = (w1 is not None, b1 is not None, b2 is not None)
-    ctx.save_for_backward(x, w1, b1, w2, b2, pooled, s)
+# Forward inputs are (maps..., params..., codes...): x (and shortcut for the residual ops) first, the int /
+# bool codes last. The backward op takes (grad_y, maps..., params..., pooled, s, codes...) and returns a
+# gradient per map and per param; that of an absent (None) param is dropped here.
+def _saving_setup(n_maps: int, n_codes: int):
+    def setup(ctx, inputs, output):
+        _, pooled, s = output
+        tensors = inputs[:len(inputs) - n_codes]
+        ctx.codes = inputs[len(inputs) - n_codes:]
+        ctx.present = [t is not None for t in tensors[n_maps:]]
+        ctx.save_for_backward(*tensors, pooled, s)
+    return setup
 
 
-def _se_backward(ctx, grad_y, _gp, _gs):
-    x, w1, b1, w2, b2, pooled, s = ctx.saved_tensors
-    gx, gw1, gb1, gw2, gb2 = _ops.se_bwd(grad_y, x, w1, b1, w2, b2, pooled, s, ctx.act, ctx.gate)
-    has_w1, has_b1, has_b2 = ctx.present
-    return (gx, gw1 if has_w1 else None, gb1 if has_b1 else None, gw2, gb2 if has_b2 else None, None, None)
+def _backward_with(bwd_op, n_maps: int):
+    def backward(ctx, grad_y, _gp, _gs):
+        grads = bwd_op(grad_y, *ctx.saved_tensors, *ctx.codes)
+        params = [g if present else None for g, present in zip(grads[n_maps:], ctx.present)]
+        return (*grads[:n_maps], *params, *(None for _ in ctx.codes))
+    return backward
 
 
-torch.library.register_autograd("attn_kernels_ext::se_fwd", _se_backward, setup_context=_se_setup)
-
-
-def _eca_setup(ctx, inputs, output):
-    x, weight, circular = inputs
-    _, pooled, s = output
-    ctx.circular = circular
-    ctx.save_for_backward(x, weight, pooled, s)
-
-
-def _eca_backward(ctx, grad_y, _gp, _gs):
-    x, weight, pooled, s = ctx.saved_tensors
-    gx, gw = _ops.eca_bwd(grad_y, x, weight, pooled, s, ctx.circular)
-    return gx, gw, None
-
-
-torch.library.register_autograd("attn_kernels_ext::eca_fwd", _eca_backward, setup_context=_eca_setup)
+for _name, _n_maps, _n_codes in (("se", 1, 2), ("eca", 1, 1), ("se_residual", 2, 3), ("eca_residual", 2, 2)):
+    torch.library.register_autograd(f"attn_kernels_ext::{_name}_fwd",
+                                    _backward_with(getattr(_ops, f"{_name}_bwd"), _n_maps),
+                                    setup_context=_saving_setup(_n_maps, _n_codes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,3 +191,15 @@ def se(x, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid") -> torch.Ten
 def eca(x, weight, circular: bool = False) -> torch.Tensor:
     """Fused ECA / CECA on the extension; arguments as ``reference.eca`` (validated by ``functional.eca``)."""
     return _ops.eca_fwd(x, weight, bool(circular))[0]
+
+
+def se_residual(x, shortcut, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid",
+                out_act: str = "relu") -> torch.Tensor:
+    """Fused out_act(se(x) + shortcut) (CPU); arguments as ``reference.se_residual`` (validated by ``functional``)."""
+    return _ops.se_residual_fwd(x, shortcut, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate],
+                                OUT_ACT_CODES[out_act])[0]
+
+
+def eca_residual(x, shortcut, weight, circular: bool = False, out_act: str = "relu") -> torch.Tensor:
+    """Fused out_act(eca(x) + shortcut) (CPU); arguments as ``reference.eca_residual`` (validated by ``functional``)."""
+    return _ops.eca_residual_fwd(x, shortcut, weight, bool(circular), OUT_ACT_CODES[out_act])[0]

@@ -6,6 +6,8 @@
 //   dp[c] = sum_j t[j] * dz[c - j + k/2]  (the transposed conv, gathered: each dp by one task)
 //   grad_t[j] = sum_n sum_c dz[n, c] * pooled[n, c + j - k/2]  (per-sample partials, summed in order)
 //   grad_x = gy * s + dp / HW
+// eca_residual (the ECA-ResNet block tail): y = out_act(x * s + shortcut); its backward runs the above with
+// gy' = gy * out_act'(x * s + shortcut) in place of gy and returns grad_shortcut = gy' (gate_driver.h epilogues).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -20,7 +22,9 @@
 namespace attn_kernels {
 namespace {
 
+using cpu::const_view;
 using cpu::grain_for;
+using cpu::mutable_view;
 using cpu::View;
 
 constexpr int64_t kStreamMinHW = 256;  // measured (2 threads): at 14x14 both paths tie, at 7x7 the two-pass path is ~1.5x faster
@@ -98,10 +102,11 @@ void eca_excite_bwd(const A* taps, int64_t k, bool circular, int64_t c, const A*
 // (h = k / 2), so channel d is scaled h channels after it was pooled, while its row is still in L1/L2:
 // x is read once from memory instead of twice. A task owns channels [c0, c1) of sample n and pools the
 // h-channel halos on both sides itself (indices modulo C when circular); halo rows are read twice.
-template <typename S>
+// ep: the scale's epilogue (eca_residual: + shortcut, out_act).
+template <typename S, class Ep>
 void eca_stream(const View<const S>& x, const View<S>& y, int64_t n, int64_t c0, int64_t c1, int64_t c, int64_t hw,
                 const at::opmath_type<S>* taps, int64_t k, bool circular, at::opmath_type<S>* pooled,
-                at::opmath_type<S>* s, bool stream) {
+                at::opmath_type<S>* s, bool stream, const Ep& ep) {
   using A = at::opmath_type<S>;
   const int64_t half = k / 2, base = c0 - half, width = (c1 - c0) + 2 * half;
   const A inv = A(1) / static_cast<A>(hw);
@@ -126,10 +131,11 @@ void eca_stream(const View<const S>& x, const View<S>& y, int64_t n, int64_t c0,
     const A g = A(1) / (A(1) + std::exp(-z));
     s[n * c + d] = g;
     pooled[n * c + d] = loc[d - base];
+    const cpu::RowCoef<S> coef(g, A(0));
     if (stream) {
-      cpu::row_scale<S, true>(px + d * x.sc, py + d * y.sc, hw, g, A(0));
+      cpu::row_scale<S, true>(px + d * x.sc, py + d * y.sc, hw, coef, ep.planar(n, d));
     } else {
-      cpu::row_scale<S>(px + d * x.sc, py + d * y.sc, hw, g, A(0));
+      cpu::row_scale<S, false>(px + d * x.sc, py + d * y.sc, hw, coef, ep.planar(n, d));
     }
   }
   if (stream) cpu::stream_fence();
@@ -137,9 +143,14 @@ void eca_stream(const View<const S>& x, const View<S>& y, int64_t n, int64_t c0,
 
 }  // namespace
 
-T3 eca_fwd_cpu(const Tensor& x, const Tensor& weight, bool circular) {
+namespace {
+
+// ECA forward; with a shortcut (eca_residual) y = out_act(x * s + shortcut).
+T3 eca_forward(const char* op, const Tensor& x, const Tensor* shortcut, const Tensor& weight, bool circular,
+               int64_t out_act) {
   Tensor taps_in = check_eca(x, weight);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "eca_fwd_cpu: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  if (shortcut) check_residual(x, *shortcut, out_act, op);
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x), k = taps_in.size(0);
   const auto acc = acc_type(x);
   const auto opt = x.options().dtype(acc);
@@ -147,53 +158,62 @@ T3 eca_fwd_cpu(const Tensor& x, const Tensor& weight, bool circular) {
   auto [y, yf] = output_like(x, layout);
   Tensor pooled = alloc({nb, c}, opt), s = alloc({nb, c}, opt);
   if (nb == 0) return {y, pooled, s};
+  const Flat rf = shortcut ? match_input(*shortcut, layout) : Flat{};
   Tensor taps = param_acc(taps_in, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "eca_fwd_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
     const A* tp = taps.const_data_ptr<A>();
     A* pp = pooled.mutable_data_ptr<A>();
     A* sp = s.mutable_data_ptr<A>();
-    View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
-    View<scalar_t> yv{yf.t.mutable_data_ptr<scalar_t>(), yf.st[0], yf.st[1], yf.st[2]};
-    if (layout == Layout::Planar && k <= c && hw >= kStreamMinHW) {
-      // tasks: whole samples when there are enough of them, else channel chunks of a sample
-      const int64_t threads = at::get_num_threads();
-      const int64_t chunks = cpu::per_sample_schedule(nb, true) ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads, c / 16));
-      const int64_t chunk = (c + chunks - 1) / chunks;
-      const bool stream = cpu::stream_output(nb * c * hw * static_cast<int64_t>(sizeof(scalar_t)));
-      at::parallel_for(0, nb * chunks, 1, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t n = i / chunks, c0 = (i % chunks) * chunk, c1 = std::min(c, c0 + chunk);
-          if (c0 < c1) eca_stream<scalar_t>(xv, yv, n, c0, c1, c, hw, tp, k, circular, pp, sp, stream);
-        }
-      });
-    } else {
-      cpu::gate_forward<scalar_t>(xv, yv, layout, nb, c, hw, pp, sp, [&](int64_t n0, int64_t n1) {
-        eca_excite<A>(tp, k, circular, c, pp, sp, n0, n1);
-      });
-    }
+    const auto xv = const_view<scalar_t>(xf), rv = const_view<scalar_t>(rf);
+    const auto yv = mutable_view<scalar_t>(yf);
+    cpu::with_forward_epilogue<scalar_t>(shortcut ? &rv : nullptr, out_act, [&](const auto& ep) {
+      if (layout == Layout::Planar && k <= c && hw >= kStreamMinHW) {
+        // tasks: whole samples when there are enough of them, else channel chunks of a sample
+        const int64_t threads = at::get_num_threads();
+        const int64_t chunks =
+            cpu::per_sample_schedule(nb, true) ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads, c / 16));
+        const int64_t chunk = (c + chunks - 1) / chunks;
+        const bool stream = cpu::stream_output(nb * c * hw * static_cast<int64_t>(sizeof(scalar_t)));
+        at::parallel_for(0, nb * chunks, 1, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t n = i / chunks, c0 = (i % chunks) * chunk, c1 = std::min(c, c0 + chunk);
+            if (c0 < c1) eca_stream<scalar_t>(xv, yv, n, c0, c1, c, hw, tp, k, circular, pp, sp, stream, ep);
+          }
+        });
+      } else {
+        cpu::gate_forward<scalar_t>(
+            xv, yv, layout, nb, c, hw, pp, sp,
+            [&](int64_t n0, int64_t n1) { eca_excite<A>(tp, k, circular, c, pp, sp, n0, n1); }, true, ep);
+      }
+    });
   });
   finish_output(y, yf);
   return {y, pooled, s};
 }
 
-std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
-                                       const Tensor& pooled_in, const Tensor& s_in, bool circular) {
+// ECA backward: (grad_x, grad_shortcut (undefined without a shortcut), grad_weight).
+T3 eca_backward(const char* op, const Tensor& grad_y, const Tensor& x, const Tensor* shortcut, const Tensor& weight,
+                const Tensor& pooled_in, const Tensor& s_in, bool circular, int64_t out_act) {
   Tensor taps_in = check_eca(x, weight);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "eca_bwd_cpu: x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "eca_bwd: grad_y has shape ", grad_y.sizes(), ", expected ",
-                    x.sizes());
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "eca_bwd: grad_y dtype ", grad_y.scalar_type(),
-                   " != x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  if (shortcut) check_residual(x, *shortcut, out_act, op);
+  check_grad_y(grad_y, x, op);
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x), k = taps_in.size(0);
   const auto acc = acc_type(x);
   const auto opt = x.options().dtype(acc);
   TORCH_CHECK_VALUE(pooled_in.sizes() == at::IntArrayRef({nb, c}) && s_in.sizes() == at::IntArrayRef({nb, c}),
-                    "eca_bwd: pooled and s must be (N, C) = (", nb, ", ", c, ")");
+                    op, ": pooled and s must be (N, C) = (", nb, ", ", c, ")");
   Tensor pooled = pooled_in.to(acc).contiguous(), s = s_in.to(acc).contiguous();
   auto [xf, layout] = flatten_input(x);
   Flat gyf = match_input(grad_y, layout);
   auto [gx, gxf] = output_like(x, layout);
+  Tensor gsc;
+  Flat gscf{}, rf{};
+  if (shortcut) {
+    std::tie(gsc, gscf) = output_like(x, layout);
+    if (out_act != kIdentity && nb > 0) rf = match_input(*shortcut, layout);  // identity: never read
+  }
   Tensor gt = at::zeros({k}, opt);
   if (nb > 0) {
     Tensor taps = param_acc(taps_in, acc);
@@ -208,11 +228,13 @@ std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x, co
       A* dpp = dp.mutable_data_ptr<A>();
       A* dzp = dz.mutable_data_ptr<A>();
       A* dtp = dtap.mutable_data_ptr<A>();
-      View<const scalar_t> gyv{gyf.t.const_data_ptr<scalar_t>(), gyf.st[0], gyf.st[1], gyf.st[2]};
-      View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
-      View<scalar_t> gxv{gxf.t.mutable_data_ptr<scalar_t>(), gxf.st[0], gxf.st[1], gxf.st[2]};
-      cpu::gate_backward<scalar_t>(gyv, xv, gxv, layout, nb, c, hw, sp, dsp, dpp, [&](int64_t n0, int64_t n1) {
-        eca_excite_bwd<A>(tp, k, circular, c, pp, sp, dsp, dzp, dpp, dtp, n0, n1);
+      const auto gyv = const_view<scalar_t>(gyf), xv = const_view<scalar_t>(xf), rv = const_view<scalar_t>(rf);
+      const auto gxv = mutable_view<scalar_t>(gxf), gscv = mutable_view<scalar_t>(gscf);
+      cpu::with_backward_epilogue<scalar_t>(xv, shortcut ? &rv : nullptr, gscv, sp, c, out_act, [&](const auto& ep) {
+        cpu::gate_backward<scalar_t>(
+            gyv, xv, gxv, layout, nb, c, hw, sp, dsp, dpp,
+            [&](int64_t n0, int64_t n1) { eca_excite_bwd<A>(tp, k, circular, c, pp, sp, dsp, dzp, dpp, dtp, n0, n1); },
+            true, ep);
       });
       A* g = gt.mutable_data_ptr<A>();
       for (int64_t n = 0; n < nb; ++n) {  // batch sum in sample order: deterministic
@@ -221,7 +243,29 @@ std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x, co
     });
   }
   finish_output(gx, gxf);
-  return {gx, gt.to(weight.scalar_type()).reshape(weight.sizes())};
+  if (shortcut) finish_output(gsc, gscf);
+  return {gx, gsc, gt.to(weight.scalar_type()).reshape(weight.sizes())};
+}
+
+}  // namespace
+
+T3 eca_fwd_cpu(const Tensor& x, const Tensor& weight, bool circular) {
+  return eca_forward("eca_fwd_cpu", x, nullptr, weight, circular, kIdentity);
+}
+
+std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                       const Tensor& pooled, const Tensor& s, bool circular) {
+  auto [gx, gsc, gw] = eca_backward("eca_bwd", grad_y, x, nullptr, weight, pooled, s, circular, kIdentity);
+  return {gx, gw};
+}
+
+T3 eca_residual_fwd_cpu(const Tensor& x, const Tensor& shortcut, const Tensor& weight, bool circular, int64_t out_act) {
+  return eca_forward("eca_residual_fwd_cpu", x, &shortcut, weight, circular, out_act);
+}
+
+T3 eca_residual_bwd_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& shortcut, const Tensor& weight,
+                        const Tensor& pooled, const Tensor& s, bool circular, int64_t out_act) {
+  return eca_backward("eca_residual_bwd", grad_y, x, &shortcut, weight, pooled, s, circular, out_act);
 }
 
 }  // namespace attn_kernels

@@ -18,6 +18,17 @@
 // (except the forward's batched-GEMM excitation, se_cpu.cpp, which is ATen's GEMM).
 // Outputs past a quarter of the last-level cache are written with non-temporal stores (stream_output).
 // Built with -fopenmp (setup.py): without it at::parallel_for runs everything on one thread.
+//
+// Epilogues (the residual block tail, se_residual / eca_residual): every row function takes the row's
+// epilogue, which may transform an input element before it is scaled or summed (pre) and the scaled
+// value before it is stored (post):
+//   NoEpilogue       y = x * s (+ d)
+//   ResidualOut      forward:  y = out_act(x * s + r)                     (r: the shortcut)
+//   ResidualGrad     backward: gy' = gy * out_act'(x * s + r), recomputed per element in both passes:
+//                    pass 1 sums gy' * x, pass 2 writes grad_shortcut = gy' and grad_x = gy' * s + dp / HW.
+// So the residual forward reads x twice (once from cache) and the shortcut once; the backward reads
+// gy, x and the shortcut twice (the second time from cache on the per-sample schedule) and writes two
+// outputs -- no full-size intermediate.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -39,6 +50,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "../glue.h"
 #include "../layout.h"
 
 
@@ -59,6 +71,17 @@ struct View {  // (N, C, HW) through strides, in elements
   T* ptr;
   int64_t sn, sc, shw;
 };
+
+// The (N, C, HW) view of a flattened tensor (glue.h); a null view for an absent (default) one.
+template <typename S>
+inline View<const S> const_view(const Flat& f) {
+  return {f.t.defined() ? f.t.const_data_ptr<S>() : nullptr, f.st[0], f.st[1], f.st[2]};
+}
+
+template <typename S>
+inline View<S> mutable_view(const Flat& f) {
+  return {f.t.defined() ? f.t.mutable_data_ptr<S>() : nullptr, f.st[0], f.st[1], f.st[2]};
+}
 
 // Load / store one chunk of Vectorized<S>::size() elements as kVecs vectors of the accumulation type.
 template <typename S>
@@ -136,8 +159,248 @@ inline at::opmath_type<S> row_sum(const S* p, int64_t n) {
   return s;
 }
 
+// ---- coefficients and epilogues of a row ----------------------------------------------------------
+// A planar row has one gate s (and offset d) for all its elements; a channels_last row one per element.
 template <typename S>
-inline at::opmath_type<S> row_dot(const S* a, const S* b, int64_t n) {
+struct RowCoef {
+  using IO = Io<S>;
+  using A = typename IO::A;
+  using V = typename IO::V;
+  A s, d;
+  V vs, vd;
+  RowCoef(A s_, A d_) : s(s_), d(d_), vs(s_), vd(d_) {}
+  inline A scalar(int64_t, A v) const { return v * s + d; }
+  inline void chunk(int64_t, V* v) const {
+    for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs, vd);
+  }
+};
+
+template <typename S>
+struct ColCoef {  // s[i] and d[i]; d may be null
+  using IO = Io<S>;
+  using A = typename IO::A;
+  using V = typename IO::V;
+  const A* s;
+  const A* d;
+  inline A scalar(int64_t i, A v) const { return v * s[i] + (d ? d[i] : A(0)); }
+  inline void chunk(int64_t i, V* v) const {
+    V vs[IO::kVecs], vd[IO::kVecs];
+    IO::load_acc(s + i, vs);
+    if (d) {
+      IO::load_acc(d + i, vd);
+      for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs[j], vd[j]);
+    } else {
+      for (int j = 0; j < IO::kVecs; ++j) v[j] = v[j] * vs[j];
+    }
+  }
+};
+
+// out_act of the residual tail (codes as in ops.h: 0 relu, 1 silu, 2 gelu, 3 identity), the same formulas
+// as ATen's CPU kernels; act_grad_mul returns g * out_act'(z) (relu: 0 where z <= 0, as threshold_backward).
+enum OutAct : int { kOutRelu = 0, kOutSilu = 1, kOutGelu = 2, kOutIdentity = 3 };
+
+template <typename T>  // T: a scalar or an at::vec::Vectorized
+inline T exp_of(T v) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return std::exp(v);
+  } else {
+    return v.exp();
+  }
+}
+
+template <typename T>
+inline T erf_of(T v) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return std::erf(v);
+  } else {
+    return v.erf();
+  }
+}
+
+template <int kAct, typename T>  // T: a scalar A or at::vec::Vectorized<A>
+inline T out_act(T v) {
+  if constexpr (kAct == kOutRelu) {
+    if constexpr (std::is_arithmetic_v<T>) {
+      return v < T(0) ? T(0) : v;
+    } else {
+      return at::vec::clamp_min(v, T(0));
+    }
+  } else if constexpr (kAct == kOutSilu) {
+    return v / (T(1) + exp_of(T(0) - v));
+  } else if constexpr (kAct == kOutGelu) {
+    return v * T(0.5) * (T(1) + erf_of(v * T(M_SQRT1_2)));
+  } else {
+    return v;
+  }
+}
+
+template <int kAct, typename T>
+inline T act_grad_mul(T g, T z) {
+  if constexpr (kAct == kOutRelu) {
+    if constexpr (std::is_arithmetic_v<T>) {
+      return z <= T(0) ? T(0) : g;
+    } else {
+      return T::blendv(g, T(0), z <= T(0));
+    }
+  } else if constexpr (kAct == kOutSilu) {
+    const T sg = T(1) / (T(1) + exp_of(T(0) - z));
+    return g * (sg * (T(1) + z * (T(1) - sg)));
+  } else if constexpr (kAct == kOutGelu) {
+    const T cdf = T(0.5) * (T(1) + erf_of(z * T(M_SQRT1_2)));
+    const T pdf = exp_of(T(-0.5) * z * z) * T(0.3989422804014327);  // 1 / sqrt(2 pi)
+    return g * (cdf + z * pdf);
+  } else {
+    return g;
+  }
+}
+
+// Pointer to element (n, c, p) of a view, or null for an absent view.
+template <typename T>
+inline T* view_at(const View<T>& v, int64_t n, int64_t c, int64_t p) {
+  return v.ptr ? v.ptr + n * v.sn + c * v.sc + p * v.shw : nullptr;
+}
+
+// Row epilogue hooks (i: the element's index in the row; v: one chunk, Io<S>::kVecs vectors):
+//   pre<kStream>(i, v) / pre_s<kStream>(i, a)  transform the input element(s) (kStream: how to store a
+//                                              side output, aligned like the row's output);
+//   post(i, v) / post_s(i, a)                  transform the scaled value before the store.
+template <typename S>
+struct NoPre {
+  template <bool kStream>
+  inline void pre(int64_t, typename Io<S>::V*) const {}
+  template <bool kStream>
+  inline at::opmath_type<S> pre_s(int64_t, at::opmath_type<S> a) const { return a; }
+};
+
+template <typename S>
+struct NoPost {
+  inline void post(int64_t, typename Io<S>::V*) const {}
+  inline at::opmath_type<S> post_s(int64_t, at::opmath_type<S> a) const { return a; }
+};
+
+// Epilogue of a driver call: planar(n, c) / cl(n, p, c0) give the row epilogue of planar row (n, c) or of
+// the channels_last row of position p from channel c0; for_reduction() the one of the backward's
+// reduction pass; stream_ok(y) whether the epilogue's own output may be streamed alongside y.
+template <typename S>
+struct NoEpilogue {
+  struct Row : NoPre<S>, NoPost<S> {};
+  Row planar(int64_t, int64_t) const { return {}; }
+  Row cl(int64_t, int64_t, int64_t) const { return {}; }
+  NoEpilogue for_reduction() const { return *this; }
+  bool stream_ok(const View<S>&) const { return true; }
+};
+
+// Forward of the residual tail: y = out_act(x * s + r). (Forward only: no for_reduction / stream_ok.)
+template <typename S, int kAct>
+struct ResidualOut {
+  using IO = Io<S>;
+  using A = typename IO::A;
+  using V = typename IO::V;
+  View<const S> r;
+  struct Row : NoPre<S> {
+    const S* r;
+    inline void post(int64_t i, V* v) const {
+      V rv[IO::kVecs];
+      IO::load(r + i, rv);
+      for (int j = 0; j < IO::kVecs; ++j) v[j] = out_act<kAct>(v[j] + rv[j]);
+    }
+    inline A post_s(int64_t i, A v) const { return out_act<kAct>(v + static_cast<A>(r[i])); }
+  };
+  Row planar(int64_t n, int64_t c) const { return {{}, view_at(r, n, c, 0)}; }
+  Row cl(int64_t n, int64_t p, int64_t c0) const { return {{}, view_at(r, n, c0, p)}; }
+};
+
+// Backward of the residual tail: gy' = gy * out_act'(x * s + r) in place of gy, written to gr (the
+// shortcut's gradient) when gr is given (the scale pass; the reduction pass runs without it). s: the
+// (N, C) gates. For identity nothing is recomputed (x and r are not read): gy' = gy.
+template <typename S, int kAct>
+struct ResidualGrad {
+  using IO = Io<S>;
+  using A = typename IO::A;
+  using V = typename IO::V;
+  View<const S> x, r;
+  View<S> gr;
+  const A* s;
+  int64_t c;
+  template <class Coef>
+  struct Row : NoPost<S> {
+    const S* x;
+    const S* r;
+    S* gr;
+    Coef k;  // x * s, as the forward computed it
+    template <bool kStream>
+    inline void pre(int64_t i, V* g) const {
+      if constexpr (kAct != kOutIdentity) {
+        V z[IO::kVecs], rv[IO::kVecs];
+        IO::load(x + i, z);
+        k.chunk(i, z);
+        IO::load(r + i, rv);
+        for (int j = 0; j < IO::kVecs; ++j) g[j] = act_grad_mul<kAct>(g[j], z[j] + rv[j]);
+      }
+      if (gr) {
+        if constexpr (kStream) {
+          IO::stream(gr + i, g);
+        } else {
+          IO::store(gr + i, g);
+        }
+      }
+    }
+    template <bool kStream>
+    inline A pre_s(int64_t i, A g) const {
+      if constexpr (kAct != kOutIdentity) {
+        g = act_grad_mul<kAct>(g, k.scalar(i, static_cast<A>(x[i])) + static_cast<A>(r[i]));
+      }
+      if (gr) gr[i] = static_cast<S>(g);
+      return g;
+    }
+  };
+  Row<RowCoef<S>> planar(int64_t n, int64_t ch) const {
+    return {{}, view_at(x, n, ch, 0), view_at(r, n, ch, 0), view_at(gr, n, ch, 0), RowCoef<S>(s[n * c + ch], A(0))};
+  }
+  Row<ColCoef<S>> cl(int64_t n, int64_t p, int64_t c0) const {
+    return {{}, view_at(x, n, c0, p), view_at(r, n, c0, p), view_at(gr, n, c0, p), ColCoef<S>{s + n * c + c0, nullptr}};
+  }
+  ResidualGrad for_reduction() const {
+    ResidualGrad e = *this;
+    e.gr.ptr = nullptr;
+    return e;
+  }
+  // Streamed rows start with scalar stores up to y's 32-byte boundary: gr's rows must be aligned alike.
+  bool stream_ok(const View<S>& y) const {
+    const auto gap = reinterpret_cast<uintptr_t>(gr.ptr) - reinterpret_cast<uintptr_t>(y.ptr);
+    return !gr.ptr || (gr.sn == y.sn && gr.sc == y.sc && gr.shw == y.shw && gap % 32 == 0);
+  }
+};
+
+// fn(std::integral_constant<int, kAct>) for a runtime out_act code; run(epilogue) with the forward or
+// backward epilogue of that code, or NoEpilogue (the plain gate) when there is no shortcut (r null).
+template <class Fn>
+void with_out_act(int64_t code, Fn&& fn) {
+  switch (code) {
+    case kOutRelu: return fn(std::integral_constant<int, kOutRelu>{});
+    case kOutSilu: return fn(std::integral_constant<int, kOutSilu>{});
+    case kOutGelu: return fn(std::integral_constant<int, kOutGelu>{});
+    default: return fn(std::integral_constant<int, kOutIdentity>{});
+  }
+}
+
+template <typename S, class Fn>
+void with_forward_epilogue(const View<const S>* r, int64_t out_act_code, Fn&& run) {
+  if (!r) return run(NoEpilogue<S>{});
+  with_out_act(out_act_code, [&](auto act) { run(ResidualOut<S, decltype(act)::value>{*r}); });
+}
+
+template <typename S, class Fn>
+void with_backward_epilogue(const View<const S>& x, const View<const S>* r, const View<S>& gr,
+                            const at::opmath_type<S>* s, int64_t c, int64_t out_act_code, Fn&& run) {
+  if (!r) return run(NoEpilogue<S>{});
+  with_out_act(out_act_code, [&](auto act) { run(ResidualGrad<S, decltype(act)::value>{x, *r, gr, s, c}); });
+}
+
+// ---- contiguous-row primitives, epilogue-aware ------------------------------------------------------
+// sum_i pre(a[i]) * b[i]
+template <typename S, class Ep>
+inline at::opmath_type<S> row_dot(const S* a, const S* b, int64_t n, const Ep& ep) {
   using IO = Io<S>;
   using A = typename IO::A;
   using V = typename IO::V;
@@ -147,19 +410,21 @@ inline at::opmath_type<S> row_dot(const S* a, const S* b, int64_t n) {
   for (; i + kChains * IO::kWidth <= n; i += kChains * IO::kWidth) {
     for (int k = 0; k < kChains; ++k) {
       IO::load(a + i + k * IO::kWidth, va);
+      ep.template pre<false>(i + k * IO::kWidth, va);
       IO::load(b + i + k * IO::kWidth, vb);
       for (int j = 0; j < IO::kVecs; ++j) acc[k][j] = at::vec::fmadd(va[j], vb[j], acc[k][j]);
     }
   }
   for (; i + IO::kWidth <= n; i += IO::kWidth) {
     IO::load(a + i, va);
+    ep.template pre<false>(i, va);
     IO::load(b + i, vb);
     for (int j = 0; j < IO::kVecs; ++j) acc[0][j] = at::vec::fmadd(va[j], vb[j], acc[0][j]);
   }
   V total = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);
   for (int j = 1; j < IO::kVecs; ++j) total = total + ((acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]));
   A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, total);
-  for (; i < n; ++i) s += static_cast<A>(a[i]) * static_cast<A>(b[i]);
+  for (; i < n; ++i) s += ep.template pre_s<false>(i, static_cast<A>(a[i])) * static_cast<A>(b[i]);
   return s;
 }
 
@@ -170,28 +435,33 @@ inline int64_t stream_head(const S* y, int64_t n) {
   return std::min<int64_t>(n, misalign ? static_cast<int64_t>((32 - misalign) / sizeof(S)) : 0);
 }
 
-// y[i] = x[i] * s + d  (d = 0 in the forward); kStream: non-temporal stores for y.
-template <typename S, bool kStream = false>
-inline void row_scale(const S* x, S* y, int64_t n, at::opmath_type<S> s, at::opmath_type<S> d) {
+// y[i] = post(coef(pre(x[i]))), coef(v) = v * s + d (RowCoef or ColCoef): the scale step of every schedule.
+// kStream: non-temporal stores for y (and the epilogue's side output).
+template <typename S, bool kStream, class Coef, class Ep>
+inline void row_scale(const S* x, S* y, int64_t n, const Coef& coef, const Ep& ep) {
   using IO = Io<S>;
   using A = at::opmath_type<S>;
   using V = typename IO::V;
+  auto one = [&](int64_t i) {
+    y[i] = static_cast<S>(ep.post_s(i, coef.scalar(i, ep.template pre_s<kStream>(i, static_cast<A>(x[i])))));
+  };
   V v[IO::kVecs];
-  const V vs(s), vd(d);
   int64_t i = 0;
   if constexpr (kStream) {
-    for (const int64_t head = stream_head(y, n); i < head; ++i) y[i] = static_cast<S>(static_cast<A>(x[i]) * s + d);
+    for (const int64_t head = stream_head(y, n); i < head; ++i) one(i);
   }
   for (; i + IO::kWidth <= n; i += IO::kWidth) {
     IO::load(x + i, v);
-    for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs, vd);
+    ep.template pre<kStream>(i, v);
+    coef.chunk(i, v);
+    ep.post(i, v);
     if constexpr (kStream) {
       IO::stream(y + i, v);
     } else {
       IO::store(y + i, v);
     }
   }
-  for (; i < n; ++i) y[i] = static_cast<S>(static_cast<A>(x[i]) * s + d);
+  for (; i < n; ++i) one(i);
 }
 
 // acc[c] += row[c] (c in [0, n))
@@ -210,52 +480,23 @@ inline void col_accum(at::opmath_type<S>* acc, const S* row, int64_t n) {
   for (; i < n; ++i) acc[i] += static_cast<at::opmath_type<S>>(row[i]);
 }
 
-// acc[c] += a[c] * b[c]
-template <typename S>
-inline void col_accum_prod(at::opmath_type<S>* acc, const S* a, const S* b, int64_t n) {
+// acc[c] += pre(a[c]) * b[c]
+template <typename S, class Ep>
+inline void col_accum_prod(at::opmath_type<S>* acc, const S* a, const S* b, int64_t n, const Ep& ep) {
   using IO = Io<S>;
+  using A = at::opmath_type<S>;
   using V = typename IO::V;
   V va[IO::kVecs], vb[IO::kVecs], t[IO::kVecs];
   int64_t i = 0;
   for (; i + IO::kWidth <= n; i += IO::kWidth) {
     IO::load(a + i, va);
+    ep.template pre<false>(i, va);
     IO::load(b + i, vb);
     IO::load_acc(acc + i, t);
     for (int j = 0; j < IO::kVecs; ++j) t[j] = at::vec::fmadd(va[j], vb[j], t[j]);
     IO::store_acc(acc + i, t);
   }
-  for (; i < n; ++i) acc[i] += static_cast<at::opmath_type<S>>(a[i]) * static_cast<at::opmath_type<S>>(b[i]);
-}
-
-// y[c] = x[c] * s[c] + d[c]   (d may be null); kStream: non-temporal stores for y.
-template <typename S, bool kStream = false>
-inline void row_scale_vec(const S* x, S* y, const at::opmath_type<S>* s, const at::opmath_type<S>* d, int64_t n) {
-  using IO = Io<S>;
-  using A = typename IO::A;
-  using V = typename IO::V;
-  V v[IO::kVecs], vs[IO::kVecs], vd[IO::kVecs];
-  int64_t i = 0;
-  if constexpr (kStream) {
-    for (const int64_t head = stream_head(y, n); i < head; ++i) {
-      y[i] = static_cast<S>(static_cast<A>(x[i]) * s[i] + (d ? d[i] : A(0)));
-    }
-  }
-  for (; i + IO::kWidth <= n; i += IO::kWidth) {
-    IO::load(x + i, v);
-    IO::load_acc(s + i, vs);
-    if (d) {
-      IO::load_acc(d + i, vd);
-      for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs[j], vd[j]);
-    } else {
-      for (int j = 0; j < IO::kVecs; ++j) v[j] = v[j] * vs[j];
-    }
-    if constexpr (kStream) {
-      IO::stream(y + i, v);
-    } else {
-      IO::store(y + i, v);
-    }
-  }
-  for (; i < n; ++i) y[i] = static_cast<S>(static_cast<A>(x[i]) * s[i] + (d ? d[i] : A(0)));
+  for (; i < n; ++i) acc[i] += ep.template pre_s<false>(i, static_cast<A>(a[i])) * static_cast<A>(b[i]);
 }
 
 // Streamed stores are weakly ordered: fence them before the task ends (the join then publishes them).
@@ -363,26 +604,30 @@ inline int64_t cl_block(int64_t c) {
 }
 
 // ---- pooling and scaling of channel range [c0, c1) of sample n ---------------------------------
-// out[c] = sum_hw a[n,c,hw] (* b[n,c,hw] when b is given), for c in [c0, c1). out is indexed from c0.
-template <typename S>
+// out[c] = sum_hw a[n,c,hw] (* b[n,c,hw] when b is given; a through the epilogue's pre), for c in [c0, c1).
+// out is indexed from c0.
+template <typename S, class Ep = NoEpilogue<S>>
 void reduce_channels(const View<const S>& a, const View<const S>* b, Layout layout, int64_t n, int64_t c0,
-                     int64_t c1, int64_t hw, at::opmath_type<S>* out) {
+                     int64_t c1, int64_t hw, at::opmath_type<S>* out, const Ep& ep = Ep{}) {
   using A = at::opmath_type<S>;
   const S* pa = a.ptr + n * a.sn;
   const S* pb = b ? b->ptr + n * b->sn : nullptr;
   if (layout == Layout::Planar) {
     for (int64_t c = c0; c < c1; ++c) {
-      if (hw == 1) {
-        out[c - c0] = pb ? static_cast<A>(pa[c * a.sc]) * static_cast<A>(pb[c * b->sc]) : static_cast<A>(pa[c * a.sc]);
+      if (!pb) {
+        out[c - c0] = hw == 1 ? static_cast<A>(pa[c * a.sc]) : row_sum<S>(pa + c * a.sc, hw);
+      } else if (hw == 1) {
+        out[c - c0] = ep.planar(n, c).template pre_s<false>(0, static_cast<A>(pa[c * a.sc])) *
+                      static_cast<A>(pb[c * b->sc]);
       } else {
-        out[c - c0] = pb ? row_dot<S>(pa + c * a.sc, pb + c * b->sc, hw) : row_sum<S>(pa + c * a.sc, hw);
+        out[c - c0] = row_dot<S>(pa + c * a.sc, pb + c * b->sc, hw, ep.planar(n, c));
       }
     }
   } else {
     std::fill(out, out + (c1 - c0), A(0));
     for (int64_t p = 0; p < hw; ++p) {
       if (pb) {
-        col_accum_prod<S>(out, pa + p * a.shw + c0, pb + p * b->shw + c0, c1 - c0);
+        col_accum_prod<S>(out, pa + p * a.shw + c0, pb + p * b->shw + c0, c1 - c0, ep.cl(n, p, c0));
       } else {
         col_accum<S>(out, pa + p * a.shw + c0, c1 - c0);
       }
@@ -390,48 +635,51 @@ void reduce_channels(const View<const S>& a, const View<const S>* b, Layout layo
   }
 }
 
-// Planar: y[n,c,:] = x[n,c,:] * s[c] + d[c], c in [c0, c1). s, d indexed by absolute channel.
-template <typename S>
+// Planar: y[n,c,:] = x[n,c,:] * s[c] + d[c] through the epilogue, c in [c0, c1). s, d indexed by absolute
+// channel.
+template <typename S, class Ep>
 void scale_channels(const View<const S>& x, const View<S>& y, int64_t n, int64_t c0, int64_t c1, int64_t hw,
-                    const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream) {
+                    const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream, const Ep& ep) {
+  using A = at::opmath_type<S>;
   const S* px = x.ptr + n * x.sn;
   S* py = y.ptr + n * y.sn;
   for (int64_t c = c0; c < c1; ++c) {
-    const at::opmath_type<S> dc = d ? d[c] : at::opmath_type<S>(0);
+    const RowCoef<S> coef(s[c], d ? d[c] : A(0));
     if (stream) {
-      row_scale<S, true>(px + c * x.sc, py + c * y.sc, hw, s[c], dc);
+      row_scale<S, true>(px + c * x.sc, py + c * y.sc, hw, coef, ep.planar(n, c));
     } else {
-      row_scale<S>(px + c * x.sc, py + c * y.sc, hw, s[c], dc);
+      row_scale<S, false>(px + c * x.sc, py + c * y.sc, hw, coef, ep.planar(n, c));
     }
   }
   if (stream) stream_fence();
 }
 
-// Channels_last: rows p in [p0, p1) of sample n: y[n,:,p] = x[n,:,p] * s + d.
-template <typename S>
+// Channels_last: rows p in [p0, p1) of sample n: y[n,:,p] = x[n,:,p] * s + d through the epilogue.
+template <typename S, class Ep>
 void scale_rows(const View<const S>& x, const View<S>& y, int64_t n, int64_t p0, int64_t p1, int64_t c,
-                const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream) {
+                const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream, const Ep& ep) {
   const S* px = x.ptr + n * x.sn;
   S* py = y.ptr + n * y.sn;
+  const ColCoef<S> coef{s, d};
   for (int64_t p = p0; p < p1; ++p) {
     if (stream) {
-      row_scale_vec<S, true>(px + p * x.shw, py + p * y.shw, s, d, c);
+      row_scale<S, true>(px + p * x.shw, py + p * y.shw, c, coef, ep.cl(n, p, 0));
     } else {
-      row_scale_vec<S>(px + p * x.shw, py + p * y.shw, s, d, c);
+      row_scale<S, false>(px + p * x.shw, py + p * y.shw, c, coef, ep.cl(n, p, 0));
     }
   }
   if (stream) stream_fence();
 }
 
 // Sum over channels (or channel products) of every sample, into red (N, C), phase-parallel.
-template <typename S>
+template <typename S, class Ep = NoEpilogue<S>>
 void reduce_all(const View<const S>& a, const View<const S>* b, Layout layout, int64_t nb, int64_t c,
-                int64_t hw, at::opmath_type<S>* red) {
+                int64_t hw, at::opmath_type<S>* red, const Ep& ep = Ep{}) {
   if (layout == Layout::Planar) {
     at::parallel_for(0, nb * c, grain_for(hw), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1;) {
         const int64_t n = i / c, c0 = i % c, c1 = std::min(c, c0 + (i1 - i));
-        reduce_channels<S>(a, b, layout, n, c0, c1, hw, red + n * c + c0);
+        reduce_channels<S>(a, b, layout, n, c0, c1, hw, red + n * c + c0, ep);
         i += c1 - c0;
       }
     });
@@ -440,20 +688,31 @@ void reduce_all(const View<const S>& a, const View<const S>* b, Layout layout, i
     at::parallel_for(0, nb * nblk, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t n = i / nblk, c0 = (i % nblk) * blk, c1 = std::min(c, c0 + blk);
-        reduce_channels<S>(a, b, layout, n, c0, c1, hw, red + n * c + c0);
+        reduce_channels<S>(a, b, layout, n, c0, c1, hw, red + n * c + c0, ep);
       }
     });
   }
 }
 
-template <typename S>
+// The scale step of sample n (all of it) or, phase-parallel, of every sample.
+template <typename S, class Ep>
+void scale_sample(const View<const S>& x, const View<S>& y, Layout layout, int64_t n, int64_t c, int64_t hw,
+                  const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream, const Ep& ep) {
+  if (layout == Layout::Planar) {
+    scale_channels<S>(x, y, n, 0, c, hw, s + n * c, d ? d + n * c : nullptr, stream, ep);
+  } else {
+    scale_rows<S>(x, y, n, 0, hw, c, s + n * c, d ? d + n * c : nullptr, stream, ep);
+  }
+}
+
+template <typename S, class Ep>
 void scale_all(const View<const S>& x, const View<S>& y, Layout layout, int64_t nb, int64_t c, int64_t hw,
-               const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream) {
+               const at::opmath_type<S>* s, const at::opmath_type<S>* d, bool stream, const Ep& ep) {
   if (layout == Layout::Planar) {
     at::parallel_for(0, nb * c, grain_for(hw), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1;) {
         const int64_t n = i / c, c0 = i % c, c1 = std::min(c, c0 + (i1 - i));
-        scale_channels<S>(x, y, n, c0, c1, hw, s + n * c, d ? d + n * c : nullptr, stream);
+        scale_channels<S>(x, y, n, c0, c1, hw, s + n * c, d ? d + n * c : nullptr, stream, ep);
         i += c1 - c0;
       }
     });
@@ -461,7 +720,7 @@ void scale_all(const View<const S>& x, const View<S>& y, Layout layout, int64_t 
     at::parallel_for(0, nb * hw, grain_for(c), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1;) {
         const int64_t n = i / hw, p0 = i % hw, p1 = std::min(hw, p0 + (i1 - i));
-        scale_rows<S>(x, y, n, p0, p1, c, s + n * c, d ? d + n * c : nullptr, stream);
+        scale_rows<S>(x, y, n, p0, p1, c, s + n * c, d ? d + n * c : nullptr, stream, ep);
         i += p1 - p0;
       }
     });
@@ -472,11 +731,11 @@ void scale_all(const View<const S>& x, const View<S>& y, Layout layout, int64_t 
 // per-sample schedule (where nested at::parallel_for runs inline) or alone on the phased one.
 using RangeFn = std::function<void(int64_t, int64_t)>;
 
-// Forward: pooled[n,c] = mean_hw x; excite fills s; y = x * s.
-template <typename S>
+// Forward: pooled[n,c] = mean_hw x; excite fills s; y = x * s (ResidualOut: out_act(x * s + r)).
+template <typename S, class Ep = NoEpilogue<S>>
 void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64_t nb, int64_t c, int64_t hw,
                   at::opmath_type<S>* pooled, const at::opmath_type<S>* s, const RangeFn& excite,
-                  bool per_sample_ok = true) {
+                  bool per_sample_ok = true, const Ep& ep = Ep{}) {
   using A = at::opmath_type<S>;
   const A inv = A(1) / static_cast<A>(hw);
   const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S)));
@@ -487,49 +746,44 @@ void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64
         reduce_channels<S>(x, nullptr, layout, n, 0, c, hw, p);
         for (int64_t i = 0; i < c; ++i) p[i] *= inv;
         excite(n, n + 1);
-        if (layout == Layout::Planar) {
-          scale_channels<S>(x, y, n, 0, c, hw, s + n * c, nullptr, stream);
-        } else {
-          scale_rows<S>(x, y, n, 0, hw, c, s + n * c, nullptr, stream);
-        }
+        scale_sample<S>(x, y, layout, n, c, hw, s, nullptr, stream, ep);
       }
     });
   } else {
     reduce_all<S>(x, nullptr, layout, nb, c, hw, pooled);
     for (int64_t i = 0; i < nb * c; ++i) pooled[i] *= inv;
     excite(0, nb);
-    scale_all<S>(x, y, layout, nb, c, hw, s, nullptr, stream);
+    scale_all<S>(x, y, layout, nb, c, hw, s, nullptr, stream, ep);
   }
 }
 
 // Backward: ds[n,c] = sum_hw gy*x; excite_bwd(n0, n1) turns ds rows into dp rows (the gradient
-// w.r.t. the pooled mean); gx = gy * s + dp / HW.
-template <typename S>
+// w.r.t. the pooled mean); gx = gy * s + dp / HW. ResidualGrad: gy' = gy * out_act'(x * s + r) in place of gy
+// in both passes, and grad_shortcut = gy' written by the scale pass.
+template <typename S, class Ep = NoEpilogue<S>>
 void gate_backward(const View<const S>& gy, const View<const S>& x, const View<S>& gx, Layout layout,
                    int64_t nb, int64_t c, int64_t hw, const at::opmath_type<S>* s, at::opmath_type<S>* ds,
-                   at::opmath_type<S>* dp, const RangeFn& excite_bwd, bool per_sample_ok = true) {
+                   at::opmath_type<S>* dp, const RangeFn& excite_bwd, bool per_sample_ok = true,
+                   const Ep& ep = Ep{}) {
   using A = at::opmath_type<S>;
   const A inv = A(1) / static_cast<A>(hw);
-  const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S)));
+  const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S))) && ep.stream_ok(gx);
+  const auto red = ep.for_reduction();
   if (per_sample_schedule(nb, per_sample_ok)) {
     at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
-        reduce_channels<S>(gy, &x, layout, n, 0, c, hw, ds + n * c);
+        reduce_channels<S>(gy, &x, layout, n, 0, c, hw, ds + n * c, red);
         excite_bwd(n, n + 1);
         A* d = dp + n * c;
         for (int64_t i = 0; i < c; ++i) d[i] *= inv;
-        if (layout == Layout::Planar) {
-          scale_channels<S>(gy, gx, n, 0, c, hw, s + n * c, d, stream);
-        } else {
-          scale_rows<S>(gy, gx, n, 0, hw, c, s + n * c, d, stream);
-        }
+        scale_sample<S>(gy, gx, layout, n, c, hw, s, dp, stream, ep);
       }
     });
   } else {
-    reduce_all<S>(gy, &x, layout, nb, c, hw, ds);
+    reduce_all<S>(gy, &x, layout, nb, c, hw, ds, red);
     excite_bwd(0, nb);
     for (int64_t i = 0; i < nb * c; ++i) dp[i] *= inv;
-    scale_all<S>(gy, gx, layout, nb, c, hw, s, dp, stream);
+    scale_all<S>(gy, gx, layout, nb, c, hw, s, dp, stream, ep);
   }
 }
 

@@ -7,10 +7,14 @@
 // Backward (grad_y = gy):
 //   ds = sum_hw gy * x;  dz = ds * gate'(z);  dh = W2^T dz (streamed rows of W2, no transposed copy);  da = dh * act'(pre);  dp = W1^T da
 //   grad_x = gy * s + dp / HW;  grad_W2 = dz^T h;  grad_b2 = sum_n dz;  grad_W1 = da^T pooled; grad_b1 = sum_n da
+// se_residual (the SE-ResNet block tail): y = out_act(x * s + shortcut); its backward runs the above with
+// gy' = gy * out_act'(x * s + shortcut) in place of gy and returns grad_shortcut = gy' (gate_driver.h epilogues).
 // The hidden layer is recomputed from pooled in the backward. Parameter gradients are batch sums done
 // by one task per output row in sample order: deterministic, independent of the thread count.
 // Bytes: forward reads x once from memory (+ once from cache) and writes y; backward reads gy and x,
-// then gy again (from cache on the per-sample schedule), and writes grad_x.
+// then gy again (from cache on the per-sample schedule), and writes grad_x. se_residual: the forward also
+// reads the shortcut once; the backward reads gy, x and the shortcut twice (the second time from cache on
+// the per-sample schedule; identity out_act: gy only) and writes grad_x and grad_shortcut.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -23,8 +27,10 @@
 namespace attn_kernels {
 namespace {
 
+using cpu::const_view;
 using cpu::dot_acc;
 using cpu::grain_for;
+using cpu::mutable_view;
 using cpu::View;
 
 template <typename A>
@@ -220,10 +226,14 @@ bool per_sample_ok(int64_t c, int64_t r, bool has_w1, int64_t hw, size_t elem) {
 
 }  // namespace
 
-T3 se_fwd_cpu(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
-              int64_t act, int64_t gate) {
+namespace {
+
+// SE forward; with a shortcut (se_residual) y = out_act(x * s + shortcut).
+T3 se_forward(const char* op, const Tensor& x, const Tensor* shortcut, const OptTensor& w1, const OptTensor& b1,
+              const Tensor& w2, const OptTensor& b2, int64_t act, int64_t gate, int64_t out_act) {
   check_se(x, w1, b1, w2, b2, act, gate);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "se_fwd_cpu: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  if (shortcut) check_residual(x, *shortcut, out_act, op);
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x);
   const bool has_w1 = w1 && w1->defined();
   const int64_t r = has_w1 ? w1->size(0) : c;
@@ -233,6 +243,7 @@ T3 se_fwd_cpu(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const T
   auto [y, yf] = output_like(x, layout);
   Tensor pooled = alloc({nb, c}, opt), s = alloc({nb, c}, opt);
   if (nb == 0) return {y, pooled, s};
+  const Flat rf = shortcut ? match_input(*shortcut, layout) : Flat{};
   Tensor w1a = has_w1 ? param_acc(*w1, acc) : Tensor();
   Tensor b1a = b1 && b1->defined() ? param_acc(*b1, acc) : Tensor();
   Tensor w2a = param_acc(w2, acc);
@@ -250,34 +261,44 @@ T3 se_fwd_cpu(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const T
     A* pp = pooled.mutable_data_ptr<A>();
     A* sp = s.mutable_data_ptr<A>();
     A* hp = has_w1 ? h.mutable_data_ptr<A>() : nullptr;
-    View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
-    View<scalar_t> yv{yf.t.mutable_data_ptr<scalar_t>(), yf.st[0], yf.st[1], yf.st[2]};
-    cpu::gate_forward<scalar_t>(
-        xv, yv, layout, nb, c, hw, pp, sp, [&](int64_t n0, int64_t n1) { se_excite<A>(p, pp, hp, sp, n0, n1); },
-        per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)));
+    const auto xv = const_view<scalar_t>(xf);
+    const auto yv = mutable_view<scalar_t>(yf);
+    const auto rv = const_view<scalar_t>(rf);
+    cpu::with_forward_epilogue<scalar_t>(shortcut ? &rv : nullptr, out_act, [&](const auto& ep) {
+      cpu::gate_forward<scalar_t>(
+          xv, yv, layout, nb, c, hw, pp, sp, [&](int64_t n0, int64_t n1) { se_excite<A>(p, pp, hp, sp, n0, n1); },
+          per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)), ep);
+    });
   });
   finish_output(y, yf);
   return {y, pooled, s};
 }
 
-T5 se_bwd_cpu(const Tensor& grad_y, const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2,
-              const OptTensor& b2, const Tensor& pooled_in, const Tensor& s_in, int64_t act, int64_t gate) {
+// SE backward: (grad_x, grad_shortcut (undefined without a shortcut), grad_w1, grad_b1, grad_w2, grad_b2).
+T6 se_backward(const char* op, const Tensor& grad_y, const Tensor& x, const Tensor* shortcut, const OptTensor& w1,
+               const OptTensor& b1, const Tensor& w2, const OptTensor& b2, const Tensor& pooled_in,
+               const Tensor& s_in, int64_t act, int64_t gate, int64_t out_act) {
   check_se(x, w1, b1, w2, b2, act, gate);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "se_bwd_cpu: x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "se_bwd: grad_y has shape ", grad_y.sizes(), ", expected ", x.sizes());
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "se_bwd: grad_y dtype ", grad_y.scalar_type(),
-                   " != x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  if (shortcut) check_residual(x, *shortcut, out_act, op);
+  check_grad_y(grad_y, x, op);
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x);
   const bool has_w1 = w1 && w1->defined();
   const int64_t r = has_w1 ? w1->size(0) : c;
   const auto acc = acc_type(x);
   const auto opt = x.options().dtype(acc);
   TORCH_CHECK_VALUE(pooled_in.sizes() == at::IntArrayRef({nb, c}) && s_in.sizes() == at::IntArrayRef({nb, c}),
-                    "se_bwd: pooled and s must be (N, C) = (", nb, ", ", c, ")");
+                    op, ": pooled and s must be (N, C) = (", nb, ", ", c, ")");
   Tensor pooled = pooled_in.to(acc).contiguous(), s = s_in.to(acc).contiguous();
   auto [xf, layout] = flatten_input(x);
   Flat gyf = match_input(grad_y, layout);
   auto [gx, gxf] = output_like(x, layout);
+  Tensor gsc;
+  Flat gscf{}, rf{};
+  if (shortcut) {
+    std::tie(gsc, gscf) = output_like(x, layout);
+    if (out_act != kIdentity && nb > 0) rf = match_input(*shortcut, layout);  // identity: never read
+  }
   Tensor w1a = has_w1 ? param_acc(*w1, acc) : Tensor();
   Tensor b1a = b1 && b1->defined() ? param_acc(*b1, acc) : Tensor();
   Tensor w2a = param_acc(w2, acc);
@@ -309,21 +330,48 @@ T5 se_bwd_cpu(const Tensor& grad_y, const Tensor& x, const OptTensor& w1, const 
       A* prep = has_w1 ? pre.mutable_data_ptr<A>() : nullptr;
       A* hp = has_w1 ? h.mutable_data_ptr<A>() : nullptr;
       A* dap = has_w1 ? da.mutable_data_ptr<A>() : nullptr;
-      View<const scalar_t> gyv{gyf.t.const_data_ptr<scalar_t>(), gyf.st[0], gyf.st[1], gyf.st[2]};
-      View<const scalar_t> xv{xf.t.const_data_ptr<scalar_t>(), xf.st[0], xf.st[1], xf.st[2]};
-      View<scalar_t> gxv{gxf.t.mutable_data_ptr<scalar_t>(), gxf.st[0], gxf.st[1], gxf.st[2]};
-      cpu::gate_backward<scalar_t>(
-          gyv, xv, gxv, layout, nb, c, hw, sp, dsp, dpp,
-          [&](int64_t n0, int64_t n1) { se_excite_bwd<A>(p, pp, sp, dsp, dpp, dzp, prep, hp, dap, n0, n1); },
-          per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)));
+      const auto gyv = const_view<scalar_t>(gyf), xv = const_view<scalar_t>(xf), rv = const_view<scalar_t>(rf);
+      const auto gxv = mutable_view<scalar_t>(gxf), gscv = mutable_view<scalar_t>(gscf);
+      cpu::with_backward_epilogue<scalar_t>(xv, shortcut ? &rv : nullptr, gscv, sp, c, out_act, [&](const auto& ep) {
+        cpu::gate_backward<scalar_t>(
+            gyv, xv, gxv, layout, nb, c, hw, sp, dsp, dpp,
+            [&](int64_t n0, int64_t n1) { se_excite_bwd<A>(p, pp, sp, dsp, dpp, dzp, prep, hp, dap, n0, n1); },
+            per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)), ep);
+      });
       outer_sum<A>(dzp, has_w1 ? hp : pp, nb, c, r, gw2.mutable_data_ptr<A>(), gb2.mutable_data_ptr<A>());
       if (has_w1) outer_sum<A>(dap, pp, nb, r, c, gw1.mutable_data_ptr<A>(), gb1.mutable_data_ptr<A>());
     });
   }
   finish_output(gx, gxf);
-  return {gx, has_w1 ? gw1.to(w1->scalar_type()) : x.new_empty({0}, opt),
+  if (shortcut) finish_output(gsc, gscf);
+  return {gx, gsc, has_w1 ? gw1.to(w1->scalar_type()) : x.new_empty({0}, opt),
           b1 && b1->defined() ? gb1.to(b1->scalar_type()) : x.new_empty({0}, opt), gw2.to(w2.scalar_type()),
           b2 && b2->defined() ? gb2.to(b2->scalar_type()) : x.new_empty({0}, opt)};
+}
+
+}  // namespace
+
+T3 se_fwd_cpu(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
+              int64_t act, int64_t gate) {
+  return se_forward("se_fwd_cpu", x, nullptr, w1, b1, w2, b2, act, gate, kIdentity);
+}
+
+T5 se_bwd_cpu(const Tensor& grad_y, const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2,
+              const OptTensor& b2, const Tensor& pooled, const Tensor& s, int64_t act, int64_t gate) {
+  auto [gx, gsc, gw1, gb1, gw2, gb2] = se_backward("se_bwd", grad_y, x, nullptr, w1, b1, w2, b2, pooled, s, act, gate,
+                                                   kIdentity);
+  return {gx, gw1, gb1, gw2, gb2};
+}
+
+T3 se_residual_fwd_cpu(const Tensor& x, const Tensor& shortcut, const OptTensor& w1, const OptTensor& b1,
+                       const Tensor& w2, const OptTensor& b2, int64_t act, int64_t gate, int64_t out_act) {
+  return se_forward("se_residual_fwd_cpu", x, &shortcut, w1, b1, w2, b2, act, gate, out_act);
+}
+
+T6 se_residual_bwd_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& shortcut, const OptTensor& w1,
+                       const OptTensor& b1, const Tensor& w2, const OptTensor& b2, const Tensor& pooled,
+                       const Tensor& s, int64_t act, int64_t gate, int64_t out_act) {
+  return se_backward("se_residual_bwd", grad_y, x, &shortcut, w1, b1, w2, b2, pooled, s, act, gate, out_act);
 }
 
 }  // namespace attn_kernels

@@ -200,6 +200,111 @@ def test_stream_stores_path(cpu_stream_stores, dtype, channels_last, shape):
     check_parity(_eca_fused(False), _eca_eager(False), [x, w], dtype=dtype, names={0: "x", 1: "weight"})
 
 
+# ---- residual block tails: out_act(se(x) + shortcut), out_act(eca(x) + shortcut) ---------------------------
+OUT_ACTS = list(reference.OUT_ACTS)
+RES_NAMES = {0: "x", 1: "shortcut", 2: "w1", 3: "b1", 4: "w2", 5: "b2"}
+ECA_RES_NAMES = {0: "x", 1: "shortcut", 2: "weight"}
+
+
+def _se_res(out_act, view=None, act="silu", gate="sigmoid", backend="cpu"):
+    """(fused, eager) se_residual; ``view`` is applied to the fused run's shortcut."""
+    def fused(x, sc, *params):
+        return functional.se_residual(x, view(sc) if view else sc, *params, act, gate, out_act, backend=backend)
+    return fused, lambda x, sc, *params: reference.se_residual(x, sc, *params, act, gate, out_act)
+
+
+def _eca_res(out_act, circular, view=None, backend="cpu"):
+    def fused(x, sc, w):
+        return functional.eca_residual(x, view(sc) if view else sc, w, circular, out_act, backend=backend)
+    return fused, lambda x, sc, w: reference.eca_residual(x, sc, w, circular, out_act)
+
+
+def _check_residuals(shape, dtype, out_act="relu", x_cl=False, sc_cl=False, k=5, circular=False):
+    """SE (with a hidden layer) and ECA residual tails: output and every gradient against the reference."""
+    x, sc = _x(shape, channels_last=x_cl), _x(shape, channels_last=sc_cl)
+    params = _se_params(shape[1], max(1, shape[1] // 4))
+    check_parity(*_se_res(out_act), [x, sc, *params], dtype=dtype, names=RES_NAMES)
+    w = (torch.randn(k) * 0.5).requires_grad_()
+    check_parity(*_eca_res(out_act, circular), [x, sc, w], dtype=dtype, names=ECA_RES_NAMES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_act", OUT_ACTS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_residual_parity(dtype, out_act, channels_last):
+    _check_residuals((3, 24, 5, 7), dtype, out_act, x_cl=channels_last, sc_cl=channels_last,
+                     circular=out_act in ("silu", "identity"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("x_cl", [False, True])
+@pytest.mark.parametrize("out_act", ["relu", "gelu"])
+def test_residual_shortcut_in_other_layout(dtype, x_cl, out_act):
+    """The shortcut has its own strides: NCHW x with a channels_last shortcut and the other way round."""
+    _check_residuals((2, 16, 6, 5), dtype, out_act, x_cl=x_cl, sc_cl=not x_cl)
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_residual_shortcut_views(view):
+    """Shortcut views that flatten (batch stride, cropped H) are read in place; the others are copied."""
+    x, sc = _x((3, 8, 5, 6)), _x((3, 8, 5, 6))
+    check_parity(*_se_res("relu", view=VIEWS[view]), [x, sc, *_se_params(8, 2)], dtype=torch.float32,
+                 names=RES_NAMES)
+    check_parity(*_eca_res("silu", True, view=VIEWS[view]), [x, sc, torch.randn(3).requires_grad_()],
+                 dtype=torch.float32, names=ECA_RES_NAMES)
+
+
+def test_residual_ese_hardsigmoid():
+    x, sc = _x((3, 12, 4, 4)), _x((3, 12, 4, 4))
+    check_parity(*_se_res("relu", act="relu", gate="hardsigmoid"), [x, sc, *_se_params(12, 12, ese=True)],
+                 dtype=torch.float32, names={0: "x", 1: "shortcut", 4: "w2", 5: "b2"})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [
+    (2, 1, 4, 4),      # C = 1
+    (2, 13, 3, 5),     # C prime
+    (4, 10, 1, 1),     # HW = 1
+    (1, 16, 9, 9),     # N = 1 (phased schedule)
+    (0, 8, 3, 3),      # N = 0
+    (3, 12, 17),       # 1-D spatial
+    (2, 6, 3, 4, 5),   # 3-D spatial
+    (5, 7, 2, 3),      # N not a multiple of the thread count
+])
+def test_residual_shapes(dtype, shape):
+    _check_residuals(shape, dtype, "relu", k=3, circular=True)
+
+
+@pytest.mark.parametrize("shape", [(4, 10, 1, 1), (1, 16, 6, 6), (2, 6, 3, 4, 5)])
+def test_residual_channels_last_odd(shape):
+    _check_residuals(shape, torch.float32, "silu", x_cl=True, sc_cl=True, k=3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c,k,circular", [(1, 37, 5, True), (4, 16, 3, False), (2, 7, 7, True)])
+def test_eca_residual_streaming_path(dtype, n, c, k, circular):
+    """Planar maps with HW >= 256 take the one-read streaming ECA forward, with the residual epilogue."""
+    x, sc = _x((n, c, 16, 17)), _x((n, c, 16, 17))
+    w = (torch.randn(k) * 0.5).requires_grad_()
+    check_parity(*_eca_res("gelu", circular), [x, sc, w], dtype=dtype, names=ECA_RES_NAMES)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_se_residual_batched_gemm_path(dtype):
+    x, sc = _x((8, 512, 2, 2)), _x((8, 512, 2, 2))
+    check_parity(*_se_res("relu", act="gelu"), [x, sc, *_se_params(512, 256)], dtype=dtype, names=RES_NAMES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 12, 5, 7), (2, 37, 17), (4, 9, 16, 16)])
+def test_residual_stream_stores_path(cpu_stream_stores, dtype, channels_last, shape):
+    """Streamed y (forward) and streamed grad_x + grad_shortcut (backward, aligned alike) from odd offsets;
+    the ECA (4, 9, 16, 16) case runs the halo forward with the residual epilogue."""
+    channels_last = channels_last and len(shape) == 4
+    _check_residuals(shape, dtype, "silu", x_cl=channels_last, sc_cl=channels_last)
+
+
 def test_schedule_setters_reject_bad_mode():
     with pytest.raises(ValueError, match="mode must be"):
         ext._C.set_cpu_stream(2)
@@ -243,6 +348,44 @@ def test_opcheck_eca(circular):
     torch.library.opcheck(OPS.eca_bwd.default, (torch.randn_like(y), x.detach(), w.detach(), pooled, s, circular))
 
 
+@pytest.mark.parametrize("out_act", [0, 1, 3])
+@pytest.mark.parametrize("ese", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_se_residual(out_act, ese, channels_last):
+    x, w1, b1, w2, b2 = _opcheck_args()
+    sc = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    if channels_last:  # the shortcut stays NCHW: a different layout than x
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    if ese:
+        w1 = b1 = None
+        w2 = torch.randn(8, 8, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(OPS.se_residual_fwd.default, (x, sc, w1, b1, w2, b2, 1, 0, out_act))
+    y, pooled, s = (t.detach() for t in OPS.se_residual_fwd(x, sc, w1, b1, w2, b2, 1, 0, out_act))
+    d = [None if t is None else t.detach() for t in (x, sc, w1, b1, w2, b2)]
+    torch.library.opcheck(OPS.se_residual_bwd.default, (torch.randn_like(y), *d, pooled, s, 1, 0, out_act))
+
+
+@pytest.mark.parametrize("out_act", [0, 2, 3])
+@pytest.mark.parametrize("circular", [False, True])
+def test_opcheck_eca_residual(out_act, circular):
+    x = torch.randn(2, 8, 3, 4, requires_grad=True)
+    sc = torch.randn(2, 8, 3, 4).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(1, 1, 3, requires_grad=True)
+    torch.library.opcheck(OPS.eca_residual_fwd.default, (x, sc, w, circular, out_act))
+    y, pooled, s = (t.detach() for t in OPS.eca_residual_fwd(x, sc, w, circular, out_act))
+    torch.library.opcheck(OPS.eca_residual_bwd.default,
+                          (torch.randn_like(y), x.detach(), sc.detach(), w.detach(), pooled, s, circular, out_act))
+
+
+@pytest.mark.parametrize("out_act", OUT_ACTS)
+def test_gradcheck_residual(out_act):
+    x, sc = torch.randn(2, 5, 3, 2), torch.randn(2, 5, 3, 2)
+    w1, b1, w2, b2 = torch.randn(2, 5), torch.randn(2), torch.randn(5, 2), torch.randn(5)
+    ins = [t.requires_grad_() for t in (x, sc, w1, b1, w2, b2)]
+    gradcheck(lambda *a: ext.se_residual(*a, "silu", "sigmoid", out_act), ins)
+    gradcheck(lambda x_, sc_, w_: ext.eca_residual(x_, sc_, w_, True, out_act), [x, sc, torch.randn(5).requires_grad_()])
+
+
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
 @pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
 def test_gradcheck_se(act, gate):
@@ -260,19 +403,26 @@ def test_gradcheck_eca(circular):
     gradcheck(lambda x_, w_: ext.eca(x_, w_, circular), [x, torch.randn(7).requires_grad_()])
 
 
-@pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "eca_stream_n1", "eca_cl"])
+@pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "eca_stream_n1", "eca_cl", "se_res", "se_res_n1",
+                                  "se_res_cl_n3", "eca_res_stream_n1", "eca_res_cl"])
 def test_deterministic_and_thread_independent(case):
     """Bitwise equal run to run and with 1 thread vs the default: every reduction has one owner and a
     fixed order. (The forward's batched-GEMM excitation, used above N*C*R >= 2^20, is excluded: ATen's
-    GEMM does not promise that.)"""
+    GEMM does not promise that.) The residual cases (out_act silu) include grad_shortcut."""
     shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "se_cl_n3": (3, 40, 5, 5), "eca_stream_n1": (1, 40, 16, 16),
-             "eca_cl": (3, 40, 5, 5)}[case]
+             "eca_cl": (3, 40, 5, 5)}[case.replace("_res", "")]
     x = _x(shape, channels_last=case.endswith("cl") or "_cl_" in case).detach()
     params = [p.detach() for p in _se_params(shape[1], 8)]
     taps = torch.randn(5)
-    gy = torch.randn_like(x)
+    gy, sc = torch.randn_like(x), torch.randn(shape)
 
     def run():
+        if case.startswith("se_res"):
+            y, pooled, s = OPS.se_residual_fwd(x, sc, *params, 0, 0, 1)
+            return (y, pooled, s) + tuple(OPS.se_residual_bwd(gy, x, sc, *params, pooled, s, 0, 0, 1))
+        if case.startswith("eca_res"):
+            y, pooled, s = OPS.eca_residual_fwd(x, sc, taps, True, 1)
+            return (y, pooled, s) + tuple(OPS.eca_residual_bwd(gy, x, sc, taps, pooled, s, True, 1))
         if case.startswith("se"):
             y, pooled, s = OPS.se_fwd(x, *params, 0, 0)
             return (y,) + tuple(OPS.se_bwd(gy, x, *params, pooled, s, 0, 0))
@@ -303,7 +453,24 @@ def test_inputs_not_modified():
     x0 = x.clone()
     ext.se(x, *params, "relu", "sigmoid")
     ext.eca(x, torch.randn(3), True)
-    assert torch.equal(x, x0)
+    sc = torch.randn(2, 8, 4, 4).requires_grad_()
+    sc0 = sc.detach().clone()
+    x.requires_grad_()
+    ext.se_residual(x, sc, *params, "relu", "sigmoid", "relu").sum().backward()
+    ext.eca_residual(x, sc, torch.randn(3), True, "gelu").sum().backward()
+    assert torch.equal(x.detach(), x0) and torch.equal(sc.detach(), sc0)
+
+
+def test_residual_output_layout_dtype_and_no_alias():
+    for cl in (False, True):
+        x, sc = _x((2, 8, 4, 5), channels_last=cl).detach(), _x((2, 8, 4, 5), channels_last=cl).detach()
+        params = [p.detach() for p in _se_params(8, 2)]
+        y = functional.se_residual(x, sc, *params, backend="cpu")
+        assert y.stride() == reference.se_residual(x, sc, *params).stride() and y.dtype == x.dtype
+        y, pooled, s = OPS.eca_residual_fwd(x, sc, torch.randn(3), False, 3)
+        outs = (y, *OPS.eca_residual_bwd(torch.randn_like(x), x, sc, torch.randn(3), pooled, s, False, 3))
+        ptrs = {t.data_ptr() for t in outs}
+        assert len(ptrs) == len(outs) and not ptrs & {x.data_ptr(), sc.data_ptr()}
 
 
 # ---- bad input → clear error (the ops validate on their own too, beyond functional's checks) ------
@@ -319,6 +486,17 @@ def test_inputs_not_modified():
     (lambda: OPS.eca_fwd(torch.randn(2, 8, 3, 3), torch.randn(4), False), ValueError, "odd"),
     (lambda: OPS.eca_fwd(torch.randn(2, 8, 0, 3), torch.randn(3), False), ValueError, "empty spatial"),
     (lambda: OPS.eca_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 3), False), ValueError, r"\(k,\)"),
+    (lambda: OPS.se_residual_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 4), None, None, torch.randn(8, 8), None,
+                                 0, 0, 0), ValueError, r"shortcut has shape \[2, 8, 3, 4\], expected \[2, 8, 3, 3\]"),
+    (lambda: OPS.eca_residual_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 9), torch.randn(3), False, 0),
+     ValueError, "shortcut has shape"),
+    (lambda: OPS.eca_residual_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3, dtype=torch.float64),
+                                  torch.randn(3), False, 0), TypeError, "shortcut dtype"),
+    (lambda: OPS.eca_residual_fwd(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3), torch.randn(3), False, 4),
+     ValueError, "out_act"),
+    (lambda: OPS.eca_residual_bwd(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3), torch.randn(2, 8, 1, 3),
+                                  torch.randn(3), torch.randn(2, 8), torch.randn(2, 8), False, 0),
+     ValueError, "shortcut has shape"),
 ])
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -328,6 +506,8 @@ def test_bad_input(call, exc, match):
 def test_functional_bad_input_same_error_as_reference():
     with pytest.raises(ValueError, match="gate"):
         functional.se(torch.randn(2, 8, 3, 3), None, None, torch.randn(8, 8), None, gate="tanh", backend="cpu")
+    with pytest.raises(ValueError, match="shortcut has shape"):
+        functional.eca_residual(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3), torch.randn(3), backend="cpu")
 
 
 # ---- dispatch --------------------------------------------------------------------------------------
@@ -336,6 +516,8 @@ def test_auto_picks_cpu_backend():
     with use_backend("auto"):
         assert _backend.resolve("se", "cpu") is ext.se
         assert _backend.resolve("eca", "cpu") is ext.eca
+        assert _backend.resolve("se_residual", "cpu") is ext.se_residual
+        assert _backend.resolve("eca_residual", "cpu") is ext.eca_residual
 
 
 def test_info_reports_cpu_available():
@@ -412,6 +594,19 @@ def test_cuda_cluster_path_taken(dtype, channels_last):
         ext._C.set_cuda_cluster(True)
     for name, a, b in zip(("y", "pooled", "s"), cluster, portable):
         assert_close(a, b, name=name)
+
+
+@pytest.mark.gpu
+def test_cuda_residual_ops_refuse_cuda_tensors():
+    """The residual ops have only a CPU kernel: on CUDA tensors the dispatcher says so, and neither the cpu
+    backend nor auto routes CUDA tensors to them."""
+    _need_cuda_kernels()
+    x = torch.randn(2, 8, 3, 3, device="cuda")
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        OPS.eca_residual_fwd(x, x, torch.randn(3, device="cuda"), False, 0)
+    with pytest.raises(_backend.BackendUnavailableError, match="cpu tensors"):
+        functional.eca_residual(x, x, torch.randn(3, device="cuda"), backend="cpu")
+    assert _backend.resolve("se_residual", "cuda", "auto") is not ext.se_residual
 
 
 @pytest.mark.gpu

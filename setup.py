@@ -10,8 +10,9 @@
   * OpenMP (``-fopenmp``) when the compiler takes it: ATen's ``at::parallel_for`` only runs in parallel
     in code compiled with OpenMP (without it every CPU kernel is single-threaded); the extension then
     shares torch's libgomp (same SONAME) and its thread count (``torch.set_num_threads``).
-  * ``ATTN_KERNELS_CPU_ISA=auto|avx2|default``: the CPU kernels use AVX2/FMA/F16C when the build
-    machine has them (auto), or the portable baseline; ``ATTN_KERNELS_NATIVE=1`` adds ``-march=native``.
+  * ``ATTN_KERNELS_CPU_ISA=auto|avx512|avx2|default``: auto builds the CPU kernels for the ISA torch uses
+    on the build machine (AVX512 or AVX2), else the portable baseline (attn_kernels/_isa.py);
+    ``ATTN_KERNELS_NATIVE=1`` adds ``-march=native``.
 A failing compile never fails the install: the error is printed with a warning and the pure-Python
 package (reference + Triton backends) is installed; ``attn_kernels.info()`` then says why ``cpu`` /
 ``cuda`` are unavailable.
@@ -49,15 +50,6 @@ def _find_cuda_home(cpp_extension):
     return None
 
 
-def _cpu_has(*flags: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return all(flag in have for flag in flags)
-
-
 def _openmp_flags() -> list:
     """["-fopenmp"] when the C++ compiler builds and links an OpenMP program, else [] (with a warning).
 
@@ -86,17 +78,16 @@ def _openmp_flags() -> list:
 
 
 def _cpu_isa_flags() -> list:
-    """Vector ISA of the CPU kernels (ATen's at::vec picks its implementation from CPU_CAPABILITY_*).
+    """Vector ISA of the CPU kernels: attn_kernels/_isa.py (shared with the JIT build) decides from
+    ATTN_KERNELS_CPU_ISA=auto|avx512|avx2|default; ATTN_KERNELS_NATIVE=1 adds -march=native."""
+    import importlib.util
 
-    ATTN_KERNELS_CPU_ISA=auto (default): AVX2 + FMA + F16C (x86-64-v3) when the build machine has them,
-    else the portable baseline; =avx2 forces it; =default builds the portable (slower) baseline.
-    ATTN_KERNELS_NATIVE=1 adds -march=native. The AVX2 binary needs an AVX2 CPU where it runs.
-    """
-    isa = os.environ.get("ATTN_KERNELS_CPU_ISA", "auto").strip().lower()
-    flags = ["-march=native"] if _flag("ATTN_KERNELS_NATIVE") else []
-    if isa == "avx2" or (isa == "auto" and _cpu_has("avx2", "fma", "f16c")):
-        flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    return flags
+    spec = importlib.util.spec_from_file_location("_attn_kernels_isa", os.path.join("attn_kernels", "_isa.py"))
+    isa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(isa)
+    name = isa.choose_isa()
+    print(f"attn_kernels: CPU kernels built for {name}", file=sys.stderr)
+    return (["-march=native"] if _flag("ATTN_KERNELS_NATIVE") else []) + isa.isa_flags(name)
 
 
 def _extensions():

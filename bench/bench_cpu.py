@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = dict(cpu=cpu_model(), logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                cpu_isa=ext._C.cpu_isa(), openmp=ext.has_openmp(),
                 torch=torch.__version__, attn_kernels=attn_kernels.__version__, python=platform.python_version(),
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 allocator=" ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ)

@@ -131,6 +131,16 @@ static PyObject* attn_set_cpu_stream(PyObject*, PyObject* arg) {
   return PyLong_FromLong(old);
 }
 
+static PyObject* attn_cpu_isa(PyObject*, PyObject*) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return PyUnicode_FromString("avx512");
+#elif defined(CPU_CAPABILITY_AVX2)
+  return PyUnicode_FromString("avx2");
+#else
+  return PyUnicode_FromString("default");
+#endif
+}
+
 static PyObject* attn_can_stream(PyObject*, PyObject*) {
   return PyBool_FromLong(ATTN_KERNELS_STREAM_STORES);
 }
@@ -160,8 +170,9 @@ static PyMethodDef attn_methods[] = {
     {"set_cpu_stream", attn_set_cpu_stream, METH_O,
      "CPU output stores: -1 auto (non-temporal above the last-level cache size), 0 plain, 1 non-temporal. "
      "Returns the previous mode."},
+    {"cpu_isa", attn_cpu_isa, METH_NOARGS, "Vector ISA the CPU kernels were built for: avx512, avx2 or default."},
     {"can_stream", attn_can_stream, METH_NOARGS,
-     "True when the CPU kernels were built with non-temporal stores (AVX2 build)."},
+     "True when the CPU kernels were built with non-temporal stores (AVX2 / AVX512 builds)."},
     {"set_cuda_cluster", attn_set_cuda_cluster, METH_O,
      "Enable (True, default) or disable the sm_90 thread-block-cluster forward schedule."},
     {"last_cuda_path", attn_last_cuda_path, METH_NOARGS,

@@ -26,6 +26,8 @@ from typing import Optional
 
 import torch
 
+from .. import _isa
+
 __all__ = ["se", "eca", "se_residual", "eca_residual", "ACT_CODES", "GATE_CODES", "OUT_ACT_CODES", "load_error"]
 
 ACT_CODES = {"relu": 0, "silu": 1, "gelu": 2}
@@ -33,19 +35,6 @@ OUT_ACT_CODES = {**ACT_CODES, "identity": 3}
 GATE_CODES = {"sigmoid": 0, "hardsigmoid": 1}
 
 _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
-
-
-def _cpu_isa_flags():
-    """The setup.py default (ATTN_KERNELS_CPU_ISA=auto): AVX2/FMA/F16C when this CPU has them."""
-    isa = os.environ.get("ATTN_KERNELS_CPU_ISA", "auto").strip().lower()
-    try:
-        with open("/proc/cpuinfo") as f:
-            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        have = []
-    if isa == "avx2" or (isa == "auto" and all(flag in have for flag in ("avx2", "fma", "f16c"))):
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    return []
 
 
 def _jit_build():
@@ -57,7 +46,7 @@ def _jit_build():
         raise ImportError(f"ATTN_KERNELS_JIT=1 but no C++ sources found under {_CSRC} (not a source checkout)")
     build_dir = _get_build_directory("attn_kernels_C", verbose=False)  # our own folder; the module is "_C"
     return load(name="_C", sources=sources, build_directory=build_dir,
-                extra_cflags=["-O3", "-Wno-unknown-pragmas", "-fopenmp"] + _cpu_isa_flags(),
+                extra_cflags=["-O3", "-Wno-unknown-pragmas", "-fopenmp"] + _isa.isa_flags(),
                 extra_ldflags=["-fopenmp"], is_python_module=True,
                 verbose=os.environ.get("ATTN_KERNELS_JIT_VERBOSE", "0") == "1")
 

@@ -54,11 +54,19 @@
 #include "../layout.h"
 
 
-#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+// Non-temporal stores write one Vectorized<S> chunk: 64 bytes under AVX512 (_mm512_stream_*), 32 under
+// AVX2 (_mm256_stream_*), each needing that alignment (kStreamAlign); none in the portable build.
+#if defined(CPU_CAPABILITY_AVX512)
 #include <immintrin.h>
-#define ATTN_KERNELS_STREAM_STORES 1  // one Vectorized<S> chunk is 32 bytes: _mm256_stream_*
+#define ATTN_KERNELS_STREAM_STORES 1
+#define ATTN_KERNELS_STREAM_ALIGN 64
+#elif defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#define ATTN_KERNELS_STREAM_STORES 1
+#define ATTN_KERNELS_STREAM_ALIGN 32
 #else
 #define ATTN_KERNELS_STREAM_STORES 0
+#define ATTN_KERNELS_STREAM_ALIGN 32
 #endif
 
 namespace attn_kernels {
@@ -106,10 +114,20 @@ struct Io {
       at::vec::convert_from_float<S>(in[0], in[1]).store(p);
     }
   }
-  // Non-temporal store of one chunk (p 32-byte aligned): no read-for-ownership of the destination line
+  // Non-temporal store of one chunk (p ATTN_KERNELS_STREAM_ALIGN-aligned): no read-for-ownership of the destination line
   // and no eviction of the input that is still to be read. Plain store where the ISA has none.
   static inline void stream(S* p, const V* in) {
-#if ATTN_KERNELS_STREAM_STORES
+#if defined(CPU_CAPABILITY_AVX512)
+    static_assert(kWidth * sizeof(S) == ATTN_KERNELS_STREAM_ALIGN, "one chunk per streamed store");
+    if constexpr (std::is_same_v<S, float>) {
+      _mm512_stream_ps(p, in[0]);
+    } else if constexpr (std::is_same_v<S, double>) {
+      _mm512_stream_pd(p, in[0]);
+    } else {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), at::vec::convert_from_float<S>(in[0], in[1]));
+    }
+#elif ATTN_KERNELS_STREAM_STORES
+    static_assert(kWidth * sizeof(S) == ATTN_KERNELS_STREAM_ALIGN, "one chunk per streamed store");
     if constexpr (std::is_same_v<S, float>) {
       _mm256_stream_ps(p, in[0]);
     } else if constexpr (std::is_same_v<S, double>) {
@@ -365,10 +383,10 @@ struct ResidualGrad {
     e.gr.ptr = nullptr;
     return e;
   }
-  // Streamed rows start with scalar stores up to y's 32-byte boundary: gr's rows must be aligned alike.
+  // Streamed rows start with scalar stores up to y's stream boundary: gr's rows must be aligned alike.
   bool stream_ok(const View<S>& y) const {
     const auto gap = reinterpret_cast<uintptr_t>(gr.ptr) - reinterpret_cast<uintptr_t>(y.ptr);
-    return !gr.ptr || (gr.sn == y.sn && gr.sc == y.sc && gr.shw == y.shw && gap % 32 == 0);
+    return !gr.ptr || (gr.sn == y.sn && gr.sc == y.sc && gr.shw == y.shw && gap % ATTN_KERNELS_STREAM_ALIGN == 0);
   }
 };
 
@@ -428,11 +446,12 @@ inline at::opmath_type<S> row_dot(const S* a, const S* b, int64_t n, const Ep& e
   return s;
 }
 
-// Elements of y before its first 32-byte boundary: written scalar so the streamed chunks are aligned.
+// Elements of y before its first stream boundary: written scalar so the streamed chunks are aligned.
 template <typename S>
 inline int64_t stream_head(const S* y, int64_t n) {
-  const auto misalign = reinterpret_cast<uintptr_t>(y) & 31;
-  return std::min<int64_t>(n, misalign ? static_cast<int64_t>((32 - misalign) / sizeof(S)) : 0);
+  constexpr uintptr_t kAlign = ATTN_KERNELS_STREAM_ALIGN;
+  const auto misalign = reinterpret_cast<uintptr_t>(y) & (kAlign - 1);
+  return std::min<int64_t>(n, misalign ? static_cast<int64_t>((kAlign - misalign) / sizeof(S)) : 0);
 }
 
 // y[i] = post(coef(pre(x[i]))), coef(v) = v * s + d (RowCoef or ColCoef): the scale step of every schedule.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The README's test command builds the CPU kernels for one ISA (attn_kernels/_isa.py: on this machine
+# usually AVX512). Build the other variants this CPU can run -- AVX2 and the portable baseline -- in a
+# scratch copy of the tree and run the extension's tests against each, so no variant ships untested.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+main_isa=$(python3 -c "from attn_kernels.ops import ext; print(ext._C.cpu_isa())")
+flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+for isa in avx2 default; do
+  [ "$isa" = "$main_isa" ] && continue
+  if [ "$isa" = avx2 ] && ! { [[ $flags == *" avx2 "* ]] && [[ $flags == *" fma "* ]] && [[ $flags == *" f16c "* ]]; }; then
+    echo "cpu_isa_variants: this CPU has no AVX2; skipping that variant"; continue
+  fi
+  work=$(mktemp -d)
+  git ls-files -z --cached --others --exclude-standard \
+    | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done | xargs -0 cp --parents -t "$work"
+  echo "+ build the CPU kernels for $isa in $work and run tests/ops/test_ext.py"
+  (cd "$work" && ATTN_KERNELS_NO_CUDA=1 ATTN_KERNELS_CPU_ISA=$isa python3 setup.py -q build_ext --inplace >build.log 2>&1) \
+    || { tail -30 "$work/build.log"; exit 1; }
+  got=$(cd "$work" && PYTHONPATH="$work" python3 -c "from attn_kernels.ops import ext; print(ext._C.cpu_isa())" 2>/dev/null)
+  [ "$got" = "$isa" ] || { echo "cpu_isa_variants: expected a $isa build, imported $got" >&2; exit 1; }
+  (cd "$work" && PYTHONPATH="$work" python3 -m pytest -q -p no:cacheprovider tests/ops/test_ext.py)
+  rm -rf "$work"
+done

@@ -9,7 +9,7 @@
   * ``ATTN_KERNELS_SKIP_EXT=1`` skips the extension. ``MAX_JOBS`` bounds ninja's parallel compiles.
   * OpenMP (``-fopenmp``) when the compiler takes it: ATen's ``at::parallel_for`` only runs in parallel
     in code compiled with OpenMP (without it every CPU kernel is single-threaded); the extension then
-    shares torch's libgomp (same SONAME) and its thread count (``torch.set_num_threads``).
+    shares torch's libgomp with GCC (same SONAME; clang's -fopenmp would bring libomp, a second runtime) and its thread count (``torch.set_num_threads``).
   * ``ATTN_KERNELS_CPU_ISA=auto|avx512|avx2|default``: auto builds the CPU kernels for the ISA torch uses
     on the build machine (AVX512 or AVX2), else the portable baseline (attn_kernels/_isa.py);
     ``ATTN_KERNELS_NATIVE=1`` adds ``-march=native``.
@@ -82,10 +82,15 @@ def _cpu_isa_flags() -> list:
     ATTN_KERNELS_CPU_ISA=auto|avx512|avx2|default; ATTN_KERNELS_NATIVE=1 adds -march=native."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_attn_kernels_isa", os.path.join("attn_kernels", "_isa.py"))
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("_attn_kernels_isa", os.path.join(here, "attn_kernels", "_isa.py"))
     isa = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(isa)
-    name = isa.choose_isa()
+    try:
+        name = isa.choose_isa()
+    except ValueError as exc:  # a mistyped ATTN_KERNELS_CPU_ISA must not fail the install
+        _warn(f"{exc}; building the portable baseline")
+        name = "default"
     print(f"attn_kernels: CPU kernels built for {name}", file=sys.stderr)
     return (["-march=native"] if _flag("ATTN_KERNELS_NATIVE") else []) + isa.isa_flags(name)
 

@@ -12,13 +12,20 @@ for isa in avx2 default; do
     echo "cpu_isa_variants: this CPU has no AVX2; skipping that variant"; continue
   fi
   work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
   git ls-files -z --cached --others --exclude-standard \
     | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done | xargs -0 cp --parents -t "$work"
   echo "+ build the CPU kernels for $isa in $work and run tests/ops/test_ext.py"
   (cd "$work" && ATTN_KERNELS_NO_CUDA=1 ATTN_KERNELS_CPU_ISA=$isa python3 setup.py -q build_ext --inplace >build.log 2>&1) \
     || { tail -30 "$work/build.log"; exit 1; }
-  got=$(cd "$work" && PYTHONPATH="$work" python3 -c "from attn_kernels.ops import ext; print(ext._C.cpu_isa())" 2>/dev/null)
-  [ "$got" = "$isa" ] || { echo "cpu_isa_variants: expected a $isa build, imported $got" >&2; exit 1; }
+  # setup.py turns a failed compile into a warning: check what was built, and show why if it is not it
+  got=$(cd "$work" && PYTHONPATH="$work" python3 -c "from attn_kernels.ops import ext; print(ext._C.cpu_isa())" 2>&1) || true
+  if [ "$(printf '%s' "$got" | tail -n 1)" != "$isa" ]; then
+    echo "cpu_isa_variants: expected a $isa build of attn_kernels._C, got:" >&2
+    printf '%s\n' "$got" | tail -n 5 >&2
+    tail -n 30 "$work/build.log" >&2
+    exit 1
+  fi
   (cd "$work" && PYTHONPATH="$work" python3 -m pytest -q -p no:cacheprovider tests/ops/test_ext.py)
   rm -rf "$work"
 done

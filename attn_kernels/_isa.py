@@ -17,7 +17,7 @@ build): bf16 SE 1x256x56x56 156-174 -> 88-93 us, 16x512x28x28 1360 -> 840-871 us
 conversions bound it); fp32 within the run-to-run noise.
 """
 import os
-from typing import List
+from typing import List, Optional
 
 ISA_FLAGS = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
@@ -60,6 +60,14 @@ def choose_isa(request: str = "") -> str:
     if all(f in have for f in _CPU_FLAGS_NEEDED["avx2"]):
         return "avx2"
     return "default"
+
+
+def missing_cpu_flags(isa: str, have: Optional[List[str]] = None) -> List[str]:
+    """CPU flags a binary built for ``isa`` needs and this CPU lacks ([] when that cannot be told)."""
+    have = cpu_flags() if have is None else have
+    if not have:  # no /proc/cpuinfo (not Linux): cannot tell
+        return []
+    return [f for f in _CPU_FLAGS_NEEDED.get(isa, ()) if f not in have]
 
 
 def isa_flags(request: str = "") -> List[str]:

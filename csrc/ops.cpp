@@ -64,12 +64,18 @@ void check_residual(const Tensor& x, const Tensor& shortcut, int64_t out_act, co
                     x.device());
 }
 
-void check_grad_y(const Tensor& grad_y, const Tensor& x, const char* op) {
+// The backward ops' inputs besides x: grad_y like x, pooled and s (N, C) floating point, all on x's device.
+void check_bwd_inputs(const Tensor& grad_y, const Tensor& x, const Tensor& pooled, const Tensor& s, const char* op) {
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), op, ": grad_y has shape ", grad_y.sizes(), ", expected ", x.sizes());
   TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),
                    " != x dtype ", x.scalar_type());
-  TORCH_CHECK_VALUE(grad_y.device() == x.device(), op, ": grad_y is on ", grad_y.device(), " but x is on ",
-                    x.device());
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_y, "grad_y"}, {pooled, "pooled"}, {s, "s"}}) {
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  }
+  const at::IntArrayRef nc = x.sizes().slice(0, 2);
+  TORCH_CHECK_VALUE(pooled.sizes() == nc && s.sizes() == nc, op, ": pooled / s have shapes ", pooled.sizes(), " / ",
+                    s.sizes(), ", expected (N, C) = ", nc);
+  TORCH_CHECK_TYPE(pooled.is_floating_point() && s.is_floating_point(), op, ": pooled / s must be floating point");
 }
 
 }  // namespace attn_kernels
@@ -119,7 +125,7 @@ static PyObject* attn_has_openmp(PyObject*, PyObject*) {
 #endif
 }
 
-// CPU output stores: -1 auto (non-temporal above the last-level cache size), 0 plain, 1 non-temporal.
+// CPU output stores: -1 auto (non-temporal for outputs above a quarter of the L3), 0 plain, 1 non-temporal.
 static PyObject* attn_set_cpu_stream(PyObject*, PyObject* arg) {
   const long mode = PyLong_AsLong(arg);
   if (mode == -1 && PyErr_Occurred()) return nullptr;
@@ -131,15 +137,22 @@ static PyObject* attn_set_cpu_stream(PyObject*, PyObject* arg) {
   return PyLong_FromLong(old);
 }
 
-static PyObject* attn_cpu_isa(PyObject*, PyObject*) {
+// The ISA of this build, also as a marker string in the binary: ops/ext.py reads it from the .so file
+// before loading it, so a binary built for AVX512 elsewhere is refused on a CPU without it (ImportError,
+// the backend reported unavailable) instead of dying on an illegal instruction.
 #if defined(CPU_CAPABILITY_AVX512)
-  return PyUnicode_FromString("avx512");
+#define ATTN_KERNELS_CPU_ISA "avx512"
 #elif defined(CPU_CAPABILITY_AVX2)
-  return PyUnicode_FromString("avx2");
+#define ATTN_KERNELS_CPU_ISA "avx2"
 #else
-  return PyUnicode_FromString("default");
+#define ATTN_KERNELS_CPU_ISA "default"
 #endif
-}
+#if defined(__GNUC__)
+__attribute__((used))
+#endif
+const char attn_kernels_isa_marker[] = "attn_kernels_cpu_isa=" ATTN_KERNELS_CPU_ISA ";";
+
+static PyObject* attn_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(ATTN_KERNELS_CPU_ISA); }
 
 static PyObject* attn_can_stream(PyObject*, PyObject*) {
   return PyBool_FromLong(ATTN_KERNELS_STREAM_STORES);
@@ -168,7 +181,7 @@ static PyMethodDef attn_methods[] = {
     {"has_openmp", attn_has_openmp, METH_NOARGS,
      "True when the CPU kernels were compiled with OpenMP (else at::parallel_for runs on one thread)."},
     {"set_cpu_stream", attn_set_cpu_stream, METH_O,
-     "CPU output stores: -1 auto (non-temporal above the last-level cache size), 0 plain, 1 non-temporal. "
+     "CPU output stores: -1 auto (non-temporal for outputs above a quarter of the L3), 0 plain, 1 non-temporal. "
      "Returns the previous mode."},
     {"cpu_isa", attn_cpu_isa, METH_NOARGS, "Vector ISA the CPU kernels were built for: avx512, avx2 or default."},
     {"can_stream", attn_can_stream, METH_NOARGS,

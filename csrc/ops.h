@@ -39,7 +39,7 @@ void check_se(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const T
               int64_t act, int64_t gate);
 Tensor check_eca(const Tensor& x, const Tensor& weight);  // returns the (k,) taps view
 void check_residual(const Tensor& x, const Tensor& shortcut, int64_t out_act, const char* op);
-void check_grad_y(const Tensor& grad_y, const Tensor& x, const char* op);
+void check_bwd_inputs(const Tensor& grad_y, const Tensor& x, const Tensor& pooled, const Tensor& s, const char* op);
 
 T3 se_fwd_cpu(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
               int64_t act, int64_t gate);

@@ -49,8 +49,8 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import next_pow2 as _next_pow2
-from .eca import _acc_dtype, _as_flat, _check_x, _device_of, _out_like, _sigmoid, _tl_acc
+from ._layout import device_of as _device_of, next_pow2 as _next_pow2
+from .eca import _acc_dtype, _as_flat, _check_x, _out_like, _sigmoid, _tl_acc
 
 __all__ = ["cbam", "cbam_forward", "cbam_backward", "LAUNCHES"]
 

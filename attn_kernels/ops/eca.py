@@ -62,7 +62,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, flat_strides as _flat_strides
+from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 
 __all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import glob
 import importlib
+import importlib.util
 import os
+import re
 from typing import Optional
 
 import torch
@@ -51,12 +53,30 @@ def _jit_build():
                 verbose=os.environ.get("ATTN_KERNELS_JIT_VERBOSE", "0") == "1")
 
 
+def check_cpu_isa(path: str) -> None:
+    """ImportError when the binary at ``path`` was built for an ISA this CPU lacks (a wheel or a shared
+    install built on an AVX512 machine, run on one without): refused here instead of a crash on the
+    first illegal instruction. The ISA is read from a marker string in the file (csrc/ops.cpp)."""
+    with open(path, "rb") as f:
+        found = re.search(rb"attn_kernels_cpu_isa=(\w+);", f.read())
+    if found is None:
+        return
+    isa = found.group(1).decode()
+    missing = _isa.missing_cpu_flags(isa)
+    if missing:
+        raise ImportError(f"attn_kernels._C was built for {isa}, but this CPU lacks {', '.join(missing)}; rebuild it "
+                          "here (pip install --no-build-isolation .) or with ATTN_KERNELS_CPU_ISA=avx2|default")
+
+
 def _load_extension():
     try:
+        spec = importlib.util.find_spec("attn_kernels._C")
+        if spec is not None and spec.origin and os.path.isfile(spec.origin):
+            check_cpu_isa(spec.origin)
         return importlib.import_module("attn_kernels._C")
     except ImportError as exc:
         if os.environ.get("ATTN_KERNELS_JIT", "0") != "1":
-            raise ImportError(f"attn_kernels._C is not built ({exc}); set ATTN_KERNELS_JIT=1 to JIT-compile "
+            raise ImportError(f"attn_kernels._C is not available ({exc}); set ATTN_KERNELS_JIT=1 to JIT-compile "
                               "its CPU part with ninja") from exc
         try:
             return _jit_build()

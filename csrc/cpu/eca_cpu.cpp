@@ -198,12 +198,10 @@ T3 eca_backward(const char* op, const Tensor& grad_y, const Tensor& x, const Ten
   Tensor taps_in = check_eca(x, weight);
   TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
   if (shortcut) check_residual(x, *shortcut, out_act, op);
-  check_grad_y(grad_y, x, op);
+  check_bwd_inputs(grad_y, x, pooled_in, s_in, op);
   const int64_t nb = x.size(0), c = x.size(1), hw = spatial_numel(x), k = taps_in.size(0);
   const auto acc = acc_type(x);
   const auto opt = x.options().dtype(acc);
-  TORCH_CHECK_VALUE(pooled_in.sizes() == at::IntArrayRef({nb, c}) && s_in.sizes() == at::IntArrayRef({nb, c}),
-                    op, ": pooled and s must be (N, C) = (", nb, ", ", c, ")");
   Tensor pooled = pooled_in.to(acc).contiguous(), s = s_in.to(acc).contiguous();
   auto [xf, layout] = flatten_input(x);
   Flat gyf = match_input(grad_y, layout);

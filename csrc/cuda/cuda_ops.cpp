@@ -52,24 +52,6 @@ void check_x_cuda(const Tensor& x, const char* op) {
   TORCH_CHECK_VALUE(x.is_cuda(), op, ": x is on ", x.device(), " but another argument is on CUDA");
 }
 
-// Backward inputs that are not checked by check_se / check_eca: the kernels read them on x's device,
-// as (N, C) arrays for pooled / s (a host or other-device pointer would fault inside the kernel).
-void check_bwd_inputs(const Tensor& grad_y, const Tensor& x, const Tensor& pooled, const Tensor& s, const char* op) {
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), op, ": grad_y has shape ", grad_y.sizes(), ", expected ", x.sizes());
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y dtype ", grad_y.scalar_type(),
-                   " != x dtype ", x.scalar_type());
-  const at::IntArrayRef nc = x.sizes().slice(0, 2);
-  auto same_device = [&](const Tensor& t, const char* name) {
-    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
-  };
-  same_device(grad_y, "grad_y");
-  same_device(pooled, "pooled");
-  same_device(s, "s");
-  TORCH_CHECK_VALUE(pooled.sizes() == nc && s.sizes() == nc, op, ": pooled / s have shapes ", pooled.sizes(), " / ",
-                    s.sizes(), ", expected (N, C) = ", nc);
-  TORCH_CHECK_TYPE(pooled.is_floating_point() && s.is_floating_point(), op, ": pooled / s must be floating point");
-}
-
 }  // namespace
 
 T3 se_fwd_cuda(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,

@@ -178,9 +178,9 @@ def test_se_batched_gemm_path(dtype, gate):
 
 @pytest.fixture
 def cpu_stream_stores():
-    """Force the non-temporal output stores (normally only for outputs larger than the last-level cache)."""
+    """Force the non-temporal output stores (normally only for outputs above a quarter of the L3)."""
     if not ext._C.can_stream():
-        pytest.skip("attn_kernels._C was built without AVX2 non-temporal stores")
+        pytest.skip("attn_kernels._C was built without non-temporal stores (portable build)")
     old = ext._C.set_cpu_stream(1)
     yield
     ext._C.set_cpu_stream(old)
@@ -190,7 +190,7 @@ def cpu_stream_stores():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(3, 12, 5, 7), (2, 37, 17), (4, 9, 16, 16)])
 def test_stream_stores_path(cpu_stream_stores, dtype, channels_last, shape):
-    """Streamed rows start anywhere (odd C and HW: a scalar head up to the 32-byte boundary); SE and ECA,
+    """Streamed rows start anywhere (odd C and HW: a scalar head up to the 32/64-byte boundary); SE and ECA,
     forward and backward (grad_x is streamed too); the ECA (4, 9, 16, 16) case runs its halo forward."""
     channels_last = channels_last and len(shape) == 4
     x = _x(shape, channels_last=channels_last)
@@ -303,6 +303,34 @@ def test_residual_stream_stores_path(cpu_stream_stores, dtype, channels_last, sh
     the ECA (4, 9, 16, 16) case runs the halo forward with the residual epilogue."""
     channels_last = channels_last and len(shape) == 4
     _check_residuals(shape, dtype, "silu", x_cl=channels_last, sc_cl=channels_last)
+
+
+def test_binary_names_its_isa_and_is_refused_on_a_cpu_without_it(monkeypatch):
+    """The .so carries its ISA as a marker string (read before loading); a CPU lacking the ISA's flags gets
+    an ImportError naming them, not an illegal instruction."""
+    import importlib.util
+
+    from attn_kernels import _isa
+
+    path = importlib.util.find_spec("attn_kernels._C").origin
+    ext.check_cpu_isa(path)  # this machine built it: accepted
+    with open(path, "rb") as f:
+        assert f"attn_kernels_cpu_isa={ext._C.cpu_isa()};".encode() in f.read()
+    if ext._C.cpu_isa() == "default":
+        pytest.skip("the portable build runs anywhere")
+    monkeypatch.setattr(_isa, "cpu_flags", lambda: ["fpu", "sse2"])
+    with pytest.raises(ImportError, match=f"built for {ext._C.cpu_isa()}, but this CPU lacks"):
+        ext.check_cpu_isa(path)
+
+
+def test_isa_choice():
+    from attn_kernels import _isa
+
+    assert _isa.choose_isa("avx2") == "avx2" and _isa.isa_flags("default") == []
+    with pytest.raises(ValueError, match="ATTN_KERNELS_CPU_ISA"):
+        _isa.choose_isa("avx-512")
+    assert _isa.missing_cpu_flags("avx512", ["avx2", "fma", "f16c", "avx512f"]) == ["avx512bw", "avx512vl", "avx512dq"]
+    assert _isa.missing_cpu_flags("avx2", []) == []  # no /proc/cpuinfo: cannot tell, do not refuse
 
 
 def test_schedule_setters_reject_bad_mode():

@@ -22,6 +22,16 @@ __all__ = [
 ]
 
 
+def _cpu_kernels() -> str:
+    """How the C++ CPU kernels were built: vector ISA and OpenMP, or why they are not there."""
+    try:
+        from .ops import ext
+    except ImportError as exc:
+        return f"not available ({exc})"
+    threads = "OpenMP" if ext.has_openmp() else "single-threaded (built without OpenMP)"
+    return f"{ext._C.cpu_isa()}, {threads}"
+
+
 def info() -> dict:
     """Versions and, per backend and device type, "available" or why not."""
     import torch
@@ -34,5 +44,6 @@ def info() -> dict:
     except Exception as exc:
         out["triton"] = f"not importable ({exc})"
     out["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    out["cpu_kernels"] = _cpu_kernels()
     out["backends"] = _backend_info()
     return out

@@ -28,6 +28,7 @@ def _info(args) -> int:
     print(f"  {'cuda device':12s} {data.get('cuda_device')}"
           + (f" (CUDA {torch.version.cuda})" if torch.cuda.is_available() else ""))
     print(f"  {'cpu threads':12s} {torch.get_num_threads()}")
+    print(f"  {'cpu kernels':12s} {data.get('cpu_kernels')}")
     print(f"  {'backend':12s} {attn_kernels.get_backend()} (current selection)")
     print("\nbackends (per device type: available, or why not):")
     for backend, row in data.get("backends", {}).items():

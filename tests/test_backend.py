@@ -79,3 +79,5 @@ def test_info_lists_every_backend_with_reason():
     for backend, row in info["backends"].items():
         for dev, status in row.items():
             assert status, f"{backend}/{dev} has an empty status"
+    # how the C++ CPU kernels were built (ISA, OpenMP), or why they are missing
+    assert info["cpu_kernels"].startswith(("avx512, ", "avx2, ", "default, ", "not available ("))

@@ -33,7 +33,7 @@ def _one(path_glob_dir, suffix):
 def test_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "torch" in out and "backends" in out
+    assert "torch" in out and "backends" in out and "cpu kernels" in out
     for backend in ("reference", "triton", "cuda", "cpu"):
         assert f"{backend}:" in out
 

@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 main_isa=$(python3 -c "from attn_kernels.ops import ext; print(ext._C.cpu_isa())")
-flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
 for isa in avx2 default; do
   [ "$isa" = "$main_isa" ] && continue
-  if [ "$isa" = avx2 ] && ! { [[ $flags == *" avx2 "* ]] && [[ $flags == *" fma "* ]] && [[ $flags == *" f16c "* ]]; }; then
-    echo "cpu_isa_variants: this CPU has no AVX2; skipping that variant"; continue
+  missing=$(python3 -c "from attn_kernels import _isa
+print(' '.join(_isa.missing_cpu_flags('$isa')) if _isa.cpu_flags() or '$isa' == 'default' else 'the /proc/cpuinfo flags (cannot tell)')")
+  if [ -n "$missing" ]; then
+    echo "cpu_isa_variants: this CPU lacks $missing; skipping the $isa variant"; continue
   fi
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT

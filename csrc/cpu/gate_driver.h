@@ -50,6 +50,7 @@
 
 #include "../glue.h"
 #include "../layout.h"
+#include "../ops.h"
 
 
 // Non-temporal stores write one Vectorized<S> chunk: 64 bytes under AVX512 (_mm512_stream_*), 32 under
@@ -211,10 +212,9 @@ struct ColCoef {  // s[i] and d[i]; d may be null
   }
 };
 
-// out_act of the residual tail (codes as in ops.h: 0 relu, 1 silu, 2 gelu, 3 identity), the same formulas
-// as ATen's CPU kernels; act_grad_mul returns g * out_act'(z) (relu: 0 where z <= 0, as threshold_backward).
-enum OutAct : int { kOutRelu = 0, kOutSilu = 1, kOutGelu = 2, kOutIdentity = 3 };
-
+// The activations (codes: ops.h Act -- relu, silu, gelu, identity), the same formulas as ATen's CPU
+// kernels, for the SE hidden layer and the residual tail's out_act; act_grad_mul returns g * act'(z)
+// (relu: 0 where z <= 0, as threshold_backward). Templates on the code (kAct), for a scalar or a vector.
 template <typename T>  // T: a scalar or an at::vec::Vectorized
 inline T exp_of(T v) {
   if constexpr (std::is_arithmetic_v<T>) {
@@ -235,15 +235,15 @@ inline T erf_of(T v) {
 
 template <int kAct, typename T>  // T: a scalar A or at::vec::Vectorized<A>
 inline T out_act(T v) {
-  if constexpr (kAct == kOutRelu) {
+  if constexpr (kAct == kRelu) {
     if constexpr (std::is_arithmetic_v<T>) {
       return v < T(0) ? T(0) : v;
     } else {
       return at::vec::clamp_min(v, T(0));
     }
-  } else if constexpr (kAct == kOutSilu) {
+  } else if constexpr (kAct == kSilu) {
     return v / (T(1) + exp_of(T(0) - v));
-  } else if constexpr (kAct == kOutGelu) {
+  } else if constexpr (kAct == kGelu) {
     return v * T(0.5) * (T(1) + erf_of(v * T(M_SQRT1_2)));
   } else {
     return v;
@@ -252,21 +252,42 @@ inline T out_act(T v) {
 
 template <int kAct, typename T>
 inline T act_grad_mul(T g, T z) {
-  if constexpr (kAct == kOutRelu) {
+  if constexpr (kAct == kRelu) {
     if constexpr (std::is_arithmetic_v<T>) {
       return z <= T(0) ? T(0) : g;
     } else {
       return T::blendv(g, T(0), z <= T(0));
     }
-  } else if constexpr (kAct == kOutSilu) {
+  } else if constexpr (kAct == kSilu) {
     const T sg = T(1) / (T(1) + exp_of(T(0) - z));
     return g * (sg * (T(1) + z * (T(1) - sg)));
-  } else if constexpr (kAct == kOutGelu) {
+  } else if constexpr (kAct == kGelu) {
     const T cdf = T(0.5) * (T(1) + erf_of(z * T(M_SQRT1_2)));
     const T pdf = exp_of(T(-0.5) * z * z) * T(0.3989422804014327);  // 1 / sqrt(2 pi)
     return g * (cdf + z * pdf);
   } else {
     return g;
+  }
+}
+
+// act(v) and act'(v) for a runtime code (the SE hidden layer: R values per sample).
+template <typename A>
+inline A act_scalar(A v, int64_t act) {
+  switch (act) {
+    case kRelu: return out_act<kRelu>(v);
+    case kSilu: return out_act<kSilu>(v);
+    case kGelu: return out_act<kGelu>(v);
+    default: return v;
+  }
+}
+
+template <typename A>
+inline A act_grad_scalar(A v, int64_t act) {
+  switch (act) {
+    case kRelu: return act_grad_mul<kRelu>(A(1), v);
+    case kSilu: return act_grad_mul<kSilu>(A(1), v);
+    case kGelu: return act_grad_mul<kGelu>(A(1), v);
+    default: return A(1);
   }
 }
 
@@ -346,7 +367,7 @@ struct ResidualGrad {
     Coef k;  // x * s, as the forward computed it
     template <bool kStream>
     inline void pre(int64_t i, V* g) const {
-      if constexpr (kAct != kOutIdentity) {
+      if constexpr (kAct != kIdentity) {
         V z[IO::kVecs], rv[IO::kVecs];
         IO::load(x + i, z);
         k.chunk(i, z);
@@ -363,7 +384,7 @@ struct ResidualGrad {
     }
     template <bool kStream>
     inline A pre_s(int64_t i, A g) const {
-      if constexpr (kAct != kOutIdentity) {
+      if constexpr (kAct != kIdentity) {
         g = act_grad_mul<kAct>(g, k.scalar(i, static_cast<A>(x[i])) + static_cast<A>(r[i]));
       }
       if (gr) gr[i] = static_cast<S>(g);
@@ -393,10 +414,10 @@ struct ResidualGrad {
 template <class Fn>
 void with_out_act(int64_t code, Fn&& fn) {
   switch (code) {
-    case kOutRelu: return fn(std::integral_constant<int, kOutRelu>{});
-    case kOutSilu: return fn(std::integral_constant<int, kOutSilu>{});
-    case kOutGelu: return fn(std::integral_constant<int, kOutGelu>{});
-    default: return fn(std::integral_constant<int, kOutIdentity>{});
+    case kRelu: return fn(std::integral_constant<int, kRelu>{});
+    case kSilu: return fn(std::integral_constant<int, kSilu>{});
+    case kGelu: return fn(std::integral_constant<int, kGelu>{});
+    default: return fn(std::integral_constant<int, kIdentity>{});
   }
 }
 

@@ -34,25 +34,6 @@ using cpu::mutable_view;
 using cpu::View;
 
 template <typename A>
-inline A act_fwd(A v, int64_t act) {
-  if (act == kRelu) return v > A(0) ? v : A(0);
-  if (act == kSilu) return v / (A(1) + std::exp(-v));
-  return A(0.5) * v * (A(1) + std::erf(v * A(M_SQRT1_2)));
-}
-
-template <typename A>
-inline A act_grad(A v, int64_t act) {
-  if (act == kRelu) return v > A(0) ? A(1) : A(0);
-  if (act == kSilu) {
-    const A sg = A(1) / (A(1) + std::exp(-v));
-    return sg * (A(1) + v * (A(1) - sg));
-  }
-  const A cdf = A(0.5) * (A(1) + std::erf(v * A(M_SQRT1_2)));
-  const A pdf = std::exp(A(-0.5) * v * v) * A(0.3989422804014327);  // 1 / sqrt(2 pi)
-  return cdf + v * pdf;
-}
-
-template <typename A>
 inline A gate_fwd(A z, int64_t gate) {
   if (gate == kSigmoid) return A(1) / (A(1) + std::exp(-z));
   return z <= A(-3) ? A(0) : (z >= A(3) ? A(1) : z / A(6) + A(0.5));
@@ -100,7 +81,7 @@ void se_hidden(const SEParams<A>& p, const A* pooled, A* pre, A* h, int64_t n0, 
   if (use_gemm(p, n1 - n0)) {
     A* dst = (pre ? pre : h) + n0 * p.R;
     gemm_rows<A>(pooled + n0 * p.C, n1 - n0, p.C, p.tw1, p.tb1, dst, p.R);
-    for (int64_t i = 0; i < (n1 - n0) * p.R; ++i) h[n0 * p.R + i] = act_fwd(dst[i], p.act);
+    for (int64_t i = 0; i < (n1 - n0) * p.R; ++i) h[n0 * p.R + i] = cpu::act_scalar(dst[i], p.act);
     return;
   }
   at::parallel_for(0, p.R, grain_for((n1 - n0) * p.C), [&](int64_t r0, int64_t r1) {
@@ -108,7 +89,7 @@ void se_hidden(const SEParams<A>& p, const A* pooled, A* pre, A* h, int64_t n0, 
       for (int64_t n = n0; n < n1; ++n) {
         const A v = dot_acc<A>(p.w1 + r * p.C, pooled + n * p.C, p.C) + (p.b1 ? p.b1[r] : A(0));
         if (pre) pre[n * p.R + r] = v;
-        h[n * p.R + r] = act_fwd(v, p.act);
+        h[n * p.R + r] = cpu::act_scalar(v, p.act);
       }
     }
   });
@@ -190,7 +171,7 @@ void se_excite_bwd(const SEParams<A>& p, const A* pooled, const A* s, const A* d
   }
   if (p.w1) {  // da = (W2^T dz) * act'(pre)
     vec_mat<A>(p, dz, p.w2, p.tw2, p.C, p.R, da, n0, n1);
-    for (int64_t i = n0 * p.R; i < n1 * p.R; ++i) da[i] *= act_grad(pre[i], p.act);
+    for (int64_t i = n0 * p.R; i < n1 * p.R; ++i) da[i] *= cpu::act_grad_scalar(pre[i], p.act);
     vec_mat<A>(p, da, p.w1, p.tw1, p.R, p.C, dp, n0, n1);  // dp = W1^T da
   } else {
     vec_mat<A>(p, dz, p.w2, p.tw2, p.C, p.C, dp, n0, n1);  // dp = W2^T dz (effective SE)

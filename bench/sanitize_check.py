@@ -9,7 +9,9 @@ sanitizer instruments as few of torch's own kernels as possible):
   enabled and disabled (``_C.set_cuda_cluster``; ``_C.last_cuda_path()`` says which one ran);
 - ``triton_se``: the Triton SE forward + backward (``functional.se(..., backend="triton")`` under autograd)
   with both schedules (``ATTN_KERNELS_SE_SCHEDULE=single|multi``) at a shape where ``multi`` applies;
-- ``triton_eca``: the Triton ECA forward + backward, both layouts.
+- ``triton_eca``: the Triton ECA forward + backward, both layouts;
+- ``triton_dynamic``: the Triton DynamicMultiKernelECA and BidirectionalECA forward + backward on SE's two
+  schedules (the same ``--se-schedules``), fp32 NCHW and bf16 channels_last (the dtypes asked for).
 
 Usage (bench/gpu_check.sh runs these):
 
@@ -32,7 +34,7 @@ import os
 import sys
 import time
 
-PARTS = ("ext", "triton_se", "triton_eca")
+PARTS = ("ext", "triton_se", "triton_eca", "triton_dynamic")
 DTYPE_NAMES = ("fp32", "bf16")
 # ‖out − ref‖ / ‖ref‖ against the float64 reference computed from the same (rounded) inputs:
 # fp32 arithmetic lands far under 1e-4; bf16 outputs carry their own rounding (2^-8 relative).
@@ -45,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of: {', '.join(PARTS)}")
     p.add_argument("--dtypes", default=",".join(DTYPE_NAMES), help="comma list of: fp32, bf16")
     p.add_argument("--se-schedules", default="single,multi",
-                   help="Triton SE schedules (ATTN_KERNELS_SE_SCHEDULE); racecheck needs only single: it checks "
+                   help="Triton SE / DMK-ECA / BiECA schedules (ATTN_KERNELS_SE_SCHEDULE); racecheck needs only "
+                        "single: it checks "
                         "shared memory, and multi's extra is a global-memory counter wait that a slowed run could "
                         "stretch to its spin limit")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
@@ -274,6 +277,50 @@ def triton_eca_cases(report, dtypes, dev):
             report.case(f"triton eca {dtype_name} {lay}", run)
 
 
+def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
+    import torch
+
+    from attn_kernels import functional, reference
+    from attn_kernels.ops import dynamic_eca as D
+
+    # (2, 520, 3, 3): three 256-channel tiles per sample in either layout (as for SE), so ``multi`` applies
+    shape, r = (2, 520, 3, 3), 32
+    c = shape[1]
+    ops = {
+        "dmk_eca": (functional.dmk_eca, reference.dmk_eca, 8,
+                    [((3, c), 0.3), ((3,), 0.1), ((1, 1, 3), 0.5), ((1, 1, 5), 0.5), ((1, 1, 7), 0.5)],
+                    ("grad_x", "grad_fc_weight", "grad_fc_bias", "grad_taps3", "grad_taps5", "grad_taps7")),
+        "bi_eca": (functional.bi_eca, reference.bi_eca, 4,
+                   [((1, 1, 3), 0.5), ((1, 1, 3), 0.5), ((r, c), 0.3), ((r,), 0.1), ((2, r), 0.3), ((2,), 0.1)],
+                   ("grad_x", "grad_w_fwd", "grad_w_bwd", "grad_w1", "grad_b1", "grad_w2", "grad_b2")),
+    }
+    variants = [(d, cl) for d, cl in (("fp32", False), ("bf16", True)) if d in dtypes]
+    for op, (fused, eager, block_k, param_shapes, names) in ops.items():
+        for schedule in schedules:
+            for dtype_name, cl in variants:
+                lay = "channels_last" if cl else "nchw"
+
+                def run(fused=fused, eager=eager, block_k=block_k, param_shapes=param_shapes, names=names,
+                        schedule=schedule, dtype_name=dtype_name, cl=cl):
+                    os.environ["ATTN_KERNELS_SE_SCHEDULE"] = schedule
+                    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+                    x = torch.randn(shape, device=dev, dtype=dtype)
+                    if cl:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    params = [(torch.randn(*s, device=dev) * sc).to(dtype) for s, sc in param_shapes]
+                    cfg = D._launch_cfg(shape[0], c, shape[2] * shape[3], x.stride(1), block_k, x.device)
+                    leaves = [t.detach().requires_grad_() for t in [x] + params]
+                    gy = torch.randn_like(x)
+                    y = fused(*leaves, backend="triton")
+                    y.backward(gy)
+                    sync()
+                    y_ref, grads_ref = cpu_reference(eager, [x] + params, gy)
+                    pairs = [("y", y, y_ref)] + [(n, t.grad, g) for n, t, g in zip(names, leaves, grads_ref)]
+                    return f"MULTI={cfg['MULTI']} P={cfg['P']}; " + check(pairs, dtype_name)
+                report.case(f"triton {op} {schedule} {dtype_name} {lay}", run)
+    os.environ.pop("ATTN_KERNELS_SE_SCHEDULE", None)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.keep_caching:
@@ -306,6 +353,8 @@ def main(argv=None) -> int:
             ext_cases(report, args.dtypes, args.device)
         elif part == "triton_se":
             triton_se_cases(report, args.dtypes, args.device, args.se_schedules)
+        elif part == "triton_dynamic":
+            triton_dynamic_cases(report, args.dtypes, args.device, args.se_schedules)
         else:
             triton_eca_cases(report, args.dtypes, args.device)
     print(f"sanitize_check: {report.ok} ok, {len(report.failed)} failed in {time.perf_counter() - t0:.1f}s", flush=True)

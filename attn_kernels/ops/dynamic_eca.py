@@ -2,10 +2,19 @@
 
 Both blend their 1-D convs across channels with weights computed from the *whole* pooled vector
 p = mean_spatial(x) (N, C): a softmax over fc(p) (DMK) or over a small MLP of p (BiECA). That is
-SE's global dependency — no channel's gate is known before every channel is pooled — so they use
-the SE schedule: one program per sample, which pools every channel, computes the blend, then gates
-and scales its sample. No cross-program synchronisation (safe under ``TRITON_INTERPRET=1``, where
-programs run one after another), one launch forward, one launch backward.
+SE's global dependency — no channel's gate is known before every channel is pooled — so they run
+on SE's two schedules (ops/_split.py), one launch forward, one launch backward:
+(a) one program per sample: pools every channel, computes the blend, then gates and scales its
+    sample. No cross-program synchronisation: the schedule under ``TRITON_INTERPRET=1``.
+(b) GPU, small batch: P programs per sample, each on a slice of whole channel tiles. Forward: pool
+    the slice into the (N, C) pooled buffer, meet the sample's other programs, compute the blend
+    (DMK: 3 logits; BiECA: the R-wide MLP) from the whole pooled vector — every program, identical
+    bits — then gate and scale the slice, reading the conv's k//2 halo from the peers' pooled means.
+    Backward: pass 1 over the slice publishes dz (and the slice's part of the tap-gradient
+    correlations and of the blend gradients) as one row per program; after the meeting every
+    program sums the P rows in program order, derives the blend / MLP gradients and runs pass 2 on
+    its slice (the transposed conv's halo from the peers' dz). Per-sample outputs (blend, hidden,
+    tap and logit gradients) are stored by the sample's first program.
 
     dmk_eca:  z = Σ_i β_i conv_{k_i}(p),  β = softmax(W p + b)                    (W (3, C))
     bi_eca:   z = a_0 σ(conv_f(p)) + a_1 σ(conv_b~(p)),  a = softmax(W2 relu(W1 p + b1) + b2)
@@ -44,8 +53,10 @@ works on one sample, so the slabs of the samples in flight must fit together). T
 is 2·N·C·HW·|x| forward (read x, write y) and 3·N·C·HW·|x| backward.
 Launches: forward 1; backward 1 kernel + the batch reductions of the parameter grads in torch (tap
 sums, one GEMM per FC weight, bias sums; O(N·(C + R)) work).
-Schedule limit: the grid is N programs, so a small batch (N well below the SM count) uses few SMs;
-a split-C schedule would need a grid-wide sync or a second launch for the blend (not done).
+Grid: N programs in schedule (a), N·P ≤ SM count in (b) (chosen as for SE: 2·N ≤ SMs and ≥ 2 channel
+tiles). Schedule (b) adds per program: the pooled vector (C fp32) and, for BiECA, W1 (R·C) read from
+L2, and P rows of partial sums. It has run only under the interpreter (emulated partition; MULTI=1
+code with a tiny spin bound) — never on a GPU yet.
 
 Entry points: ``dmk_eca(x, fc_weight, fc_bias, taps3, taps5, taps7)`` and
 ``bi_eca(x, w_fwd, w_bwd, w1, b1, w2, b2)``, the ``triton`` backend of ``attn_kernels.functional``;
@@ -60,8 +71,10 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, device_of as _device_of, flat_strides as _flat_strides
+from ._layout import as_flat as _as_flat, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
+from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
+from ._split import schedule_mode as _schedule_mode, split_plan as _split_plan
 
 __all__ = ["dmk_eca", "bi_eca", "dmk_eca_forward", "dmk_eca_backward", "bi_eca_forward", "bi_eca_backward"]
 
@@ -90,6 +103,21 @@ def _pool_tile(base, offs_c, mask_c, HW, stride_c, stride_hw, ACC: tl.constexpr,
         v = tl.load(base + offs_c[:, None] * stride_c + offs_hw[None, :] * stride_hw, mask=m, other=0.0)
         acc += tl.sum(v.to(ACC), axis=1)
     return acc
+
+
+@triton.jit
+def _pool_and_meet(x_base, p_base, c_lo, c_hi, HW, sxc, sxhw, sync_ptr, n, P, max_spin, MULTI: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Pass 1 of both forwards: the means of channels [c_lo, c_hi) into p_base, then the meeting with
+    the sample's other programs (schedule (b)) or a barrier (a: the pooled vector stored by every
+    thread is read back by others). Returns the poison: NaN after a timed-out wait, else 0."""
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        mask_c = offs_c < c_hi
+        p = _pool_tile(x_base, offs_c, mask_c, HW, sxc, sxhw, ACC, BLOCK_C, BLOCK_HW) / HW
+        tl.store(p_base + offs_c, p, mask=mask_c)
+    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)
+    return poison
 
 
 @triton.jit
@@ -138,10 +166,11 @@ def _shifted(vec_base, offs_c, offs_k, shift, C, K, SIGN: tl.constexpr):
     """[BLOCK_C, BLOCK_K] tile v[c + SIGN·(j − shift)], zero outside [0, C) and for j ≥ K.
 
     SIGN = 1: the conv's window p[c + j − h]; SIGN = −1: the transposed conv's dz[c − j + h].
+    The window reaches past the program's own channels (in schedule (b), into its peers' slices).
     """
     idx = offs_c[:, None] + SIGN * (offs_k[None, :] - shift)
     m = (idx >= 0) & (idx < C) & (offs_k < K)[None, :]
-    return tl.load(vec_base + idx, mask=m, other=0.0)
+    return tl.load(vec_base + idx, mask=m, other=0.0, cache_modifier=".cg")  # .cg: the halo may be a peer's
 
 
 @triton.jit
@@ -163,34 +192,43 @@ def _dmk_eca_fwd_kernel(
     pooled_ptr,  # (N, C) ACC (out, saved for backward)
     s_ptr,  # (N, C) ACC (out, saved): the gate
     blend_ptr,  # (N, 3) ACC (out, saved): softmax(fc(p))
+    sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
     C, HW, k0, k1, k2, half,  # half = max(k) // 2
+    P, chan_per_prog, max_spin,
     sxn, sxc, sxhw, syn, syc, syhw,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One program per sample. Reads x twice (pool; then scale, from L2 when the sample's C·HW slab
-    fits) and writes y once: 3·C·HW·|x| bytes per sample, plus O(C): the fc rows, the taps and the
-    pooled / gate vectors it writes (the pooled one read back, shifted, for the conv)."""
-    n = tl.program_id(0).to(tl.int64)
+    """Program (n, j) of P per sample (P = 1 in schedule (a)) on channels [j·chan_per_prog, +chan_per_prog).
+    Reads its x slice twice (pool; then scale, from L2 when the slabs in flight fit) and writes y
+    once: 3·C·HW·|x| bytes per sample, plus O(C): the fc rows and the pooled vector (the whole
+    sample's, for the blend logits; a halo of k//2 channels past the slice, for the conv), the taps."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = pid % P
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
     x_base = x_ptr + n * sxn
     y_base = y_ptr + n * syn
     p_base = pooled_ptr + n * C
     s_base = s_ptr + n * C
-    # pass 1: pool, and the three blend logits as dot products with the fc rows
+    # pass 1: pool this program's channels, meet (a timed-out program's blend, so its outputs, is NaN)
+    poison = _pool_and_meet(x_base, p_base, c_lo, c_hi, HW, sxc, sxhw, sync_ptr, n, P, max_spin,
+                            MULTI, ACC, BLOCK_C, BLOCK_HW)
+    # the three blend logits: dot products of the whole pooled vector with the fc rows (every program)
     l0 = tl.zeros([BLOCK_C], dtype=ACC)
     l1 = tl.zeros([BLOCK_C], dtype=ACC)
     l2 = tl.zeros([BLOCK_C], dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         mask_c = offs_c < C
-        p = _pool_tile(x_base, offs_c, mask_c, HW, sxc, sxhw, ACC, BLOCK_C, BLOCK_HW) / HW
-        tl.store(p_base + offs_c, p, mask=mask_c)
+        p = tl.load(p_base + offs_c, mask=mask_c, other=0.0, cache_modifier=".cg")
         l0 += p * tl.load(fcw_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
         l1 += p * tl.load(fcw_ptr + C + offs_c, mask=mask_c, other=0.0).to(ACC)
         l2 += p * tl.load(fcw_ptr + 2 * C + offs_c, mask=mask_c, other=0.0).to(ACC)
-    z0 = tl.sum(l0, axis=0)
-    z1 = tl.sum(l1, axis=0)
-    z2 = tl.sum(l2, axis=0)
+    z0 = tl.sum(l0, axis=0) + poison
+    z1 = tl.sum(l1, axis=0) + poison
+    z2 = tl.sum(l2, axis=0) + poison
     if HAS_BIAS:
         z0 += tl.load(fcb_ptr).to(ACC)
         z1 += tl.load(fcb_ptr + 1).to(ACC)
@@ -203,19 +241,19 @@ def _dmk_eca_fwd_kernel(
     b0 = e0 / tot
     b1 = e1 / tot
     b2 = e2 / tot
-    tl.store(blend_ptr + n * 3, b0)
-    tl.store(blend_ptr + n * 3 + 1, b1)
-    tl.store(blend_ptr + n * 3 + 2, b2)
+    first = j == 0  # the per-sample outputs are stored by the sample's first program
+    tl.store(blend_ptr + n * 3, b0, mask=first)
+    tl.store(blend_ptr + n * 3 + 1, b1, mask=first)
+    tl.store(blend_ptr + n * 3 + 2, b2, mask=first)
     # effective taps: Σ_i β_i t_i, each centred in the (2·half + 1)-wide window
     offs_k = tl.arange(0, BLOCK_K)
     taps = (b0 * _taps_at(t0_ptr, offs_k - (half - k0 // 2), k0, ACC)
             + b1 * _taps_at(t1_ptr, offs_k - (half - k1 // 2), k1, ACC)
             + b2 * _taps_at(t2_ptr, offs_k - (half - k2 // 2), k2, ACC))
-    tl.debug_barrier()  # the pooled vector stored by every thread is read back, shifted, below
-    # pass 2: gate and scale each channel tile
-    for c0 in range(0, C, BLOCK_C):
+    # pass 2: gate and scale this program's channel tiles
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_hi
         win = _shifted(p_base, offs_c, offs_k, half, C, 2 * half + 1, 1)
         s = _sigmoid(tl.sum(win * taps[None, :], axis=1))
         tl.store(s_base + offs_c, s, mask=mask_c)
@@ -232,16 +270,24 @@ def _dmk_eca_bwd_kernel(
     pooled_ptr, s_ptr,  # (N, C) ACC, saved by the forward
     blend_ptr,  # (N, 3) ACC, saved by the forward
     dz_ptr,  # (N, C) ACC scratch: grad of the conv output z
+    gpart_ptr,  # (N·P, BLOCK_K) ACC scratch: each program's part of the tap-gradient correlation G
     gt0_ptr, gt1_ptr, gt2_ptr,  # (N, k0), (N, k1), (N, k2) ACC (out): per-sample tap grads
     dl_ptr,  # (N, 3) ACC (out): per-sample grad of the fc logits
+    sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
     C, HW, k0, k1, k2, half,
+    P, chan_per_prog, max_spin,
     sgn, sgc, sghw, sxn, sxc, sxhw, sdn, sdc, sdhw,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
+    MULTI: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    """One program per sample. Pass 1 reads grad_y and x (Σ_hw grad_y·x per channel); pass 2 reads
-    grad_y again (from L2 when the slab fits) and writes grad_x: 4·C·HW·|x| bytes per sample, plus
-    O(C) vectors (pooled, s, dz) and the fc rows."""
-    n = tl.program_id(0).to(tl.int64)
+    """Program (n, j) as in the forward. Pass 1 reads grad_y and x of its slice (Σ_hw grad_y·x per
+    channel); pass 2 reads grad_y again (from L2 when the slabs fit) and writes grad_x: 4·C·HW·|x|
+    bytes per sample, plus O(C) vectors (pooled, s, dz with a k//2 halo), P partial G rows, the fc rows."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = pid % P
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
     gy_base = gy_ptr + n * sgn
     x_base = x_ptr + n * sxn
     gx_base = gx_ptr + n * sdn
@@ -251,16 +297,25 @@ def _dmk_eca_bwd_kernel(
     kw = 2 * half + 1
     offs_k = tl.arange(0, BLOCK_K)
     # pass 1: dz = (Σ_hw grad_y·x) · s(1−s); G_j = Σ_c dz_c p_{c+j−half} (the tap-gradient correlation)
+    # over this program's channels, published as its row of gpart
     g_acc = tl.zeros([BLOCK_K], dtype=ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_hi
         g = _dot_tile(gy_base, x_base, offs_c, mask_c, HW, sgc, sghw, sxc, sxhw, ACC, BLOCK_C, BLOCK_HW)
         s = tl.load(s_base + offs_c, mask=mask_c, other=0.0)
         dz = g * s * (1.0 - s)
         tl.store(dz_base + offs_c, dz, mask=mask_c)
         win = _shifted(p_base, offs_c, offs_k, half, C, kw, 1)
         g_acc += tl.sum(dz[:, None] * win, axis=0)
+    tl.store(gpart_ptr + pid * BLOCK_K + offs_k, g_acc)
+    # dz and the G row stored by every thread are read back below
+    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)
+    # the sample's G: its P rows summed in program order (every program: identical bits)
+    g_acc = tl.zeros([BLOCK_K], dtype=ACC) + poison
+    for q in range(0, P):
+        g_acc += tl.load(gpart_ptr + (n * P + q) * BLOCK_K + offs_k, cache_modifier=".cg")
+    first = j == 0
     b0 = tl.load(blend_ptr + n * 3)
     b1 = tl.load(blend_ptr + n * 3 + 1)
     b2 = tl.load(blend_ptr + n * 3 + 2)
@@ -271,9 +326,9 @@ def _dmk_eca_bwd_kernel(
     tw0 = _taps_at(t0_ptr, pos0, k0, ACC)
     tw1 = _taps_at(t1_ptr, pos1, k1, ACC)
     tw2 = _taps_at(t2_ptr, pos2, k2, ACC)
-    tl.store(gt0_ptr + n * k0 + pos0, b0 * g_acc, mask=(pos0 >= 0) & (pos0 < k0))
-    tl.store(gt1_ptr + n * k1 + pos1, b1 * g_acc, mask=(pos1 >= 0) & (pos1 < k1))
-    tl.store(gt2_ptr + n * k2 + pos2, b2 * g_acc, mask=(pos2 >= 0) & (pos2 < k2))
+    tl.store(gt0_ptr + n * k0 + pos0, b0 * g_acc, mask=(pos0 >= 0) & (pos0 < k0) & first)
+    tl.store(gt1_ptr + n * k1 + pos1, b1 * g_acc, mask=(pos1 >= 0) & (pos1 < k1) & first)
+    tl.store(gt2_ptr + n * k2 + pos2, b2 * g_acc, mask=(pos2 >= 0) & (pos2 < k2) & first)
     db0 = tl.sum(tw0 * g_acc, axis=0)
     db1 = tl.sum(tw1 * g_acc, axis=0)
     db2 = tl.sum(tw2 * g_acc, axis=0)
@@ -281,22 +336,21 @@ def _dmk_eca_bwd_kernel(
     dl0 = b0 * (db0 - dot)
     dl1 = b1 * (db1 - dot)
     dl2 = b2 * (db2 - dot)
-    tl.store(dl_ptr + n * 3, dl0)
-    tl.store(dl_ptr + n * 3 + 1, dl1)
-    tl.store(dl_ptr + n * 3 + 2, dl2)
+    tl.store(dl_ptr + n * 3, dl0, mask=first)
+    tl.store(dl_ptr + n * 3 + 1, dl1, mask=first)
+    tl.store(dl_ptr + n * 3 + 2, dl2, mask=first)
     taps = b0 * tw0 + b1 * tw1 + b2 * tw2
-    tl.debug_barrier()  # dz stored by every thread is read back, shifted, below
-    # pass 2: dp = convᵀ(dz) + Wᵀ dl; grad_x = grad_y · s + dp / HW
-    for c0 in range(0, C, BLOCK_C):
+    # pass 2: dp = convᵀ(dz) + Wᵀ dl; grad_x = grad_y · s + dp / HW for this program's channels
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_hi
         win = _shifted(dz_base, offs_c, offs_k, half, C, kw, -1)
         dp = tl.sum(win * taps[None, :], axis=1)
         dp += dl0 * tl.load(fcw_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
         dp += dl1 * tl.load(fcw_ptr + C + offs_c, mask=mask_c, other=0.0).to(ACC)
         dp += dl2 * tl.load(fcw_ptr + 2 * C + offs_c, mask=mask_c, other=0.0).to(ACC)
         s = tl.load(s_base + offs_c, mask=mask_c, other=0.0)
-        _grad_x_tile(gy_base, gx_base, s, dp, offs_c, mask_c, HW, sgc, sghw, sdc, sdhw, ACC, BLOCK_HW)
+        _grad_x_tile(gy_base, gx_base, s, dp + poison, offs_c, mask_c, HW, sgc, sghw, sdc, sdhw, ACC, BLOCK_HW)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,27 +369,32 @@ def _bi_eca_fwd_kernel(
     s_ptr,  # (N, C) ACC (out, saved): the gate
     hid_ptr,  # (N, R) ACC (out, saved): relu(W1 p + b1)
     a_ptr,  # (N, 2) ACC (out, saved): the branch blend softmax(W2 h + b2)
+    sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
     C, HW, R, kf, kb, half,  # half = max(kf, kb) // 2
+    P, chan_per_prog, max_spin,
     sxn, sxc, sxhw, syn, syc, syhw,
-    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACC: tl.constexpr,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """One program per sample. Reads x twice (pool; then scale, from L2 when the sample's slab fits)
-    and writes y once: 3·C·HW·|x| bytes per sample, plus the gate MLP's R·C weights (once per
-    sample; shared by all programs, so from L2 after the first) and O(C + R) vectors."""
-    n = tl.program_id(0).to(tl.int64)
+    """Program (n, j) of P per sample (P = 1 in schedule (a)) on channels [j·chan_per_prog, +chan_per_prog).
+    Reads its x slice twice (pool; then scale, from L2 when the slabs in flight fit) and writes y
+    once: 3·C·HW·|x| bytes per sample, plus the gate MLP's R·C weights (every program; shared by all,
+    so from L2 after the first) and O(C + R) vectors."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = pid % P
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
     x_base = x_ptr + n * sxn
     y_base = y_ptr + n * syn
     p_base = pooled_ptr + n * C
     s_base = s_ptr + n * C
-    # pass 1: pool
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < C
-        p = _pool_tile(x_base, offs_c, mask_c, HW, sxc, sxhw, ACC, BLOCK_C, BLOCK_HW) / HW
-        tl.store(p_base + offs_c, p, mask=mask_c)
-    tl.debug_barrier()
-    # gate MLP over R chunks: h = relu(W1 p + b1) (saved), logits = W2 h + b2
+    # pass 1: pool this program's channels, meet (a timed-out program's hidden / blend are NaN)
+    poison = _pool_and_meet(x_base, p_base, c_lo, c_hi, HW, sxc, sxhw, sync_ptr, n, P, max_spin,
+                            MULTI, ACC, BLOCK_C, BLOCK_HW)
+    first = j == 0  # the per-sample outputs (hidden, blend) are stored by the sample's first program
+    # gate MLP over R chunks (every program, from the whole pooled vector): h = relu(W1 p + b1) (saved),
+    # logits = W2 h + b2
     la = tl.zeros([BLOCK_R], dtype=ACC)
     lb = tl.zeros([BLOCK_R], dtype=ACC)
     for r0 in range(0, R, BLOCK_R):
@@ -345,34 +404,34 @@ def _bi_eca_fwd_kernel(
         for c0 in range(0, C, BLOCK_C):
             offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
             mask_c = offs_c < C
-            p = tl.load(p_base + offs_c, mask=mask_c, other=0.0)
+            p = tl.load(p_base + offs_c, mask=mask_c, other=0.0, cache_modifier=".cg")
             w = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :],
                         mask=mask_r[:, None] & mask_c[None, :], other=0.0).to(ACC)
             acc += tl.sum(w * p[None, :], axis=1)
         if HAS_B1:
             acc += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
-        h = tl.maximum(acc, 0.0)
-        tl.store(hid_ptr + n * R + offs_r, h, mask=mask_r)
+        h = tl.maximum(acc, 0.0) + poison
+        tl.store(hid_ptr + n * R + offs_r, h, mask=mask_r & first)
         la += h * tl.load(w2_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
         lb += h * tl.load(w2_ptr + R + offs_r, mask=mask_r, other=0.0).to(ACC)
-    z0 = tl.sum(la, axis=0)
-    z1 = tl.sum(lb, axis=0)
+    z0 = tl.sum(la, axis=0) + poison  # (R = 0 cannot happen: reference requires a hidden width >= 1)
+    z1 = tl.sum(lb, axis=0) + poison
     if HAS_B2:
         z0 += tl.load(b2_ptr).to(ACC)
         z1 += tl.load(b2_ptr + 1).to(ACC)
     a0 = _sigmoid(z0 - z1)  # softmax of two logits
     a1 = _sigmoid(z1 - z0)
-    tl.store(a_ptr + n * 2, a0)
-    tl.store(a_ptr + n * 2 + 1, a1)
+    tl.store(a_ptr + n * 2, a0, mask=first)
+    tl.store(a_ptr + n * 2 + 1, a1, mask=first)
     # window position j ↔ offset j − half. Forward branch: wf[j − (half − hf)]. Backward branch
     # Σ_j wb_j p_{c+hb−j}: offset j' − half = hb − j  →  wb[half + hb − j'] (reversed taps).
     offs_k = tl.arange(0, BLOCK_K)
     tf = _taps_at(wf_ptr, offs_k - (half - kf // 2), kf, ACC)
     tb = _taps_at(wb_ptr, half + kb // 2 - offs_k, kb, ACC)
-    # pass 2: gate and scale
-    for c0 in range(0, C, BLOCK_C):
+    # pass 2: gate and scale this program's channels
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_hi
         win = _shifted(p_base, offs_c, offs_k, half, C, 2 * half + 1, 1)
         f = _sigmoid(tl.sum(win * tf[None, :], axis=1))
         b = _sigmoid(tl.sum(win * tb[None, :], axis=1))
@@ -393,17 +452,25 @@ def _bi_eca_bwd_kernel(
     hid_ptr,  # (N, R) ACC, saved
     a_ptr,  # (N, 2) ACC, saved
     dzf_ptr, dzb_ptr,  # (N, C) ACC scratch: grads of the two branches' conv outputs
+    part_ptr,  # (N·P, 2·BLOCK_K + 2) ACC scratch: each program's parts of the two tap correlations and da
     gtf_ptr, gtb_ptr,  # (N, kf), (N, kb) ACC (out): per-sample tap grads
     dl_ptr,  # (N, 2) ACC (out): grad of the blend logits
     dh_ptr,  # (N, R) ACC (out): grad of the hidden pre-activation
+    sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
     C, HW, R, kf, kb, half,
+    P, chan_per_prog, max_spin,
     sgn, sgc, sghw, sxn, sxc, sxhw, sdn, sdc, sdhw,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    MULTI: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """One program per sample. Pass 1 reads grad_y and x, pass 2 reads grad_y again and writes grad_x:
-    4·C·HW·|x| bytes, plus W1 (R·C) once per sample and O(C + R) vectors."""
-    n = tl.program_id(0).to(tl.int64)
+    """Program (n, j) as in the forward. Pass 1 reads grad_y and x of its slice, pass 2 reads grad_y
+    again and writes grad_x: 4·C·HW·|x| bytes per sample, plus W1's columns of its slice, P partial
+    rows and O(C + R) vectors."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = pid % P
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
     gy_base = gy_ptr + n * sgn
     x_base = x_ptr + n * sxn
     gx_base = gx_ptr + n * sdn
@@ -419,14 +486,15 @@ def _bi_eca_bwd_kernel(
     tb = _taps_at(wb_ptr, posb, kb, ACC)
     a0 = tl.load(a_ptr + n * 2)
     a1 = tl.load(a_ptr + n * 2 + 1)
-    # pass 1: du = (Σ_hw grad_y·x) s(1−s); recompute f, b from p; branch and blend grads
+    # pass 1: du = (Σ_hw grad_y·x) s(1−s); recompute f, b from p; branch and blend grads over this
+    # program's channels, published as its row of part: [gf (BLOCK_K), gb (BLOCK_K), da0, da1]
     gf = tl.zeros([BLOCK_K], dtype=ACC)
     gb = tl.zeros([BLOCK_K], dtype=ACC)
     da0 = tl.zeros([BLOCK_C], dtype=ACC)
     da1 = tl.zeros([BLOCK_C], dtype=ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_hi
         g = _dot_tile(gy_base, x_base, offs_c, mask_c, HW, sgc, sghw, sxc, sxhw, ACC, BLOCK_C, BLOCK_HW)
         s = tl.load(s_base + offs_c, mask=mask_c, other=0.0)
         du = g * s * (1.0 - s)
@@ -441,16 +509,34 @@ def _bi_eca_bwd_kernel(
         tl.store(dzb_base + offs_c, dzb, mask=mask_c)
         gf += tl.sum(dzf[:, None] * win, axis=0)
         gb += tl.sum(dzb[:, None] * win, axis=0)
-    tl.store(gtf_ptr + n * kf + posf, gf, mask=(posf >= 0) & (posf < kf))
-    tl.store(gtb_ptr + n * kb + posb, gb, mask=(posb >= 0) & (posb < kb))
-    g0 = tl.sum(da0, axis=0)
-    g1 = tl.sum(da1, axis=0)
+    row = 2 * BLOCK_K + 2
+    tl.store(part_ptr + pid * row + offs_k, gf)
+    tl.store(part_ptr + pid * row + BLOCK_K + offs_k, gb)
+    tl.store(part_ptr + pid * row + 2 * BLOCK_K, tl.sum(da0, axis=0))
+    tl.store(part_ptr + pid * row + 2 * BLOCK_K + 1, tl.sum(da1, axis=0))
+    # dzf, dzb and the part row stored by every thread are read back below
+    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)
+    # the sample's sums: its P rows in program order (every program: identical bits)
+    gf = tl.zeros([BLOCK_K], dtype=ACC) + poison
+    gb = tl.zeros([BLOCK_K], dtype=ACC) + poison
+    g0 = tl.sum(gf, axis=0) * 0.0  # an ACC-typed 0 (NaN when poisoned): loop-carried types must not change
+    g1 = g0
+    for q in range(0, P):
+        base = part_ptr + (n * P + q) * row
+        gf += tl.load(base + offs_k, cache_modifier=".cg")
+        gb += tl.load(base + BLOCK_K + offs_k, cache_modifier=".cg")
+        g0 += tl.load(base + 2 * BLOCK_K, cache_modifier=".cg")
+        g1 += tl.load(base + 2 * BLOCK_K + 1, cache_modifier=".cg")
+    first = j == 0
+    tl.store(gtf_ptr + n * kf + posf, gf, mask=(posf >= 0) & (posf < kf) & first)
+    tl.store(gtb_ptr + n * kb + posb, gb, mask=(posb >= 0) & (posb < kb) & first)
     dot = a0 * g0 + a1 * g1
     dl0 = a0 * (g0 - dot)
     dl1 = a1 * (g1 - dot)
-    tl.store(dl_ptr + n * 2, dl0)
-    tl.store(dl_ptr + n * 2 + 1, dl1)
-    # hidden: dh = (W2ᵀ dl) · [h > 0] (ReLU backward), stored for dW1/db1 and for dp below
+    tl.store(dl_ptr + n * 2, dl0, mask=first)
+    tl.store(dl_ptr + n * 2 + 1, dl1, mask=first)
+    # hidden: dh = (W2ᵀ dl) · [h > 0] (ReLU backward), stored for dW1/db1 and for dp below (every
+    # program stores the same bits; a timed-out one stores NaN)
     for r0 in range(0, R, BLOCK_R):
         offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
         mask_r = offs_r < R
@@ -458,22 +544,22 @@ def _bi_eca_bwd_kernel(
         dh = (dl0 * tl.load(w2_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
               + dl1 * tl.load(w2_ptr + R + offs_r, mask=mask_r, other=0.0).to(ACC))
         tl.store(dh_ptr + n * R + offs_r, tl.where(h > 0, dh, 0.0), mask=mask_r)
-    tl.debug_barrier()  # dzf, dzb and dh stored by every thread are read back below
-    # pass 2: dp = convᵀ_f(dzf) + convᵀ_b(dzb) + W1ᵀ dh; grad_x = grad_y · s + dp / HW
-    for c0 in range(0, C, BLOCK_C):
+    tl.debug_barrier()  # dh stored by every thread is read back below
+    # pass 2: dp = convᵀ_f(dzf) + convᵀ_b(dzb) + W1ᵀ dh; grad_x = grad_y · s + dp / HW, own channels
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < C
+        mask_c = offs_c < c_hi
         dp = tl.sum(_shifted(dzf_base, offs_c, offs_k, half, C, kw, -1) * tf[None, :], axis=1)
         dp += tl.sum(_shifted(dzb_base, offs_c, offs_k, half, C, kw, -1) * tb[None, :], axis=1)
         for r0 in range(0, R, BLOCK_R):
             offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
             mask_r = offs_r < R
-            dh = tl.load(dh_ptr + n * R + offs_r, mask=mask_r, other=0.0)
+            dh = tl.load(dh_ptr + n * R + offs_r, mask=mask_r, other=0.0, cache_modifier=".cg")
             w = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :],
                         mask=mask_r[:, None] & mask_c[None, :], other=0.0).to(ACC)
             dp += tl.sum(w * dh[:, None], axis=0)
         s = tl.load(s_base + offs_c, mask=mask_c, other=0.0)
-        _grad_x_tile(gy_base, gx_base, s, dp, offs_c, mask_c, HW, sgc, sghw, sdc, sdhw, ACC, BLOCK_HW)
+        _grad_x_tile(gy_base, gx_base, s, dp + poison, offs_c, mask_c, HW, sgc, sghw, sdc, sdhw, ACC, BLOCK_HW)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,6 +585,14 @@ def _settings(channels: int, hw: int, stride_c: int, block_k: int) -> dict:
                 num_warps=8 if block_c * block_hw >= 4096 else 4)
 
 
+def _launch_cfg(n: int, channels: int, hw: int, stride_c: int, block_k: int, device: torch.device) -> dict:
+    """Tiles (``_settings``) and the schedule: (b) with P programs per sample on a GPU when the batch is
+    small and a sample has ≥ 2 channel tiles (ops/_split.py), else (a)."""
+    cfg = _settings(channels, hw, stride_c, block_k)
+    multi, p, per = _split_plan(n, channels, cfg["BLOCK_C"], _device_sms(device), _schedule_mode())
+    return dict(cfg, MULTI=multi, P=p, chan_per_prog=per)
+
+
 def _check_x(x: torch.Tensor) -> None:
     if x.dtype not in _X_DTYPES:
         raise TypeError(f"the triton kernel supports x of dtype float16/bfloat16/float32/float64, got {x.dtype}")
@@ -516,8 +610,9 @@ def _sum_like(partial: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def dmk_eca_forward(x, fc_weight, fc_bias, taps3, taps5, taps7):
-    """(y, pooled, s, blend): y like x; pooled, s (N, C) and blend (N, 3) in the accumulation dtype."""
+def dmk_eca_forward(x, fc_weight, fc_bias, taps3, taps5, taps7, *, _split: int = 0):
+    """(y, pooled, s, blend): y like x; pooled, s (N, C) and blend (N, 3) in the accumulation dtype.
+    ``_split``: test hook, see ``_split.launch``."""
     _check_x(x)
     n, c = x.shape[:2]
     hw = int(torch.Size(x.shape[2:]).numel())
@@ -535,21 +630,22 @@ def dmk_eca_forward(x, fc_weight, fc_bias, taps3, taps5, taps7):
     taps = [_taps_vec(t) for t in (taps3, taps5, taps7)]
     ks = [t.numel() for t in taps]
     half = max(ks) // 2
-    cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
+    cfg = _launch_cfg(n, c, hw, sx[1], _next_pow2(2 * half + 1), x.device)
     fcw = fc_weight.contiguous()
-    with _device_of(xk):
-        _dmk_eca_fwd_kernel[(n,)](
-            xk, y_buf, fcw, fc_bias.contiguous() if fc_bias is not None else fcw, *taps, pooled, s, blend,
-            c, hw, *ks, half, *sx, *sy,
-            HAS_BIAS=int(fc_bias is not None), ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
+    fcb = fc_bias.contiguous() if fc_bias is not None else fcw
+    _launch(_dmk_eca_fwd_kernel, xk, n, c, cfg,
+            lambda sync, p, per, spin: (xk, y_buf, fcw, fcb, *taps, pooled, s, blend, sync,
+                                        c, hw, *ks, half, p, per, spin, *sx, *sy),
+            dict(HAS_BIAS=int(fc_bias is not None), ACC=tl.float64 if acc == torch.float64 else tl.float32),
+            "DynamicMultiKernelECA", _split, (y_buf, s, blend))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s, blend
 
 
-def dmk_eca_backward(grad_y, x, fc_weight, taps3, taps5, taps7, pooled, s, blend):
+def dmk_eca_backward(grad_y, x, fc_weight, taps3, taps5, taps7, pooled, s, blend, *, _split: int = 0):
     """(grad_x, grad_fc_weight, grad_fc_bias, grad_taps3, grad_taps5, grad_taps7), each in its input's
-    dtype (grad_fc_bias in fc_weight's)."""
+    dtype (grad_fc_bias in fc_weight's). ``_split``: test hook, see ``_split.launch``."""
     n, c = x.shape[:2]
     hw = int(torch.Size(x.shape[2:]).numel())
     acc = pooled.dtype
@@ -567,13 +663,16 @@ def dmk_eca_backward(grad_y, x, fc_weight, taps3, taps5, taps7, pooled, s, blend
         xk, sx = _as_flat(x)
         gyk, sg = _as_flat(grad_y)
         half = max(ks) // 2
-        cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
+        cfg = _launch_cfg(n, c, hw, sx[1], _next_pow2(2 * half + 1), x.device)
+        p_max = _split or cfg["P"]  # rows of gpart: one per program (the emulated split's P <= _split)
         dz = _alloc.empty((n, c), dtype=acc, device=x.device)
-        with _device_of(gyk):
-            _dmk_eca_bwd_kernel[(n,)](
-                gyk, xk, gx_buf, fc_weight.contiguous(), *taps, pooled, s, blend, dz, *gts, dl,
-                c, hw, *ks, half, *sg, *sx, *sd,
-                ACC=tl.float64 if acc == torch.float64 else tl.float32, **cfg)
+        gpart = _alloc.empty((n * p_max, cfg["BLOCK_K"]), dtype=acc, device=x.device)
+        fcw = fc_weight.contiguous()
+        _launch(_dmk_eca_bwd_kernel, gyk, n, c, cfg,
+                lambda sync, p, per, spin: (gyk, xk, gx_buf, fcw, *taps, pooled, s, blend, dz, gpart, *gts, dl,
+                                            sync, c, hw, *ks, half, p, per, spin, *sg, *sx, *sd),
+                dict(ACC=tl.float64 if acc == torch.float64 else tl.float32),
+                "DynamicMultiKernelECA", _split, (gx_buf, *gts, dl))
         if gx_buf is not gx:
             gx.copy_(gx_buf)
     grad_w = (dl.t() @ pooled).to(fc_weight.dtype)  # Σ_n dl_n ⊗ p_n, one deterministic GEMM
@@ -581,8 +680,9 @@ def dmk_eca_backward(grad_y, x, fc_weight, taps3, taps5, taps7, pooled, s, blend
     return (gx, grad_w, grad_b) + tuple(_sum_like(g, t) for g, t in zip(gts, (taps3, taps5, taps7)))
 
 
-def bi_eca_forward(x, w_fwd, w_bwd, w1, b1, w2, b2):
-    """(y, pooled, s, hidden, blend): pooled, s (N, C), hidden (N, R), blend (N, 2), accumulation dtype."""
+def bi_eca_forward(x, w_fwd, w_bwd, w1, b1, w2, b2, *, _split: int = 0):
+    """(y, pooled, s, hidden, blend): pooled, s (N, C), hidden (N, R), blend (N, 2), accumulation dtype.
+    ``_split``: test hook, see ``_split.launch``."""
     _check_x(x)
     n, c = x.shape[:2]
     hw = int(torch.Size(x.shape[2:]).numel())
@@ -604,24 +704,25 @@ def bi_eca_forward(x, w_fwd, w_bwd, w1, b1, w2, b2):
     tf, tb = _taps_vec(w_fwd), _taps_vec(w_bwd)
     kf, kb = tf.numel(), tb.numel()
     half = max(kf, kb) // 2
-    cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
+    cfg = _launch_cfg(n, c, hw, sx[1], _next_pow2(2 * half + 1), x.device)
     block_r = max(1, min(_next_pow2(r), _TILE_K // cfg["BLOCK_C"]))
     w1c, w2c = w1.contiguous(), w2.contiguous()
-    with _device_of(xk):
-        _bi_eca_fwd_kernel[(n,)](
-            xk, y_buf, tf, tb, w1c, b1.contiguous() if b1 is not None else w1c, w2c,
-            b2.contiguous() if b2 is not None else w2c,  # the kernel reads the biases at unit stride
-            pooled, s, hidden, blend, c, hw, r, kf, kb, half, *sx, *sy,
-            HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
-            ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r, **cfg)
+    b1c = b1.contiguous() if b1 is not None else w1c  # the kernel reads the biases at unit stride
+    b2c = b2.contiguous() if b2 is not None else w2c
+    _launch(_bi_eca_fwd_kernel, xk, n, c, cfg,
+            lambda sync, p, per, spin: (xk, y_buf, tf, tb, w1c, b1c, w2c, b2c, pooled, s, hidden, blend, sync,
+                                        c, hw, r, kf, kb, half, p, per, spin, *sx, *sy),
+            dict(HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
+                 ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r),
+            "BidirectionalECA", _split, (y_buf, s, hidden, blend))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s, hidden, blend
 
 
-def bi_eca_backward(grad_y, x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend):
+def bi_eca_backward(grad_y, x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend, *, _split: int = 0):
     """(grad_x, grad_w_fwd, grad_w_bwd, grad_w1, grad_b1, grad_w2, grad_b2), each in its input's dtype
-    (bias grads in their weight's)."""
+    (bias grads in their weight's). ``_split``: test hook, see ``_split.launch``."""
     n, c = x.shape[:2]
     hw = int(torch.Size(x.shape[2:]).numel())
     r = w1.shape[0]
@@ -640,15 +741,19 @@ def bi_eca_backward(grad_y, x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend):
         xk, sx = _as_flat(x)
         gyk, sg = _as_flat(grad_y)
         half = max(kf, kb) // 2
-        cfg = _settings(c, hw, sx[1], _next_pow2(2 * half + 1))
+        cfg = _launch_cfg(n, c, hw, sx[1], _next_pow2(2 * half + 1), x.device)
         block_r = max(1, min(_next_pow2(r), _TILE_K // cfg["BLOCK_C"]))
+        p_max = _split or cfg["P"]
         dzf = _alloc.empty((n, c), dtype=acc, device=x.device)
         dzb = _alloc.empty((n, c), dtype=acc, device=x.device)
-        with _device_of(gyk):
-            _bi_eca_bwd_kernel[(n,)](
-                gyk, xk, gx_buf, tf, tb, w1.contiguous(), w2.contiguous(), pooled, s, hidden, blend,
-                dzf, dzb, gtf, gtb, dl, dh, c, hw, r, kf, kb, half, *sg, *sx, *sd,
-                ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r, **cfg)
+        part = _alloc.empty((n * p_max, 2 * cfg["BLOCK_K"] + 2), dtype=acc, device=x.device)
+        w1c, w2c = w1.contiguous(), w2.contiguous()
+        _launch(_bi_eca_bwd_kernel, gyk, n, c, cfg,
+                lambda sync, p, per, spin: (gyk, xk, gx_buf, tf, tb, w1c, w2c, pooled, s, hidden, blend,
+                                            dzf, dzb, part, gtf, gtb, dl, dh, sync, c, hw, r, kf, kb, half,
+                                            p, per, spin, *sg, *sx, *sd),
+                dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r),
+                "BidirectionalECA", _split, (gx_buf, gtf, gtb, dl, dh))
         if gx_buf is not gx:
             gx.copy_(gx_buf)
     return (gx, _sum_like(gtf, w_fwd), _sum_like(gtb, w_bwd),

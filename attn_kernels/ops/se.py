@@ -15,25 +15,30 @@ sample. Two schedules, chosen per call by the launcher and passed as the constex
     cross-program communication: this is the schedule that runs under ``TRITON_INTERPRET=1`` (where
     programs run one after another, so any wait on another program would hang) and the one CI covers.
 (b) ``MULTI=1`` — several programs per sample (GPU only, small N): program j of sample n owns a slice
-    of ``chan_per_prog`` channels. It pools its slice and publishes the means to the (N, C) buffer,
-    then arrives at a per-sample counter (``atomic_add(+1, sem="release")``) and spins on
+    of ``chan_per_prog`` channels. It pools its slice, publishes the means to the (N, C) buffer and
+    its slice's part of the hidden pre-activation, W1[:, slice]·p[slice], as row j of an (N·P, R)
+    buffer, then arrives at a per-sample counter (``atomic_add(+1, sem="release")``) and spins on
     ``atomic_add(+0, sem="acquire")`` until all P programs of the sample have arrived. Every program
-    then computes the (tiny) hidden vector redundantly — identical bits, so the racing identical
-    stores of it are benign — and the gates and scaling of its own slice. The grid is N·P ≤ number of
-    SMs (one program per SM is always co-resident, so the spin cannot deadlock on a free GPU); the
-    spin is bounded (``max_spin`` iterations): on timeout the program sets an error flag and
+    then sums the P rows in program order into the hidden vector — identical bits, so the racing
+    identical stores of it are benign — and computes the gates and scaling of its own slice from
+    W2's rows of its channels. So each program reads only its slice's share of the weights. The
+    grid is N·P ≤ number of SMs (one program per SM is always co-resident, so the spin cannot
+    deadlock on a free GPU); the spin is bounded (``max_spin`` iterations): on timeout the program sets an error flag and
     poisons its outputs with NaN instead of hanging. The launcher reads the flag (a host sync) only
     with ``ATTN_KERNELS_SE_CHECK=1`` — off by default so the launch path has no host sync and
     CUDA-graph capture works; the NaN poison makes a broken schedule loud without it.
     Counters: a fresh zeroed int32 (N + 1,) buffer per call (``torch.zeros``: one fill kernel, stream
     ordered and capturable, safe across streams and graph replays; the +1 is the error flag).
-    Schedule (b) never runs under the interpreter, and never ran in this repository's CI (no GPU).
+    The counter wait, the split plan and the test hooks live in ops/_split.py (shared with
+    DynamicMultiKernelECA and BidirectionalECA). CI runs schedule (b)'s channel partition (emulated)
+    and its MULTI=1 code with a tiny spin bound under the interpreter; the real schedule only a GPU runs.
 
 Backward, same structure: pass 1 per channel g = Σ_hw gy'·x (gy' = grad_y, or grad_y·out_act'(x·s +
-shortcut) for se_residual), dz = g·gate'(z) published to (N, C); [sync in (b)]; the excitation
-backward du = (W2ᵀ dz)·act'(u) (every program, redundantly), dp = W1ᵀ du (eSE: W2ᵀ dz) for its own
-channels; pass 2 grad_x = gy'·s + dp/HW (and grad_shortcut = gy'). The kernel writes fp32 per-sample
-partials dz (N, C) and du (N, R); torch reduces them over the batch deterministically (no atomics):
+shortcut) for se_residual), dz = g·gate'(z) published to (N, C), and the slice's part of W2ᵀ dz as
+its row; [sync in (b)]; the excitation backward du = (Σ rows)·act'(u) (every program, identical
+bits), dp = W1ᵀ du (eSE: W2ᵀ dz) for its own channels; pass 2 grad_x = gy'·s + dp/HW (and
+grad_shortcut = gy'). The kernel writes fp32 per-sample partials dz (N, C) and du (N, R); torch
+reduces them over the batch deterministically (no atomics):
 grad_w2 = dzᵀ act(u) (one GEMM), grad_b2 = Σ_n dz, grad_w1 = duᵀ p, grad_b1 = Σ_n du.
 
 Saved for backward: x (and shortcut for se_residual: needed to recompute the sign/derivative of
@@ -59,16 +64,16 @@ plus O(N·(C + R)) fp32 vectors and the weights once per program (L2-resident). 
 against is the compulsory floor: forward 2·M·|x| (read x, write y), backward 3·M·|x| (read x and
 grad_y, write grad_x) — fraction of a measured device copy, see bench/bench_se.py.
 
-Known cost, not yet tuned (no GPU was available when this was written): every program reads the FC
-weights from L2 — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048, R = 128, fp32 weights) — and schedule (b)
-recomputes the hidden vector in each of its P programs, so the L2 weight traffic is N·P·(that). At
-small HW (the 7×7 stage) this can rival the x traffic; splitting the FC1 rows across the P programs
-needs a second sync (not done). No measured GPU figure exists for either schedule yet.
+Known cost, not yet tuned (no GPU was available when this was written): every sample reads the FC
+weights from L2 once — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048, R = 128, fp32 weights), split among
+its P programs in schedule (b) — so the L2 weight traffic is N·(that). At small HW (the 7×7 stage,
+N = 64: 128 MB of L2 reads against 38 MB of bf16 x traffic) this can rival the x traffic; a program
+serving several samples per weight tile (a [samples, C] × [C, R] tile product) would cut it (not
+done). No measured GPU figure exists for either schedule yet.
 """
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -77,8 +82,10 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, flat_strides as _flat_strides
+from ._layout import as_flat as _as_flat, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
+from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
+from ._split import schedule_mode as _schedule_mode, split_plan as _split_plan
 
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
@@ -87,7 +94,6 @@ _ACTS = {"relu": 0, "silu": 1, "gelu": 2, "identity": 3}
 _GATES = {"sigmoid": 0, "hardsigmoid": 1}
 _TILE = 4096  # elements per [BLOCK_C, BLOCK_HW] x tile and per [BLOCK_C, BLOCK_K] weight tile
 _MAX_BLOCK_HW = 1024
-_MAX_SPIN = 1 << 22  # iterations of the (b) wait loop before it gives up (seconds on any GPU)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,49 +144,34 @@ def _gate_grad(z, GATE: tl.constexpr):
 
 
 @triton.jit
-def _sample_sync(cnt_ptr, err_ptr, target, max_spin):
-    """Schedule (b) only: arrive at this sample's counter and wait until ``target`` programs have.
+def _hidden_part(p_base, row_ptr, w1_ptr, c_lo, c_hi, C, R, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """This program's part of the hidden pre-activation: row[r] = Σ_{c in [c_lo, c_hi)} W1[r, c] p[c], all R.
 
-    Release on arrival publishes this program's stores (made visible CTA-wide by the barrier before
-    it); acquire on the polling load makes the other programs' stores visible. Bounded: returns
-    True (and sets the error flag) when the wait gave up.
-    """
-    tl.debug_barrier()
-    tl.atomic_add(cnt_ptr, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
-    it = seen * 0
-    while (seen < target) & (it < max_spin):
-        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
-        it += 1
-    failed = seen < target
-    if failed:
-        tl.atomic_xchg(err_ptr, 1)
-    tl.debug_barrier()
-    return failed
-
-
-@triton.jit
-def _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, poison, HAS_B1: tl.constexpr, MULTI: tl.constexpr,
-            ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
-    """u[r] = Σ_c W1[r, c] p[c] + b1[r] for all R, from the pooled vector in memory; stored to u_base.
-    MULTI: ``poison`` (NaN after a timed-out wait) is added, so the shared u another program of the
-    sample may read is NaN rather than silently computed from a partly pooled vector."""
+    Each program reads only its slice's columns of W1 (R·C/P weights), so a sample's P programs read
+    W1 once between them instead of P times."""
     for r0 in range(0, R, BLOCK_K):
         offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         mask_r = offs_r < R
         acc = tl.zeros([BLOCK_K], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
+        for c0 in range(c_lo, c_hi, BLOCK_C):
             offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mask_c = offs_c < C
-            p = tl.load(p_base + offs_c, mask=mask_c, other=0.0, cache_modifier=".cg")
+            mask_c = offs_c < c_hi
+            p = tl.load(p_base + offs_c, mask=mask_c, other=0.0)
             w = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :],
                         other=0.0).to(ACC)
             acc += tl.sum(w * p[None, :], axis=1)
-        if HAS_B1:
-            acc += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
-        if MULTI:
-            acc += poison
-        tl.store(u_base + offs_r, acc, mask=mask_r)
+        tl.store(row_ptr + offs_r, acc, mask=mask_r)
+
+
+@triton.jit
+def _sum_rows(rows_ptr, offs_r, mask_r, P, R, poison, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Σ_q rows[q, offs_r] over the sample's P published rows, in program order (identical bits in every
+    program), plus ``poison`` (NaN after a timed-out wait). ``.cg``: the rows are the peers' stores."""
+    acc = tl.zeros([BLOCK_K], dtype=ACC) + poison
+    for q in range(0, P):
+        acc += tl.load(rows_ptr + q * R + offs_r, mask=mask_r, other=0.0, cache_modifier=".cg")
+    return acc
 
 
 @triton.jit
@@ -201,13 +192,13 @@ def _matvec_rows(w_ptr, v_base, offs_c, mask_c, K, ACT: tl.constexpr, APPLY: tl.
 
 
 @triton.jit
-def _matvec_cols(w_ptr, v_base, offs_c, mask_c, K, C, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+def _matvec_cols(w_ptr, v_base, offs_c, mask_c, k_lo, k_hi, C, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
                  BLOCK_K: tl.constexpr):
-    """Σ_k W[k, c] v[k] for the columns offs_c of a (K, C) row-major W (a transposed matvec)."""
+    """Σ_{k in [k_lo, k_hi)} W[k, c] v[k] for the columns offs_c of a (K, C) row-major W (a transposed matvec)."""
     acc = tl.zeros([BLOCK_C], dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        mask_k = offs_k < K
+        mask_k = offs_k < k_hi
         v = tl.load(v_base + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg")
         w = tl.load(w_ptr + offs_k[None, :] * C + offs_c[:, None], mask=mask_c[:, None] & mask_k[None, :],
                     other=0.0).to(ACC)
@@ -230,6 +221,7 @@ def _se_fwd_kernel(
     p_ptr,  # (N, C) ACC (out, saved): pooled means
     u_ptr,  # (N, R) ACC (out, saved): hidden pre-activation (unused for eSE)
     z_ptr,  # (N, C) ACC (out, saved): gate logits
+    hpart_ptr,  # (N·P, R) ACC scratch: each program's part of W1 p (HAS_FC1)
     sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
     C, R, HW, P, chan_per_prog, max_spin,
     sxn, sxc, sxhw, ssn, ssc, sshw, syn, syc, syhw,
@@ -240,7 +232,8 @@ def _se_fwd_kernel(
     """Program (n, j) of P per sample (P = 1 in schedule (a)) on channels [j·chan_per_prog, +chan_per_prog).
 
     Bytes: reads its x slice twice (pool; scale — from L2) and writes y once: 3·C·HW·|x| per sample
-    (+ C·HW·|x| shortcut for RESIDUAL); plus O(C + R) fp32 vectors and the FC weights (R·C each).
+    (+ C·HW·|x| shortcut for RESIDUAL); plus O(C + P·R) fp32 vectors and its slice's share of the FC
+    weights: W1's columns and W2's rows of its channels (2·R·C/P; eSE: W2's rows, C·C/P).
     """
     pid = tl.program_id(0).to(tl.int64)
     n = pid // P
@@ -264,15 +257,21 @@ def _se_fwd_kernel(
             v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
             acc += tl.sum(v.to(ACC), axis=1)
         tl.store(p_base + offs_c, acc / HW, mask=mask_c)
-    poison = 0.0
-    if MULTI:
-        failed = _sample_sync(sync_ptr + n, sync_ptr + tl.num_programs(0) // P, P, max_spin)
-        poison = tl.where(failed, float("nan"), 0.0)
-    else:
-        tl.debug_barrier()  # the pooled vector is re-read by other threads of this program
-    # excitation: hidden vector (all R, every program) then per-tile logits, gate, scale
     if HAS_FC1:
-        _hidden(p_base, u_base, w1_ptr, b1_ptr, C, R, poison, HAS_B1, MULTI, ACC, BLOCK_C, BLOCK_K)
+        tl.debug_barrier()  # the pooled slice is re-read by other threads of this program
+        _hidden_part(p_base, hpart_ptr + pid * R, w1_ptr, c_lo, c_hi, C, R, ACC, BLOCK_C, BLOCK_K)
+    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)  # what every thread stored is re-read by others below
+    # excitation: the hidden vector u = Σ of the sample's P parts + b1 (every program, identical bits;
+    # NaN after a timed-out wait, so a peer never reads a u silently computed from a partial sum), then
+    # per-tile logits, gate, scale
+    if HAS_FC1:
+        for r0 in range(0, R, BLOCK_K):
+            offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            mask_r = offs_r < R
+            u = _sum_rows(hpart_ptr + n * P * R, offs_r, mask_r, P, R, poison, ACC, BLOCK_K)
+            if HAS_B1:
+                u += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+            tl.store(u_base + offs_r, u, mask=mask_r)
         tl.debug_barrier()
     for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -326,6 +325,7 @@ def _se_bwd_kernel(
     z_ptr,  # (N, C) ACC: gate logits (saved)
     dz_ptr,  # (N, C) ACC (out): per-sample dL/dz — grad_b2 / grad_w2 partials
     du_ptr,  # (N, R) ACC (out): per-sample dL/du — grad_b1 / grad_w1 partials (HAS_FC1)
+    hpart_ptr,  # (N·P, R) ACC scratch: each program's part of W2ᵀ dz (HAS_FC1)
     sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
     C, R, HW, P, chan_per_prog, max_spin,
     sgn, sgc, sghw, sxn, sxc, sxhw, ssn, ssc, sshw, sdn, sdc, sdhw, son, soc, sohw,
@@ -337,7 +337,8 @@ def _se_bwd_kernel(
 
     Bytes: pass 1 reads grad_y and x (and shortcut), pass 2 reads grad_y again (and x, shortcut
     for a non-identity residual out_act) and writes grad_x (and grad_shortcut): 4·C·HW·|x| per sample
-    for se; plus O(C + R) fp32 vectors and the weights.
+    for se; plus O(C + P·R) fp32 vectors and its slice's share of the weights (2·R·C/P; eSE: W2's
+    columns of its channels, C·C/P).
     """
     pid = tl.program_id(0).to(tl.int64)
     n = pid // P
@@ -371,32 +372,33 @@ def _se_bwd_kernel(
                 sc = xv
             acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
         tl.store(dz_base + offs_c, acc * _gate_grad(z, GATE), mask=mask_c)
-    poison = 0.0
-    if MULTI:
-        failed = _sample_sync(sync_ptr + n, sync_ptr + tl.num_programs(0) // P, P, max_spin)
-        poison = tl.where(failed, float("nan"), 0.0)
-    else:
-        tl.debug_barrier()
-    # excitation backward: du = (W2ᵀ dz) · act'(u), all R (every program, identical values)
+    if HAS_FC1:
+        # this slice's part of W2ᵀ dz (W2's rows of its channels only), published as row pid of hpart
+        tl.debug_barrier()  # dz stored by every thread is re-read below
+        for r0 in range(0, R, BLOCK_K):
+            offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            mask_r = offs_r < R
+            dh = _matvec_cols(w2_ptr, dz_base, offs_r, mask_r, c_lo, c_hi, R, ACC, BLOCK_K, BLOCK_C)
+            tl.store(hpart_ptr + pid * R + offs_r, dh, mask=mask_r)
+    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)
+    # excitation backward: du = (Σ of the P parts of W2ᵀ dz) · act'(u), all R (every program, identical
+    # bits; NaN after a timed-out wait: the shared du is never silently wrong)
     if HAS_FC1:
         for r0 in range(0, R, BLOCK_K):
             offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
             mask_r = offs_r < R
-            dh = _matvec_cols(w2_ptr, dz_base, offs_r, mask_r, C, R, ACC, BLOCK_K, BLOCK_C)
+            dh = _sum_rows(hpart_ptr + n * P * R, offs_r, mask_r, P, R, poison, ACC, BLOCK_K)
             u = tl.load(u_base + offs_r, mask=mask_r, other=0.0)
-            du = dh * _act_grad(u, ACT)
-            if MULTI:
-                du += poison  # the shared du must not be silently wrong after a timed-out wait (NaN)
-            tl.store(du_base + offs_r, du, mask=mask_r)
+            tl.store(du_base + offs_r, dh * _act_grad(u, ACT), mask=mask_r)
         tl.debug_barrier()
     # pass 2: dp = W1ᵀ du (eSE: W2ᵀ dz) for this program's channels, then grad_x
     for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         mask_c = offs_c < c_hi
         if HAS_FC1:
-            dp = _matvec_cols(w1_ptr, du_base, offs_c, mask_c, R, C, ACC, BLOCK_C, BLOCK_K)
+            dp = _matvec_cols(w1_ptr, du_base, offs_c, mask_c, 0, R, C, ACC, BLOCK_C, BLOCK_K)
         else:
-            dp = _matvec_cols(w2_ptr, dz_base, offs_c, mask_c, C, C, ACC, BLOCK_C, BLOCK_K)
+            dp = _matvec_cols(w2_ptr, dz_base, offs_c, mask_c, 0, C, C, ACC, BLOCK_C, BLOCK_K)
         dp_hw = dp / HW + poison
         s = _gate(tl.load(z_base + offs_c, mask=mask_c, other=0.0), GATE)
         for hw0 in range(0, HW, BLOCK_HW):
@@ -422,20 +424,6 @@ def _se_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _schedule_env() -> str:
-    return os.environ.get("ATTN_KERNELS_SE_SCHEDULE", "auto")
-
-
-_SM_COUNT = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
-
 def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.device) -> dict:
     """The one launch heuristic.
 
@@ -448,9 +436,7 @@ def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.
     ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces one (multi still capped to co-residency).
     Memoised on the shape (SE layers are small and many: this runs on every call).
     """
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    sms = _sm_count(device) if device.type == "cuda" and not interpret else 0
-    return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_env(), sms))
+    return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_mode(), _device_sms(device)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -463,18 +449,9 @@ def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: st
         block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
         block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
     block_k = max(1, min(_next_pow2(k), _TILE // block_c))
-    tiles = _cdiv(c, block_c)
-    cfg = dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_K=block_k,
-               num_warps=8 if block_c * block_hw >= _TILE else 4, MULTI=0, P=1, chan_per_prog=tiles * block_c)
-    if sms and mode != "single" and tiles >= 2:
-        if n < sms and (mode == "multi" or n * 2 <= sms):
-            p = min(tiles, max(1, sms // n))
-            per = _cdiv(tiles, p) * block_c
-            p = _cdiv(c, per)
-            if p >= 2:
-                cfg.update(MULTI=1, P=p, chan_per_prog=per)
-    return cfg
-
+    multi, p, per = _split_plan(n, c, block_c, sms, mode)
+    return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_K=block_k,
+                num_warps=8 if block_c * block_hw >= _TILE else 4, MULTI=multi, P=p, chan_per_prog=per)
 
 def _acc(x: torch.Tensor):
     return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
@@ -485,36 +462,20 @@ def _check_x(x: torch.Tensor) -> None:
         raise TypeError(f"the triton SE kernel supports x of dtype float16/bfloat16/float32/float64, got {x.dtype}")
 
 
-def _sync_buffer(cfg: dict, n: int, device) -> torch.Tensor:
-    if cfg["MULTI"]:
-        return torch.zeros(n + 1, dtype=torch.int32, device=device)
-    return torch.empty(1, dtype=torch.int32, device=device)  # never touched (MULTI=0)
-
-
-def _check_error(sync: torch.Tensor, cfg: dict, n: int) -> None:
-    """Debug only (ATTN_KERNELS_SE_CHECK=1): a host sync, so off by default (CUDA-graph capture)."""
-    if cfg["MULTI"] and os.environ.get("ATTN_KERNELS_SE_CHECK", "0") == "1":
-        if int(sync[n].item()) != 0:
-            raise RuntimeError("fused SE: a multi-program wait timed out (programs not co-resident?); "
-                               "outputs are NaN. Set ATTN_KERNELS_SE_SCHEDULE=single to avoid this schedule.")
-
-
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _emulate_split(cfg: dict, c: int, split: int) -> dict:
-    """Test hook (interpreter): schedule (b)'s channel partition with P = ``split`` programs per sample
-    but MULTI=0 — the cross-program vector is pre-published by the caller instead of the sync."""
-    tiles = _cdiv(c, cfg["BLOCK_C"])
-    per = _cdiv(tiles, split) * cfg["BLOCK_C"]
-    return dict(cfg, MULTI=0, P=_cdiv(c, per), chan_per_prog=per)
+def _hidden_parts(n: int, p: int, r: int, acc: torch.dtype, device) -> torch.Tensor:
+    """(N·P, R) scratch for the programs' parts of W1 p (forward) / W2ᵀ dz (backward); P = the emulated
+    split's (test hook) or the schedule's."""
+    return _alloc.empty((n * p, max(r, 1)), dtype=acc, device=device)
 
 
 def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: str = "identity", *,
                _split: int = 0):
     """(y, pooled, u, z): y like x; pooled (N, C), u (N, R) (R = 0 for eSE), z (N, C) in fp32 (fp64 for
     fp64 x). ``shortcut`` given → se_residual's out_act(x·s + shortcut). ``_split``: test hook, see
-    ``_emulate_split``."""
+    ``_split.launch``."""
     _check_x(x)
     n, c = x.shape[:2]
     hw = int(torch.Size(x.shape[2:]).numel())
@@ -532,23 +493,18 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
     else:
         sck, ss = xk, sx
     cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device)
-    if _split:
-        cfg = _emulate_split(cfg, c, _split)
-        pooled.copy_(x.to(acc).mean(tuple(range(2, x.dim()))))
     w2c = w2.contiguous()
     w1c = w1.contiguous() if w1 is not None else w2c
-    sync = _sync_buffer(cfg, n, x.device)
-    meta = dict(cfg)
-    p, per = meta.pop("P"), meta.pop("chan_per_prog")
-    with _device_of(xk):
-        _se_fwd_kernel[(n * p,)](
-            xk, sck, y_buf, w1c, b1.contiguous() if b1 is not None else w2c, w2c,
-            b2.contiguous() if b2 is not None else w2c,
-            pooled, u, z, sync, c, max(r, 1), hw, p, per, _MAX_SPIN, *sx, *ss, *sy,
-            HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
-            ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
-            ACC=acc_tl, **meta)
-    _check_error(sync, cfg, n)
+    b1c = b1.contiguous() if b1 is not None else w2c
+    b2c = b2.contiguous() if b2 is not None else w2c
+    hpart = _hidden_parts(n, _split or cfg["P"], r, acc, x.device)
+    _launch(_se_fwd_kernel, xk, n, c, cfg,
+            lambda sync, p, per, spin: (xk, sck, y_buf, w1c, b1c, w2c, b2c, pooled, u, z, hpart, sync,
+                                        c, max(r, 1), hw, p, per, spin, *sx, *ss, *sy),
+            dict(HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
+                 ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
+                 ACC=acc_tl),
+            "SE", _split, (y_buf, u, z))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, u, z
@@ -575,7 +531,7 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
     """(grad_x, grad_shortcut, grad_w1, grad_b1, grad_w2, grad_b2). Without a shortcut grad_shortcut is an
     empty tensor; for eSE grad_w1 / grad_b1 are empty. Weight grads in their weight's dtype, bias grads
     in the accumulation dtype (fp32; fp64 for fp64 x).
-    ``_split``: test hook (dz pre-published by a single-program launch first), see ``_emulate_split``."""
+    ``_split``: test hook, see ``_split.launch``."""
     n, c = x.shape[:2]
     hw = int(torch.Size(x.shape[2:]).numel())
     r = w1.shape[0] if w1 is not None else 0
@@ -596,26 +552,17 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
         else:
             sck, ss = xk, sx
         cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device)
-        # _split (test hook): a single-program launch publishes dz, then the split launch recomputes
-        # everything on NaN-refilled outputs
-        cfgs = [cfg, _emulate_split(cfg, c, _split)] if _split else [cfg]
         w2c = w2.contiguous()
         w1c = w1.contiguous() if w1 is not None else w2c
         u, z = u.contiguous(), z.contiguous()  # (N, R), (N, C) as the forward returned them: no-ops
-        for i, cfg in enumerate(cfgs):
-            if i:
-                for t in (gx_buf, gsc_buf, du):
-                    t.fill_(float("nan"))
-            sync = _sync_buffer(cfg, n, x.device)
-            meta = dict(cfg)
-            p, per = meta.pop("P"), meta.pop("chan_per_prog")
-            with _device_of(gyk):
-                _se_bwd_kernel[(n * p,)](
-                    gyk, xk, sck, gx_buf, gsc_buf if shortcut is not None else gx_buf, w1c, w2c, u, z, dz, du, sync,
-                    c, max(r, 1), hw, p, per, _MAX_SPIN, *sg, *sx, *ss, *sd, *so,
-                    HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
-                    OUT_ACT=_ACTS[out_act], ACC=acc_tl, **meta)
-            _check_error(sync, cfg, n)
+        hpart = _hidden_parts(n, _split or cfg["P"], r, acc, x.device)
+        gsc_arg = gsc_buf if shortcut is not None else gx_buf
+        _launch(_se_bwd_kernel, gyk, n, c, cfg,
+                lambda sync, p, per, spin: (gyk, xk, sck, gx_buf, gsc_arg, w1c, w2c, u, z, dz, du, hpart, sync,
+                                            c, max(r, 1), hw, p, per, spin, *sg, *sx, *ss, *sd, *so),
+                dict(HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate],
+                     RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl),
+                "SE", _split, (gx_buf, gsc_buf, du))
         if gx_buf is not gx:
             gx.copy_(gx_buf)
         if shortcut is not None and gsc_buf is not gsc:

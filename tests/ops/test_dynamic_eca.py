@@ -4,11 +4,14 @@ Runs on the GPU when there is one, else on CPU tensors under TRITON_INTERPRET=1 
 Every test checks the output and the gradient of x and of every parameter against float64
 (tests.helpers.check_parity), on NaN-prefilled outputs.
 """
+import os
+
 import pytest
 import torch
 
 import attn_kernels as ak
 from attn_kernels import functional, reference
+from attn_kernels.ops import _split
 from attn_kernels.ops import dynamic_eca as D
 from tests.helpers import assert_close, check_parity, gradcheck
 
@@ -176,6 +179,124 @@ def test_strided_biases(device):
     x, wf, wb, w1, _, w2, _ = [t.detach() for t in bi_inputs((2, 9, 2, 3), rd=2, device=device)]
     b1, b2 = torch.rand(4, device=device)[::2] + 0.5, torch.randn(4, device=device)[::2]
     assert_close(bi_fused(x, wf, wb, w1, b1, w2, b2), reference.bi_eca(x, wf, wb, w1, b1, w2, b2), name="bi")
+
+
+# ---------------------------------------------------------------------------------------------
+# The split-sample schedule (ops/_split.py): emulated partition and the MULTI=1 code under the
+# interpreter; the real cross-program schedule on a GPU
+# ---------------------------------------------------------------------------------------------
+def _launchers(op):
+    """(forward, backward(grad_y, x, params, saved)) of the op's launchers, over make()'s input list."""
+    if op == "dmk":
+        return (lambda ins, **kw: D.dmk_eca_forward(*ins, **kw),
+                lambda gy, ins, saved, **kw: D.dmk_eca_backward(gy, ins[0], ins[1], *ins[3:], *saved, **kw))
+    return (lambda ins, **kw: D.bi_eca_forward(*ins, **kw),
+            lambda gy, ins, saved, **kw: D.bi_eca_backward(gy, ins[0], ins[1], ins[2], ins[3], ins[5], *saved, **kw))
+
+
+_BLOCK_K = {"dmk": 16, "bi": 8}  # the conv windows of _split_inputs: 9 taps (DMK), 5 (BiECA)
+
+
+def _split_inputs(op, layout, device):
+    """37 channels in tiles of BLOCK_C = 2 (DMK: 9-wide window) or 4 (BiECA) with test_tile_loops' shrunken
+    tile budget, so a 3-way split gives slices of 14/14/9 or 16/16/5 channels; the slice of 5 is
+    narrower than the windows' reach into it from both sides."""
+    torch.manual_seed(3)
+    fwd_make = {"dmk": lambda: dmk_inputs((3, 37, 3, 5), ks=(1, 3, 9), device=device),
+                "bi": lambda: bi_inputs((3, 37, 3, 5), kf=5, kb=3, rd=11, device=device)}[op]
+    ins = [t.detach() if t is not None else None for t in fwd_make()]
+    if layout == "channels_last":
+        ins[0] = ins[0].to(memory_format=torch.channels_last)
+    return ins
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # the emulation's first launch reads unset scratch
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_split_partition_emulated(op, layout, device, monkeypatch):
+    """Schedule (b)'s partition (program (n, j) on a channel slice; blend / MLP recomputed by every
+    program from the whole pooled vector; the conv halo read from the peers' slices; the tap and
+    blend gradients summed over the P published rows) vs schedule (a), every output and gradient."""
+    monkeypatch.setattr(D, "_TILE", 64)
+    monkeypatch.setattr(D, "_TILE_K", 32)
+    monkeypatch.setattr(D, "_MAX_BLOCK_HW", 4)
+    ins = _split_inputs(op, layout, device)
+    x = ins[0]
+    cfg = D._launch_cfg(3, 37, 15, x.stride(1), _BLOCK_K[op], x.device)
+    assert cfg["MULTI"] == 0 and cfg["P"] == 1 and _split.emulate_split(cfg, 37, 3)["P"] == 3
+    forward, backward = _launchers(op)
+    out1 = forward(ins)
+    out3 = forward(ins, _split=3)
+    for i, (a, b) in enumerate(zip(out3, out1)):
+        assert_close(a, b, name=f"forward output {i}")
+    gy = torch.randn_like(x)
+    g1 = backward(gy, ins, out1[1:])
+    g3 = backward(gy, ins, out1[1:], _split=3)
+    names = ["grad_x"] + [n for i, n in sorted({**(DMK_NAMES if op == "dmk" else BI_NAMES)}.items()) if i][:len(g1) - 1]
+    for a, b, name in zip(g3, g1, names):
+        assert_close(a, b, name=name)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: programs run in order")
+@pytest.mark.parametrize("op", OPS)
+def test_multi_schedule_timeout_is_loud(op, monkeypatch):
+    """The MULTI=1 code (counter, bounded wait, error flag, NaN poison) under the interpreter: programs
+    run one after another, so with a 3-iteration wait programs 0 .. P-2 of each sample time out and
+    program P-1 finds every arrival. The early slices (and the per-sample outputs program 0 stores)
+    must come back NaN, the last slice exact, the flag set; ATTN_KERNELS_SE_CHECK=1 must raise."""
+    monkeypatch.setattr(D, "_TILE", 64)
+    monkeypatch.setattr(D, "_TILE_K", 32)
+    monkeypatch.setattr(D, "_MAX_BLOCK_HW", 4)
+    ins = _split_inputs(op, "nchw", "cpu")[:]
+    ins[0] = ins[0][:2]
+    forward, backward = _launchers(op)
+    out1 = forward(ins)  # schedule (a): the expected values
+    gy = torch.randn_like(ins[0])
+    g1 = backward(gy, ins, out1[1:])
+    launch_cfg = D._launch_cfg
+    monkeypatch.setattr(D, "_launch_cfg", lambda n, c, *a: dict(_split.emulate_split(launch_cfg(n, c, *a), c, 3),
+                                                                MULTI=1))
+    monkeypatch.setattr(_split, "MAX_SPIN", 3)
+    syncs = []
+    sync_buffer = _split.sync_buffer
+    monkeypatch.setattr(_split, "sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    cfg = D._launch_cfg(2, 37, 15, 15, _BLOCK_K[op], ins[0].device)
+    assert cfg["MULTI"] == 1 and cfg["P"] == 3
+    last = 2 * cfg["chan_per_prog"]  # program P-1 owns channels last .. 36
+    out = forward(ins)
+    assert syncs[-1].tolist() == [3, 3, 1]  # every program arrived; the error flag is set
+    y, s = out[0], out[2]
+    assert torch.isnan(y[:, :last]).all() and torch.isnan(s[:, :last]).all() and torch.isnan(out[-1]).all()
+    assert_close(y[:, last:], out1[0][:, last:], name="y of the last program")
+    assert_close(s[:, last:], out1[2][:, last:], name="gate of the last program")
+    g = backward(gy, ins, out1[1:])
+    assert syncs[-1].tolist() == [3, 3, 1]
+    assert torch.isnan(g[0][:, :last]).all() and torch.isnan(g[-1]).all()  # grad_x; the last param grad
+    assert_close(g[0][:, last:], g1[0][:, last:], name="grad_x of the last program")
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    with pytest.raises(RuntimeError, match="timed out"):
+        forward(ins)
+    with pytest.raises(RuntimeError, match="timed out"):
+        backward(gy, ins, out1[1:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("schedule", ["single", "multi"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gpu_schedules(op, schedule, channels_last, monkeypatch):
+    """Both schedules on the GPU, the multi-program one with its error flag checked (a timed-out wait
+    raises): N = 2 samples of 1100 channels (≥ 2 channel tiles in either layout), 7×7 maps."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", schedule)
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    fused, eager, make, names = OPS[op]
+    ins = make((2, 1100, 7, 7), device="cuda")
+    if channels_last:
+        ins[0] = ins[0].detach().to(memory_format=torch.channels_last).requires_grad_()
+    cfg = D._launch_cfg(2, 1100, 49, ins[0].stride(1), 8, ins[0].device)
+    assert cfg["MULTI"] == (schedule == "multi") and (cfg["P"] >= 2) == (schedule == "multi")
+    for dtype in (torch.float32, torch.bfloat16):
+        check_parity(fused, eager, ins, dtype=dtype, param_dtype=torch.float32, names=names)
 
 
 @pytest.mark.parametrize("op", OPS)

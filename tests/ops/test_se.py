@@ -13,6 +13,7 @@ import triton
 
 import attn_kernels as ak
 from attn_kernels import functional, reference
+from attn_kernels.ops import _split
 from attn_kernels.ops import se as S
 from tests.helpers import assert_close, check_parity, gradcheck, tolerances
 
@@ -326,9 +327,10 @@ def test_gpu_cuda_graph_capture(schedule, monkeypatch):
 @pytest.mark.parametrize("ese,layout,residual", [(False, "nchw", False), (False, "channels_last", True),
                                                  (False, "nchw", True), (True, "channels_last", False)])
 def test_split_partition_emulated(ese, layout, residual, device):
-    """Schedule (b)'s per-sample channel partition (program (n, j) on a channel slice, the
-    excitation recomputed by every program) under the interpreter: P = 3 programs per sample, the
-    cross-program vectors (pooled; dz) pre-published instead of the GPU-only counter sync."""
+    """Schedule (b)'s per-sample channel partition under the interpreter (program (n, j) on a channel
+    slice: its part of W1 p / W2ᵀ dz published as a row, the rows summed by every program, the
+    logits and scaling of its slice): P = 3 programs per sample, launched twice on the same scratch
+    instead of the GPU-only counter meeting (ops/_split.launch)."""
     torch.manual_seed(1)
     c = 520  # 3 BLOCK_C tiles (256, 256, 8) per sample in either layout at HW = 9
     x = torch.randn(3, c, 3, 3, device=device)
@@ -337,7 +339,7 @@ def test_split_partition_emulated(ese, layout, residual, device):
     _, w1, b1, w2, b2 = [None if t is None else t.detach() for t in se_inputs(x.shape, 5, ese=ese, device=device)]
     sc = torch.randn(x.shape, device=device) if residual else None
     cfg = S.launch_config(3, c, c if ese else 5, 9, x.stride(1), x.device)
-    assert triton.cdiv(c, cfg["BLOCK_C"]) >= 3 and S._emulate_split(cfg, c, 3)["P"] == 3
+    assert triton.cdiv(c, cfg["BLOCK_C"]) >= 3 and _split.emulate_split(cfg, c, 3)["P"] == 3
     kw = dict(shortcut=sc, out_act="silu" if residual else "identity")
     y1, p1, u1, z1 = S.se_forward(x, w1, b1, w2, b2, "gelu", "sigmoid", **kw)
     y3, p3, u3, z3 = S.se_forward(x, w1, b1, w2, b2, "gelu", "sigmoid", _split=3, **kw)
@@ -361,13 +363,13 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
     gy = torch.randn_like(x)
     y1, p1, u1, z1 = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")  # schedule (a): the expected values
     gx1 = S.se_backward(gy, x, w1, w2, p1, u1, z1, "relu", "sigmoid")[0]
-    cfg = dict(S._emulate_split(S.launch_config(2, 520, 5, 9, 9, x.device), 520, 3), MULTI=1)
+    cfg = dict(_split.emulate_split(S.launch_config(2, 520, 5, 9, 9, x.device), 520, 3), MULTI=1)
     assert cfg["P"] == 3
     monkeypatch.setattr(S, "launch_config", lambda *a: dict(cfg))
-    monkeypatch.setattr(S, "_MAX_SPIN", 3)
+    monkeypatch.setattr(_split, "MAX_SPIN", 3)
     syncs = []
-    sync_buffer = S._sync_buffer
-    monkeypatch.setattr(S, "_sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    sync_buffer = _split.sync_buffer
+    monkeypatch.setattr(_split, "sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
     last = (cfg["P"] - 1) * cfg["chan_per_prog"]  # first channel of program P-1
     y, _, _, z = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")
     assert syncs[-1].tolist() == [3, 3, 1]  # every program arrived; the error flag is set

@@ -76,6 +76,9 @@ def run_case(n, c, h, w, dtype, layout, device, providers):
     copy_gbs = 2 * m_bytes / copy_ms / 1e6
     rows = []
     mods = _modules(c, device, dtype)
+    w1, _, w2, _ = mods["fused"].se_params()  # the fused launch config, recorded with the fused rows
+    cfg = S.launch_config(n, c, w1.shape[0], h * w, x.stride(1), x.device, **S._sizes(x, w1, w2))
+    schedule = f"GROUP={cfg['GROUP']} MULTI={cfg['MULTI']} P={cfg['P']}"
     for prov in providers:
         if prov not in mods:
             continue
@@ -103,7 +106,7 @@ def run_case(n, c, h, w, dtype, layout, device, providers):
             rows.append(dict(n=n, c=c, h=h, w=w, dtype=str(dtype).replace("torch.", ""), layout=layout, mode=mode,
                              provider=prov, median_ms=round(ms, 5), floor_bytes=floor, gbs=round(gbs, 1),
                              copy_gbs=round(copy_gbs, 1), frac_copy=round(gbs / copy_gbs, 3),
-                             launches=launches))
+                             launches=launches, schedule=schedule if prov == "fused" else ""))
     return rows
 
 

@@ -236,7 +236,7 @@ def triton_se_cases(report, dtypes, dev, schedules=("single", "multi")):
                     params = [(torch.randn(*s, device=dev) * sc).to(dtype)
                               for s, sc in (((r, c), 0.3), ((r,), 0.1), ((c, r), 0.3), ((c,), 0.1))]
                     cfg = S.launch_config(shape[0], shape[1], r, shape[2] * shape[3], 1 if cl else shape[2] * shape[3],
-                                          x.device)
+                                          x.device, **S._sizes(x, params[0], params[2]))
                     leaves = [t.detach().requires_grad_() for t in [x] + params]
                     gy = torch.randn_like(x)
                     y = functional.se(*leaves, "silu", "sigmoid", backend="triton")
@@ -245,7 +245,7 @@ def triton_se_cases(report, dtypes, dev, schedules=("single", "multi")):
                     y_ref, grads_ref = cpu_reference(lambda *t: reference.se(*t, "silu", "sigmoid"), [x] + params, gy)
                     names = ("grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2")
                     pairs = [("y", y, y_ref)] + [(n, t.grad, g) for n, t, g in zip(names, leaves, grads_ref)]
-                    return f"MULTI={cfg['MULTI']} P={cfg['P']}; " + check(pairs, dtype_name)
+                    return f"MULTI={cfg['MULTI']} P={cfg['P']} GROUP={cfg['GROUP']}; " + check(pairs, dtype_name)
                 report.case(f"triton se {schedule} {dtype_name} {lay}", run)
     os.environ.pop("ATTN_KERNELS_SE_SCHEDULE", None)
 

@@ -9,9 +9,9 @@
 The design problem is the global dependency: every gate needs the mean of every channel of its
 sample. Two schedules, chosen per call by the launcher and passed as the constexpr ``MULTI``:
 
-(a) ``MULTI=0`` — one program per sample. It pools all its channel tiles into an fp32 (N, C) buffer,
-    computes the excitation on chip (FC1 in [BLOCK_K, BLOCK_C] weight tiles against the pooled vector
-    re-read after ``tl.debug_barrier()``), then, tile by tile, the gate and the scaling. No
+(a) ``MULTI=0`` — one program per sample (per group of samples, below). It pools all its channel
+    tiles into an fp32 (N, C) buffer, computes the excitation on chip (FC tiles against the pooled
+    vector re-read after ``tl.debug_barrier()``), then, tile by tile, the gate and the scaling. No
     cross-program communication: this is the schedule that runs under ``TRITON_INTERPRET=1`` (where
     programs run one after another, so any wait on another program would hang) and the one CI covers.
 (b) ``MULTI=1`` — several programs per sample (GPU only, small N): program j of sample n owns a slice
@@ -32,6 +32,13 @@ sample. Two schedules, chosen per call by the launcher and passed as the constex
     The counter wait, the split plan and the test hooks live in ops/_split.py (shared with
     DynamicMultiKernelECA and BidirectionalECA). CI runs schedule (b)'s channel partition (emulated)
     and its MULTI=1 code with a tiny spin bound under the interpreter; the real schedule only a GPU runs.
+
+Sample groups (both schedules): a program serves GROUP consecutive samples (``GROUP`` constexpr, 1 … 16,
+chosen by ``launch_config`` from the byte counts) — it pools, and later scales, its channel slice of
+each of them, but reads each FC weight tile once for all of them ([GROUP, FC_C, FC_R] register
+tiles). Without it every sample reads the FC weights from L2 once: at the 7×7 stage (C = 2048,
+R = 128, fp32 weights: 2 MB per sample against 200 KB of bf16 x) that is ten times the x traffic.
+In (b) the meeting, the counters and the published parts are per group.
 
 Backward, same structure: pass 1 per channel g = Σ_hw gy'·x (gy' = grad_y, or grad_y·out_act'(x·s +
 shortcut) for se_residual), dz = g·gate'(z) published to (N, C), and the slice's part of W2ᵀ dz as
@@ -60,16 +67,15 @@ Bytes per call (|x| = element size, M = N·C·HW):
     backward   reads grad_y and x (pass 1), grad_y again (pass 2), writes grad_x: 4·M·|x|
                se_residual: pass 1 reads grad_y, x, shortcut; pass 2 the same (identity out_act: only
                grad_y), writes grad_x and grad_shortcut:                    up to 8·M·|x|
-plus O(N·(C + R)) fp32 vectors and the weights once per program (L2-resident). The bound judged
+plus O(N·(C + R)) fp32 vectors and the weights once per group of samples (L2-resident). The bound judged
 against is the compulsory floor: forward 2·M·|x| (read x, write y), backward 3·M·|x| (read x and
 grad_y, write grad_x) — fraction of a measured device copy, see bench/bench_se.py.
 
-Known cost, not yet tuned (no GPU was available when this was written): every sample reads the FC
-weights from L2 once — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048, R = 128, fp32 weights), split among
-its P programs in schedule (b) — so the L2 weight traffic is N·(that). At small HW (the 7×7 stage,
-N = 64: 128 MB of L2 reads against 38 MB of bf16 x traffic) this can rival the x traffic; a program
-serving several samples per weight tile (a [samples, C] × [C, R] tile product) would cut it (not
-done). No measured GPU figure exists for either schedule yet.
+L2 weight traffic: every group reads the FC weights once — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048,
+R = 128, fp32 weights), split among its P programs in schedule (b) — so N/GROUP times that per call
+(the 7×7 stage at N = 64: 16 MB with GROUP = 8 on a 132-SM GPU, against 38 MB of bf16 x traffic;
+128 MB ungrouped). Not tuned: no GPU has run these kernels yet (sm_90 builds: 120-185 registers per
+thread at 8 warps, no spills — one program per SM), so neither schedule nor GROUP has a measured figure.
 """
 from __future__ import annotations
 
@@ -82,7 +88,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, flat_strides as _flat_strides
+from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
 from ._split import schedule_mode as _schedule_mode, split_plan as _split_plan
@@ -92,7 +98,7 @@ __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 _X_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ACTS = {"relu": 0, "silu": 1, "gelu": 2, "identity": 3}
 _GATES = {"sigmoid": 0, "hardsigmoid": 1}
-_TILE = 4096  # elements per [BLOCK_C, BLOCK_HW] x tile and per [BLOCK_C, BLOCK_K] weight tile
+_TILE = 4096  # elements per [BLOCK_C, BLOCK_HW] x tile and per [GROUP, FC_C, FC_R] FC tile
 _MAX_BLOCK_HW = 1024
 
 
@@ -144,65 +150,40 @@ def _gate_grad(z, GATE: tl.constexpr):
 
 
 @triton.jit
-def _hidden_part(p_base, row_ptr, w1_ptr, c_lo, c_hi, C, R, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
-    """This program's part of the hidden pre-activation: row[r] = Σ_{c in [c_lo, c_hi)} W1[r, c] p[c], all R.
+def _group_matvec(w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, offs_o, mask_o, k_lo, k_hi, ACT: tl.constexpr,
+                  APPLY: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_O: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    """out[g, o] = Σ_{k in [k_lo, k_hi)} W[o, k] · f(v[g, k]) for the group's samples (rows offs_g of the
+    vectors v, row stride ldv) and the outputs offs_o; f = act if APPLY else identity. W[o, k] sits at
+    w_ptr + o·so + k·sk: a row-major (O, K) matrix is (so, sk) = (K, 1), its transpose (1, O).
 
-    Each program reads only its slice's columns of W1 (R·C/P weights), so a sample's P programs read
-    W1 once between them instead of P times."""
-    for r0 in range(0, R, BLOCK_K):
-        offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        mask_r = offs_r < R
-        acc = tl.zeros([BLOCK_K], dtype=ACC)
-        for c0 in range(c_lo, c_hi, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mask_c = offs_c < c_hi
-            p = tl.load(p_base + offs_c, mask=mask_c, other=0.0)
-            w = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :],
-                        other=0.0).to(ACC)
-            acc += tl.sum(w * p[None, :], axis=1)
-        tl.store(row_ptr + offs_r, acc, mask=mask_r)
-
-
-@triton.jit
-def _sum_rows(rows_ptr, offs_r, mask_r, P, R, poison, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Σ_q rows[q, offs_r] over the sample's P published rows, in program order (identical bits in every
-    program), plus ``poison`` (NaN after a timed-out wait). ``.cg``: the rows are the peers' stores."""
-    acc = tl.zeros([BLOCK_K], dtype=ACC) + poison
-    for q in range(0, P):
-        acc += tl.load(rows_ptr + q * R + offs_r, mask=mask_r, other=0.0, cache_modifier=".cg")
-    return acc
-
-
-@triton.jit
-def _matvec_rows(w_ptr, v_base, offs_c, mask_c, K, ACT: tl.constexpr, APPLY: tl.constexpr, ACC: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Σ_k W[c, k] f(v[k]) for the rows offs_c of a (C, K) row-major W; f = act if APPLY else identity."""
-    acc = tl.zeros([BLOCK_C], dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        mask_k = offs_k < K
-        v = tl.load(v_base + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg")
-        if APPLY:
-            v = tl.where(mask_k, _act(v, ACT), 0.0)
-        w = tl.load(w_ptr + offs_c[:, None] * K + offs_k[None, :], mask=mask_c[:, None] & mask_k[None, :],
-                    other=0.0).to(ACC)
-        acc += tl.sum(w * v[None, :], axis=1)
-    return acc
-
-
-@triton.jit
-def _matvec_cols(w_ptr, v_base, offs_c, mask_c, k_lo, k_hi, C, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
-    """Σ_{k in [k_lo, k_hi)} W[k, c] v[k] for the columns offs_c of a (K, C) row-major W (a transposed matvec)."""
-    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    Each [BLOCK_O, BLOCK_K] weight tile is read once for all GROUP samples: this is what grouping
+    samples buys (the weights are read once per group, not once per sample)."""
+    acc = tl.zeros([GROUP, BLOCK_O], dtype=ACC)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
         mask_k = offs_k < k_hi
-        v = tl.load(v_base + offs_k, mask=mask_k, other=0.0, cache_modifier=".cg")
-        w = tl.load(w_ptr + offs_k[None, :] * C + offs_c[:, None], mask=mask_c[:, None] & mask_k[None, :],
+        v = tl.load(v_ptr + offs_g[:, None] * ldv + offs_k[None, :], mask=mask_g[:, None] & mask_k[None, :],
+                    other=0.0, cache_modifier=".cg")  # .cg: in schedule (b) partly a peer's stores
+        if APPLY:
+            v = tl.where(mask_k[None, :], _act(v, ACT), 0.0)
+        w = tl.load(w_ptr + offs_o[:, None] * so + offs_k[None, :] * sk, mask=mask_o[:, None] & mask_k[None, :],
                     other=0.0).to(ACC)
-        acc += tl.sum(w * v[None, :], axis=1)
+        acc += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+    return acc
+
+
+@triton.jit
+def _sum_rows(rows_ptr, offs_r, mask_r, P, R, poison, ACC: tl.constexpr, GROUP: tl.constexpr,
+              BLOCK_R: tl.constexpr):
+    """[GROUP, BLOCK_R]: Σ_q rows[q, :, offs_r] over the group's P published (GROUP, R) blocks, in program
+    order (identical bits in every program), plus ``poison`` (NaN after a timed-out wait). ``.cg``:
+    the rows are the peers' stores."""
+    offs_gi = tl.arange(0, GROUP)
+    acc = tl.zeros([GROUP, BLOCK_R], dtype=ACC) + poison
+    for q in range(0, P):
+        acc += tl.load(rows_ptr + (q * GROUP + offs_gi[:, None]) * R + offs_r[None, :], mask=mask_r[None, :],
+                       other=0.0, cache_modifier=".cg")
     return acc
 
 
@@ -221,80 +202,100 @@ def _se_fwd_kernel(
     p_ptr,  # (N, C) ACC (out, saved): pooled means
     u_ptr,  # (N, R) ACC (out, saved): hidden pre-activation (unused for eSE)
     z_ptr,  # (N, C) ACC (out, saved): gate logits
-    hpart_ptr,  # (N·P, R) ACC scratch: each program's part of W1 p (HAS_FC1)
-    sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
-    C, R, HW, P, chan_per_prog, max_spin,
+    hpart_ptr,  # (groups·P, GROUP, R) ACC scratch: each program's part of W1 p (HAS_FC1)
+    sync_ptr,  # (groups + 1,) int32: per-group arrival counters, then the error flag (MULTI only)
+    N, C, R, HW, P, chan_per_prog, max_spin,
     sxn, sxc, sxhw, ssn, ssc, sshw, syn, syc, syhw,
     HAS_FC1: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr,
     GATE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, MULTI: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    FC_C: tl.constexpr, FC_R: tl.constexpr,
 ):
-    """Program (n, j) of P per sample (P = 1 in schedule (a)) on channels [j·chan_per_prog, +chan_per_prog).
+    """Program (g, j) of P per group (P = 1 in schedule (a)): samples [g·GROUP, (g + 1)·GROUP), channels
+    [j·chan_per_prog, +chan_per_prog).
 
-    Bytes: reads its x slice twice (pool; scale — from L2) and writes y once: 3·C·HW·|x| per sample
-    (+ C·HW·|x| shortcut for RESIDUAL); plus O(C + P·R) fp32 vectors and its slice's share of the FC
-    weights: W1's columns and W2's rows of its channels (2·R·C/P; eSE: W2's rows, C·C/P).
+    Bytes: reads its x slice of each sample twice (pool; scale — from L2) and writes y once:
+    3·C·HW·|x| per sample (+ C·HW·|x| shortcut for RESIDUAL); plus O(GROUP·(C + P·R)) fp32 vectors and
+    its slice's share of the FC weights, once for its GROUP samples: W1's columns and W2's rows of
+    its channels (2·R·C/P; eSE: W2's rows, C·C/P).
     """
     pid = tl.program_id(0).to(tl.int64)
-    n = pid // P
+    grp = pid // P
     j = pid % P
+    n0 = grp * GROUP
     c_lo = j * chan_per_prog
     c_hi = tl.minimum(c_lo + chan_per_prog, C)
-    x_base = x_ptr + n * sxn
-    y_base = y_ptr + n * syn
-    sc_base = sc_ptr + n * ssn
-    p_base = p_ptr + n * C
-    u_base = u_ptr + n * R
-    z_base = z_ptr + n * C
-    # pass 1: pool this program's channels
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < c_hi
-        acc = tl.zeros([BLOCK_C], dtype=ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-            m = mask_c[:, None] & (offs_hw < HW)[None, :]
-            v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
-            acc += tl.sum(v.to(ACC), axis=1)
-        tl.store(p_base + offs_c, acc / HW, mask=mask_c)
+    offs_g = n0 + tl.arange(0, GROUP).to(tl.int64)
+    mask_g = offs_g < N
+    # pass 1: pool this program's channels of each sample of the group
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            mask_c = (offs_c < c_hi) & (n < N)
+            acc = tl.zeros([BLOCK_C], dtype=ACC)
+            for hw0 in range(0, HW, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                m = mask_c[:, None] & (offs_hw < HW)[None, :]
+                v = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
+                acc += tl.sum(v.to(ACC), axis=1)
+            tl.store(p_ptr + n * C + offs_c, acc / HW, mask=mask_c)
     if HAS_FC1:
+        # this slice's part of W1 p for the group's samples, published as this program's (GROUP, R) block
         tl.debug_barrier()  # the pooled slice is re-read by other threads of this program
-        _hidden_part(p_base, hpart_ptr + pid * R, w1_ptr, c_lo, c_hi, C, R, ACC, BLOCK_C, BLOCK_K)
-    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)  # what every thread stored is re-read by others below
-    # excitation: the hidden vector u = Σ of the sample's P parts + b1 (every program, identical bits;
-    # NaN after a timed-out wait, so a peer never reads a u silently computed from a partial sum), then
-    # per-tile logits, gate, scale
-    if HAS_FC1:
-        for r0 in range(0, R, BLOCK_K):
-            offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        for r0 in range(0, R, FC_R):
+            offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
             mask_r = offs_r < R
-            u = _sum_rows(hpart_ptr + n * P * R, offs_r, mask_r, P, R, poison, ACC, BLOCK_K)
+            part = _group_matvec(w1_ptr, C, 1, p_ptr, C, offs_g, mask_g, offs_r, mask_r, c_lo, c_hi, ACT, 0, ACC,
+                                 GROUP, FC_R, FC_C)
+            tl.store(hpart_ptr + (pid * GROUP + tl.arange(0, GROUP)[:, None]) * R + offs_r[None, :], part,
+                     mask=mask_r[None, :])
+    # what every thread (schedule (b): every program of the group) stored is re-read by others below
+    poison = _meet(sync_ptr, grp, P, P, max_spin, MULTI)
+    # excitation: the hidden vectors u = Σ of the group's P parts + b1 (every program, identical bits;
+    # NaN after a timed-out wait, so a peer never reads a u silently computed from a partial sum)
+    if HAS_FC1:
+        for r0 in range(0, R, FC_R):
+            offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
+            mask_r = offs_r < R
+            u = _sum_rows(hpart_ptr + grp * P * GROUP * R, offs_r, mask_r, P, R, poison, ACC, GROUP, FC_R)
             if HAS_B1:
-                u += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
-            tl.store(u_base + offs_r, u, mask=mask_r)
+                u += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)[None, :]
+            tl.store(u_ptr + offs_g[:, None] * R + offs_r[None, :], u, mask=mask_g[:, None] & mask_r[None, :])
         tl.debug_barrier()
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+    # the gate logits of this program's channels, for the group (W2's rows read once per group)
+    for c0 in range(c_lo, c_hi, FC_C):
+        offs_c = (c0 + tl.arange(0, FC_C)).to(tl.int64)
         mask_c = offs_c < c_hi
         if HAS_FC1:
-            z = _matvec_rows(w2_ptr, u_base, offs_c, mask_c, R, ACT, 1, ACC, BLOCK_C, BLOCK_K)
+            z = _group_matvec(w2_ptr, R, 1, u_ptr, R, offs_g, mask_g, offs_c, mask_c, 0, R, ACT, 1, ACC,
+                              GROUP, FC_C, FC_R)
         else:
-            z = _matvec_rows(w2_ptr, p_base, offs_c, mask_c, C, ACT, 0, ACC, BLOCK_C, BLOCK_K)
+            z = _group_matvec(w2_ptr, C, 1, p_ptr, C, offs_g, mask_g, offs_c, mask_c, 0, C, ACT, 0, ACC,
+                              GROUP, FC_C, FC_R)
         if HAS_B2:
-            z += tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)
+            z += tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0).to(ACC)[None, :]
         z += poison
-        tl.store(z_base + offs_c, z, mask=mask_c)
-        s = _gate(z, GATE)
-        for hw0 in range(0, HW, BLOCK_HW):
-            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-            m = mask_c[:, None] & (offs_hw < HW)[None, :]
-            v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
-            out = v.to(ACC) * s[:, None]
-            if RESIDUAL:
-                sc = tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0)
-                out = _act(out + sc.to(ACC), OUT_ACT)
-            tl.store(y_base + offs_c[:, None] * syc + offs_hw[None, :] * syhw, out.to(y_ptr.dtype.element_ty),
-                     mask=m)
+        tl.store(z_ptr + offs_g[:, None] * C + offs_c[None, :], z, mask=mask_g[:, None] & mask_c[None, :])
+    tl.debug_barrier()  # the logits are re-read, one sample at a time, by other threads below
+    # pass 2: gate and scale each sample's slice
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            mask_c = (offs_c < c_hi) & (n < N)
+            s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
+            for hw0 in range(0, HW, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                m = mask_c[:, None] & (offs_hw < HW)[None, :]
+                v = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
+                out = v.to(ACC) * s[:, None]
+                if RESIDUAL:
+                    sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                                 other=0.0)
+                    out = _act(out + sc.to(ACC), OUT_ACT)
+                tl.store(y_ptr + n * syn + offs_c[:, None] * syc + offs_hw[None, :] * syhw,
+                         out.to(y_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,98 +326,113 @@ def _se_bwd_kernel(
     z_ptr,  # (N, C) ACC: gate logits (saved)
     dz_ptr,  # (N, C) ACC (out): per-sample dL/dz — grad_b2 / grad_w2 partials
     du_ptr,  # (N, R) ACC (out): per-sample dL/du — grad_b1 / grad_w1 partials (HAS_FC1)
-    hpart_ptr,  # (N·P, R) ACC scratch: each program's part of W2ᵀ dz (HAS_FC1)
-    sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
-    C, R, HW, P, chan_per_prog, max_spin,
+    dp_ptr,  # (N, C) ACC scratch: dL/d pooled
+    hpart_ptr,  # (groups·P, GROUP, R) ACC scratch: each program's part of W2ᵀ dz (HAS_FC1)
+    sync_ptr,  # (groups + 1,) int32 counters + error flag (MULTI only)
+    N, C, R, HW, P, chan_per_prog, max_spin,
     sgn, sgc, sghw, sxn, sxc, sxhw, ssn, ssc, sshw, sdn, sdc, sdhw, son, soc, sohw,
     HAS_FC1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, RESIDUAL: tl.constexpr,
-    OUT_ACT: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
+    OUT_ACT: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
 ):
-    """Program (n, j) as in the forward.
+    """Program (g, j) as in the forward.
 
     Bytes: pass 1 reads grad_y and x (and shortcut), pass 2 reads grad_y again (and x, shortcut
     for a non-identity residual out_act) and writes grad_x (and grad_shortcut): 4·C·HW·|x| per sample
-    for se; plus O(C + P·R) fp32 vectors and its slice's share of the weights (2·R·C/P; eSE: W2's
-    columns of its channels, C·C/P).
+    for se; plus O(GROUP·(C + P·R)) fp32 vectors and its slice's share of the weights once for its
+    GROUP samples (2·R·C/P; eSE: W2's columns of its channels, C·C/P).
     """
     pid = tl.program_id(0).to(tl.int64)
-    n = pid // P
+    grp = pid // P
     j = pid % P
+    n0 = grp * GROUP
     c_lo = j * chan_per_prog
     c_hi = tl.minimum(c_lo + chan_per_prog, C)
-    gy_base = gy_ptr + n * sgn
-    x_base = x_ptr + n * sxn
-    sc_base = sc_ptr + n * ssn
-    gx_base = gx_ptr + n * sdn
-    gsc_base = gsc_ptr + n * son
-    u_base = u_ptr + n * R
-    z_base = z_ptr + n * C
-    dz_base = dz_ptr + n * C
-    du_base = du_ptr + n * R
-    # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < c_hi
-        z = tl.load(z_base + offs_c, mask=mask_c, other=0.0)
-        s = _gate(z, GATE)
-        acc = tl.zeros([BLOCK_C], dtype=ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-            m = mask_c[:, None] & (offs_hw < HW)[None, :]
-            g = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
-            xv = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
-            if RESIDUAL:
-                sc = tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0).to(ACC)
-            else:
-                sc = xv
-            acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
-        tl.store(dz_base + offs_c, acc * _gate_grad(z, GATE), mask=mask_c)
+    offs_g = n0 + tl.arange(0, GROUP).to(tl.int64)
+    mask_g = offs_g < N
+    # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels of each sample of the group
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            mask_c = (offs_c < c_hi) & (n < N)
+            z = tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+            s = _gate(z, GATE)
+            acc = tl.zeros([BLOCK_C], dtype=ACC)
+            for hw0 in range(0, HW, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                m = mask_c[:, None] & (offs_hw < HW)[None, :]
+                g = tl.load(gy_ptr + n * sgn + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m,
+                            other=0.0).to(ACC)
+                xv = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
+                             other=0.0).to(ACC)
+                if RESIDUAL:
+                    sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                                 other=0.0).to(ACC)
+                else:
+                    sc = xv
+                acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
+            tl.store(dz_ptr + n * C + offs_c, acc * _gate_grad(z, GATE), mask=mask_c)
+    tl.debug_barrier()  # dz stored by every thread is re-read below
     if HAS_FC1:
-        # this slice's part of W2ᵀ dz (W2's rows of its channels only), published as row pid of hpart
-        tl.debug_barrier()  # dz stored by every thread is re-read below
-        for r0 in range(0, R, BLOCK_K):
-            offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        # this slice's part of W2ᵀ dz (W2's rows of its channels only), published as its (GROUP, R) block
+        for r0 in range(0, R, FC_R):
+            offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
             mask_r = offs_r < R
-            dh = _matvec_cols(w2_ptr, dz_base, offs_r, mask_r, c_lo, c_hi, R, ACC, BLOCK_K, BLOCK_C)
-            tl.store(hpart_ptr + pid * R + offs_r, dh, mask=mask_r)
-    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)
+            part = _group_matvec(w2_ptr, 1, R, dz_ptr, C, offs_g, mask_g, offs_r, mask_r, c_lo, c_hi, ACT, 0, ACC,
+                                 GROUP, FC_R, FC_C)
+            tl.store(hpart_ptr + (pid * GROUP + tl.arange(0, GROUP)[:, None]) * R + offs_r[None, :], part,
+                     mask=mask_r[None, :])
+    poison = _meet(sync_ptr, grp, P, P, max_spin, MULTI)
     # excitation backward: du = (Σ of the P parts of W2ᵀ dz) · act'(u), all R (every program, identical
     # bits; NaN after a timed-out wait: the shared du is never silently wrong)
     if HAS_FC1:
-        for r0 in range(0, R, BLOCK_K):
-            offs_r = (r0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        for r0 in range(0, R, FC_R):
+            offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
             mask_r = offs_r < R
-            dh = _sum_rows(hpart_ptr + n * P * R, offs_r, mask_r, P, R, poison, ACC, BLOCK_K)
-            u = tl.load(u_base + offs_r, mask=mask_r, other=0.0)
-            tl.store(du_base + offs_r, dh * _act_grad(u, ACT), mask=mask_r)
+            dh = _sum_rows(hpart_ptr + grp * P * GROUP * R, offs_r, mask_r, P, R, poison, ACC, GROUP, FC_R)
+            mask = mask_g[:, None] & mask_r[None, :]
+            u = tl.load(u_ptr + offs_g[:, None] * R + offs_r[None, :], mask=mask, other=0.0)
+            tl.store(du_ptr + offs_g[:, None] * R + offs_r[None, :], dh * _act_grad(u, ACT), mask=mask)
         tl.debug_barrier()
-    # pass 2: dp = W1ᵀ du (eSE: W2ᵀ dz) for this program's channels, then grad_x
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+    # dp = W1ᵀ du (eSE: W2ᵀ dz) for this program's channels, for the group (weights read once per group)
+    for c0 in range(c_lo, c_hi, FC_C):
+        offs_c = (c0 + tl.arange(0, FC_C)).to(tl.int64)
         mask_c = offs_c < c_hi
         if HAS_FC1:
-            dp = _matvec_cols(w1_ptr, du_base, offs_c, mask_c, 0, R, C, ACC, BLOCK_C, BLOCK_K)
+            dp = _group_matvec(w1_ptr, 1, C, du_ptr, R, offs_g, mask_g, offs_c, mask_c, 0, R, ACT, 0, ACC,
+                               GROUP, FC_C, FC_R)
         else:
-            dp = _matvec_cols(w2_ptr, dz_base, offs_c, mask_c, 0, C, C, ACC, BLOCK_C, BLOCK_K)
-        dp_hw = dp / HW + poison
-        s = _gate(tl.load(z_base + offs_c, mask=mask_c, other=0.0), GATE)
-        for hw0 in range(0, HW, BLOCK_HW):
-            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-            m = mask_c[:, None] & (offs_hw < HW)[None, :]
-            g = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
-            if RESIDUAL:
-                if OUT_ACT != 3:
-                    xv = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
-                                 other=0.0).to(ACC)
-                    sc = tl.load(sc_base + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
-                                 other=0.0).to(ACC)
-                    g = g * _act_grad(xv * s[:, None] + sc, OUT_ACT)
-                tl.store(gsc_base + offs_c[:, None] * soc + offs_hw[None, :] * sohw,
-                         g.to(gsc_ptr.dtype.element_ty), mask=m)
-            out = g * s[:, None] + dp_hw[:, None]
-            tl.store(gx_base + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw, out.to(gx_ptr.dtype.element_ty),
-                     mask=m)
+            dp = _group_matvec(w2_ptr, 1, C, dz_ptr, C, offs_g, mask_g, offs_c, mask_c, 0, C, ACT, 0, ACC,
+                               GROUP, FC_C, FC_R)
+        tl.store(dp_ptr + offs_g[:, None] * C + offs_c[None, :], dp / HW + poison,
+                 mask=mask_g[:, None] & mask_c[None, :])
+    tl.debug_barrier()  # dp is re-read, one sample at a time, by other threads below
+    # pass 2: grad_x = gy'·s + dp/HW (and grad_shortcut = gy') for each sample's slice
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            mask_c = (offs_c < c_hi) & (n < N)
+            dp_hw = tl.load(dp_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+            s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
+            for hw0 in range(0, HW, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                m = mask_c[:, None] & (offs_hw < HW)[None, :]
+                g = tl.load(gy_ptr + n * sgn + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m,
+                            other=0.0).to(ACC)
+                if RESIDUAL:
+                    if OUT_ACT != 3:
+                        xv = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
+                                     other=0.0).to(ACC)
+                        sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                                     other=0.0).to(ACC)
+                        g = g * _act_grad(xv * s[:, None] + sc, OUT_ACT)
+                    tl.store(gsc_ptr + n * son + offs_c[:, None] * soc + offs_hw[None, :] * sohw,
+                             g.to(gsc_ptr.dtype.element_ty), mask=m)
+                out = g * s[:, None] + dp_hw[:, None]
+                tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw,
+                         out.to(gx_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,23 +440,37 @@ def _se_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.device) -> dict:
-    """The one launch heuristic.
+def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.device, *, x_bytes: int = 0,
+                  w_bytes: int = 0) -> dict:
+    """The one launch heuristic. ``x_bytes``: one sample of x (C·HW·|x|); ``w_bytes``: the FC weights
+    (R·C·(|w1| + |w2|), eSE C·C·|w2|); without them no samples are grouped.
 
     Tiles: the contiguous axis (HW for NCHW, C when stride_c == 1, i.e. channels_last) gets the long
-    side of a ≤ 4096-element [BLOCK_C, BLOCK_HW] tile (powers of two from next_power_of_2);
-    weight tiles [BLOCK_C, BLOCK_K] also ≤ 4096 elements (k = R, or C for eSE). Warps: 8 for a full
-    4096-element tile, 4 below. Schedule: (b) MULTI only on a real GPU (never under the interpreter)
-    when the batch is small (N < SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, SMs // N)
-    programs per sample, so the grid N·P never exceeds the SM count (co-resident: no deadlock).
+    side of a ≤ 4096-element [BLOCK_C, BLOCK_HW] x tile (powers of two). Warps: 8 for a full
+    4096-element tile, 4 below.
+    Groups: a program serves GROUP samples so that the FC weights, read from L2 once per program
+    rather than once per sample, stay a small fraction of the x traffic: the smallest power of two
+    with w_bytes / GROUP ≤ x_bytes / 4 (≤ 16). At the 7×7 stage of SE-ResNet-50 (C = 2048, R = 128,
+    fp32 weights: 2 MB against 200 KB of bf16 x per sample) ungrouped programs would read ten times
+    more weight bytes from L2 than x bytes from DRAM. On a GPU GROUP is also capped so that the
+    (sample-group, channel-tile) work still fills the SMs: GROUP ≤ N·#tiles / SMs.
+    FC tiles [GROUP, FC_C, FC_R] ≤ 4096 elements (FC_R ≤ 32 hidden units; k = R, or C for eSE).
+    Schedule: (b) MULTI only on a real GPU (never under the interpreter) when the groups are few
+    (2·groups ≤ SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, SMs // groups) programs per
+    group, so the grid groups·P never exceeds the SM count (co-resident: no deadlock).
     ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces one (multi still capped to co-residency).
     Memoised on the shape (SE layers are small and many: this runs on every call).
     """
-    return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_mode(), _device_sms(device)))
+    return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_mode(), _device_sms(device), x_bytes,
+                               w_bytes))
+
+
+_MAX_GROUP = 16
 
 
 @functools.lru_cache(maxsize=4096)
-def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: str, sms: int) -> dict:
+def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: str, sms: int, x_bytes: int,
+                   w_bytes: int) -> dict:
     """launch_config for a device with ``sms`` SMs (0: no multi-program schedule: CPU / interpreter)."""
     if c_contiguous and c > 1 and hw > 1:
         block_c = min(_next_pow2(c), 256)
@@ -448,10 +478,31 @@ def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: st
     else:
         block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
         block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
-    block_k = max(1, min(_next_pow2(k), _TILE // block_c))
-    multi, p, per = _split_plan(n, c, block_c, sms, mode)
-    return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_K=block_k,
+    tiles = _cdiv(c, block_c)
+    group = 1
+    if w_bytes and x_bytes:
+        group = min(_next_pow2(_cdiv(4 * w_bytes, x_bytes)), _MAX_GROUP, _next_pow2(n))
+        if sms:
+            group = min(group, max(1, _prev_pow2(n * tiles // sms)))
+    groups = _cdiv(n, group)
+    multi, p, per = _split_plan(groups, c, block_c, sms, mode)
+    fc_r = max(1, min(_next_pow2(k), 32))
+    fc_c = max(1, min(block_c, _TILE // (group * fc_r)))
+    return dict(GROUP=group, BLOCK_C=block_c, BLOCK_HW=block_hw, FC_C=fc_c, FC_R=fc_r,
                 num_warps=8 if block_c * block_hw >= _TILE else 4, MULTI=multi, P=p, chan_per_prog=per)
+
+
+def _prev_pow2(v: int) -> int:
+    return 1 << (v.bit_length() - 1) if v >= 1 else 0
+
+
+def _sizes(x: torch.Tensor, w1, w2) -> dict:
+    """The byte counts launch_config groups samples by: one sample of x, and the FC weights."""
+    c = x.shape[1]
+    x_bytes = c * int(torch.Size(x.shape[2:]).numel()) * x.element_size()
+    w_bytes = w2.numel() * w2.element_size() + (w1.numel() * w1.element_size() if w1 is not None else 0)
+    return dict(x_bytes=x_bytes, w_bytes=w_bytes)
+
 
 def _acc(x: torch.Tensor):
     return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
@@ -465,10 +516,10 @@ def _check_x(x: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _hidden_parts(n: int, p: int, r: int, acc: torch.dtype, device) -> torch.Tensor:
-    """(N·P, R) scratch for the programs' parts of W1 p (forward) / W2ᵀ dz (backward); P = the emulated
-    split's (test hook) or the schedule's."""
-    return _alloc.empty((n * p, max(r, 1)), dtype=acc, device=device)
+def _hidden_parts(groups: int, p: int, group: int, r: int, acc: torch.dtype, device) -> torch.Tensor:
+    """(groups·P·GROUP, R) scratch for the programs' parts of W1 p (forward) / W2ᵀ dz (backward); P = the
+    emulated split's (test hook) or the schedule's."""
+    return _alloc.empty((groups * p * group, max(r, 1)), dtype=acc, device=device)
 
 
 def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: str = "identity", *,
@@ -492,15 +543,16 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
         sck, ss = _as_flat(shortcut)
     else:
         sck, ss = xk, sx
-    cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device)
+    cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
+    groups = _cdiv(n, cfg["GROUP"])
     w2c = w2.contiguous()
     w1c = w1.contiguous() if w1 is not None else w2c
     b1c = b1.contiguous() if b1 is not None else w2c
     b2c = b2.contiguous() if b2 is not None else w2c
-    hpart = _hidden_parts(n, _split or cfg["P"], r, acc, x.device)
-    _launch(_se_fwd_kernel, xk, n, c, cfg,
+    hpart = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
+    _launch(_se_fwd_kernel, xk, groups, c, cfg,
             lambda sync, p, per, spin: (xk, sck, y_buf, w1c, b1c, w2c, b2c, pooled, u, z, hpart, sync,
-                                        c, max(r, 1), hw, p, per, spin, *sx, *ss, *sy),
+                                        n, c, max(r, 1), hw, p, per, spin, *sx, *ss, *sy),
             dict(HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
                  ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
                  ACC=acc_tl),
@@ -551,15 +603,17 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
             sck, ss = _as_flat(shortcut)
         else:
             sck, ss = xk, sx
-        cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device)
+        cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
+        groups = _cdiv(n, cfg["GROUP"])
         w2c = w2.contiguous()
         w1c = w1.contiguous() if w1 is not None else w2c
         u, z = u.contiguous(), z.contiguous()  # (N, R), (N, C) as the forward returned them: no-ops
-        hpart = _hidden_parts(n, _split or cfg["P"], r, acc, x.device)
+        hpart = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
+        dp = _alloc.empty((n, c), dtype=acc, device=x.device)
         gsc_arg = gsc_buf if shortcut is not None else gx_buf
-        _launch(_se_bwd_kernel, gyk, n, c, cfg,
-                lambda sync, p, per, spin: (gyk, xk, sck, gx_buf, gsc_arg, w1c, w2c, u, z, dz, du, hpart, sync,
-                                            c, max(r, 1), hw, p, per, spin, *sg, *sx, *ss, *sd, *so),
+        _launch(_se_bwd_kernel, gyk, groups, c, cfg,
+                lambda sync, p, per, spin: (gyk, xk, sck, gx_buf, gsc_arg, w1c, w2c, u, z, dz, du, dp, hpart, sync,
+                                            n, c, max(r, 1), hw, p, per, spin, *sg, *sx, *ss, *sd, *so),
                 dict(HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate],
                      RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl),
                 "SE", _split, (gx_buf, gsc_buf, du))

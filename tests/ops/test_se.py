@@ -269,6 +269,56 @@ def test_inputs_not_modified(device):
         assert torch.equal(a.detach(), b)
 
 
+def _forced_group(monkeypatch, group):
+    """Make the launchers group ``group`` samples per program (the FC tile shrunk to stay ≤ 4096 elements)."""
+    launch_config = S.launch_config
+
+    def cfg(*a, **k):
+        base = launch_config(*a, **k)
+        return dict(base, GROUP=group, FC_C=max(1, min(base["BLOCK_C"], 4096 // (group * base["FC_R"]))))
+    monkeypatch.setattr(S, "launch_config", cfg)
+
+
+@pytest.mark.parametrize("group", [2, 4, 8])
+@pytest.mark.parametrize("layout,ese,residual", [("nchw", False, False), ("channels_last", False, True),
+                                                 ("nchw", True, True), ("channels_last", True, False)])
+def test_sample_groups(group, layout, ese, residual, device, monkeypatch):
+    """Programs serving GROUP samples (the FC weights read once per group): 5 samples, so the last group
+    is ragged (and for GROUP = 8 the only group), against the float64 reference, output and every grad."""
+    _forced_group(monkeypatch, group)
+    view = LAYOUTS["channels_last"] if layout == "channels_last" else None
+    if residual:
+        x, w1, b1, w2, b2 = se_inputs((5, 12, 3, 3), 3, ese=ese, device=device)
+        sc = torch.randn(5, 12, 3, 3, device=device)
+        if view is not None:
+            x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+        ins = [x, sc.requires_grad_(), w1, b1, w2, b2]
+        check_parity(lambda *a: functional.se_residual(*a, act="silu", out_act="relu", backend="triton"),
+                     lambda *a: reference.se_residual(*a, act="silu", out_act="relu"),
+                     ins, dtype=torch.float32, names=RES_NAMES)
+    else:
+        _run_parity((5, 12, 3, 3), 3, torch.float32, act="gelu", ese=ese, device=device, view=view)
+
+
+def test_group_choice():
+    """GROUP from the byte counts: weight-heavy late stages group, early stages do not; on a GPU the
+    (sample-group, channel-tile) work still fills the SMs and schedule (b) splits the few groups."""
+    bf16, fp32 = 2, 4
+    def sizes(c, hw, r):
+        return dict(x_bytes=c * hw * bf16, w_bytes=2 * r * c * fp32)
+    # SE-ResNet-50 stage 4 (N = 64, 2048 x 7 x 7, R = 128): 2 MB of weights against 200 KB of x per sample
+    cpu = S._launch_config(64, 2048, 128, 49, False, "auto", 0, **sizes(2048, 49, 128))
+    assert cpu["GROUP"] == 16 and cpu["P"] == 1 and cpu["MULTI"] == 0
+    gpu = S._launch_config(64, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
+    assert gpu["GROUP"] == 8 and gpu["MULTI"] == 1 and (64 // 8) * gpu["P"] <= 132 and gpu["P"] == 16
+    assert gpu["GROUP"] * gpu["FC_C"] * gpu["FC_R"] <= 4096
+    # stage 1 (256 x 56 x 56, R = 16): weights are 2 % of a sample's x: no grouping
+    assert S._launch_config(64, 256, 16, 3136, False, "auto", 132, **sizes(256, 3136, 16))["GROUP"] == 1
+    # no byte counts (or one sample): no grouping
+    assert S._launch_config(64, 2048, 128, 49, False, "auto", 132, 0, 0)["GROUP"] == 1
+    assert S._launch_config(1, 2048, 128, 49, False, "auto", 0, **sizes(2048, 49, 128))["GROUP"] == 1
+
+
 def test_dispatch_and_schedule_choice(device):
     ins = se_inputs((1, 4, 2, 2), 1, device=device)
     y = functional.se(*ins, backend="triton")
@@ -326,7 +376,7 @@ def test_gpu_cuda_graph_capture(schedule, monkeypatch):
 
 @pytest.mark.parametrize("ese,layout,residual", [(False, "nchw", False), (False, "channels_last", True),
                                                  (False, "nchw", True), (True, "channels_last", False)])
-def test_split_partition_emulated(ese, layout, residual, device):
+def test_split_partition_emulated(ese, layout, residual, device, monkeypatch):
     """Schedule (b)'s per-sample channel partition under the interpreter (program (n, j) on a channel
     slice: its part of W1 p / W2ᵀ dz published as a row, the rows summed by every program, the
     logits and scaling of its slice): P = 3 programs per sample, launched twice on the same scratch
@@ -341,6 +391,8 @@ def test_split_partition_emulated(ese, layout, residual, device):
     cfg = S.launch_config(3, c, c if ese else 5, 9, x.stride(1), x.device)
     assert triton.cdiv(c, cfg["BLOCK_C"]) >= 3 and _split.emulate_split(cfg, c, 3)["P"] == 3
     kw = dict(shortcut=sc, out_act="silu" if residual else "identity")
+    if residual:  # also with programs serving 2 samples (3 samples: a ragged last group)
+        _forced_group(monkeypatch, 2)
     y1, p1, u1, z1 = S.se_forward(x, w1, b1, w2, b2, "gelu", "sigmoid", **kw)
     y3, p3, u3, z3 = S.se_forward(x, w1, b1, w2, b2, "gelu", "sigmoid", _split=3, **kw)
     for a, b, name in ((y3, y1, "y"), (p3, p1, "pooled"), (u3, u1, "u"), (z3, z1, "z")):
@@ -365,7 +417,7 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
     gx1 = S.se_backward(gy, x, w1, w2, p1, u1, z1, "relu", "sigmoid")[0]
     cfg = dict(_split.emulate_split(S.launch_config(2, 520, 5, 9, 9, x.device), 520, 3), MULTI=1)
     assert cfg["P"] == 3
-    monkeypatch.setattr(S, "launch_config", lambda *a: dict(cfg))
+    monkeypatch.setattr(S, "launch_config", lambda *a, **k: dict(cfg))
     monkeypatch.setattr(_split, "MAX_SPIN", 3)
     syncs = []
     sync_buffer = _split.sync_buffer

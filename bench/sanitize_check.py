@@ -10,7 +10,7 @@ sanitizer instruments as few of torch's own kernels as possible):
 - ``triton_se``: the Triton SE forward + backward (``functional.se(..., backend="triton")`` under autograd)
   with both schedules (``ATTN_KERNELS_SE_SCHEDULE=single|multi``) at a shape where ``multi`` applies;
 - ``triton_eca``: the Triton ECA forward + backward, both layouts;
-- ``triton_dynamic``: the Triton DynamicMultiKernelECA and BidirectionalECA forward + backward on SE's two
+- ``triton_dynamic``: the Triton DynamicMultiKernelECA, BidirectionalECA and CBAM forward + backward on SE's two
   schedules (the same ``--se-schedules``), fp32 NCHW and bf16 channels_last (the dtypes asked for).
 
 Usage (bench/gpu_check.sh runs these):
@@ -281,12 +281,15 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
     import torch
 
     from attn_kernels import functional, reference
+    from attn_kernels.ops import cbam as CB
     from attn_kernels.ops import dynamic_eca as D
 
     # (2, 520, 3, 3): three 256-channel tiles per sample in either layout (as for SE), so ``multi`` applies
     shape, r = (2, 520, 3, 3), 32
     c = shape[1]
     ops = {
+        "cbam": (functional.cbam, reference.cbam, None,
+                 [((r, c), 0.3), ((c, r), 0.3), ((1, 2, 3, 3), 0.3)], ("grad_x", "grad_w1", "grad_w2", "grad_sw")),
         "dmk_eca": (functional.dmk_eca, reference.dmk_eca, 8,
                     [((3, c), 0.3), ((3,), 0.1), ((1, 1, 3), 0.5), ((1, 1, 5), 0.5), ((1, 1, 7), 0.5)],
                     ("grad_x", "grad_fc_weight", "grad_fc_bias", "grad_taps3", "grad_taps5", "grad_taps7")),
@@ -308,7 +311,9 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
                     if cl:
                         x = x.contiguous(memory_format=torch.channels_last)
                     params = [(torch.randn(*s, device=dev) * sc).to(dtype) for s, sc in param_shapes]
-                    cfg = D._launch_cfg(shape[0], c, shape[2] * shape[3], x.stride(1), block_k, x.device)
+                    hw = shape[2] * shape[3]
+                    cfg = (CB._launch_cfg(shape[0], c, r, hw, 18, x.device) if block_k is None else
+                           D._launch_cfg(shape[0], c, hw, x.stride(1), block_k, x.device))
                     leaves = [t.detach().requires_grad_() for t in [x] + params]
                     gy = torch.randn_like(x)
                     y = fused(*leaves, backend="triton")

@@ -6,34 +6,70 @@
     sa = σ(conv_{k×…×k}(d, spatial_weight), zero padding k//2)       (N, 1, *spatial)  spatial attention
     y  = x1 · sa
 
-Schedule: one program per sample (the interpreter-safe schedule: channel attention has SE's global
-dependency on every channel, spatial attention on every channel of a pixel and a k×k pixel halo).
-Forward, one launch: pass A pools avg/max per channel → MLP → ca; pass B the channel mean/max of x·ca
-per pixel → d (fp32 scratch, saved); pass C the k×k conv of d (a [pixels, ≤ 256 taps] gather tile, looped) →
-sa, then y = x·ca·sa. Stages hand vectors to the next through small fp32 buffers read back after
-``tl.debug_barrier()`` (same program, other threads). Backward, one launch, four passes over the sample:
-(1) Σ_c grad_y·x1 per pixel → dz_s = ·sa(1−sa), and the count of channels tied at the channel max;
-(2) the transposed conv → grad d (2, *spatial), and the spatial taps' gradient partial Σ_p dz_s[p]·d[p+off];
-(3) grad x1 = grad_y·sa + grad_mean/C + grad_max·[x1 = max]/ties → Σ_hw grad x1·x = grad ca, the count
-of pixels tied at each channel's spatial max; then the MLP backward (grad of the two hidden
-pre-activations, grad avg, grad max); (4) grad_x = grad x1·ca + grad_avg/HW + grad_max·[x = max]/ties.
+Channel attention has SE's global dependency (no channel's ca before every channel is pooled), spatial
+attention another one across channels (d of a pixel needs every channel) and a k×k pixel halo. The
+kernels run on SE's two schedules (ops/_split.py), chosen per call and passed as the constexpr ``MULTI``:
+(a) one program per sample (P = 1): no cross-program communication; the schedule under
+    ``TRITON_INTERPRET=1``. Stages hand vectors to the next through small fp32 buffers read back
+    after ``tl.debug_barrier()`` (same program, other threads).
+(b) GPU, small batch: P programs per sample (``split_plan`` on the channel tiles, N·P ≤ SMs). Program
+    j owns a channel slice (whole BLOCK_C tiles) and a pixel slice (whole tiles of the pixel passes;
+    see "Pixel slices"). The passes alternate between the two kinds of slice, so the sample's programs
+    meet at its counter between them (``sample_sync``; the k-th meeting waits for k·P arrivals), and a
+    program reads what its peers published with ``.cg`` loads (past L1). Forward 2 meetings, backward 3.
+
+Forward, one launch: pass A (channel slice) pools avg / max per channel → meet → the MLP in every
+program, from the whole pooled vectors: hidden pre-activations pa = W1·avg, pm = W1·max, and ca for
+all C (identical bits in every program, each into its own scratch row that it alone reads back; the
+first program stores the per-sample outputs) → pass B (pixel slice) the channel mean / max of x·ca
+per pixel → d (fp32, saved) → meet → pass C (pixel slice) the k×k conv of d (a [pixels, ≤ 256 taps]
+gather tile, looped; the k//2 halo of d from the peers' pixels) → sa, then y = x·ca·sa. Why every
+program computes all of ca rather than its channel slice: pass B needs ca of every channel, so
+sharing slices would cost a third meeting (a grid-wide wait) to save one R·C GEMV per program — the
+size of the pa / pm GEMV every program does anyway, with W2 from L2 after the first program.
+Backward, one launch: (1, pixel slice) Σ_c grad_y·x1 per pixel → dz_s = ·sa(1−sa), and the count of
+channels tied at the channel max → meet → (2, pixel slice) the transposed conv → grad d (the halo of
+dz_s from the peers' pixels), and the spatial taps' gradient partial Σ_p dz_s[p]·d[p+off] over the
+slice, one row per program → meet → the first program sums the P rows in program order; (3, channel
+slice) grad x1 = grad_y·sa + grad_mean/C + grad_max·[x1 = max]/ties → Σ_hw grad x1·x = grad ca → dz,
+and the count of pixels tied at each channel's spatial max → meet → the MLP backward in every program
+from the whole dz (grads of the two hidden pre-activations, into its own row; the first program
+stores them) → (4, channel slice) grad_x = grad x1·ca + grad_avg/HW + grad_max·[x = max]/ties.
+In schedule (a) each meeting is a ``tl.debug_barrier()``. In (b) a program whose wait timed out sets
+the error flag (``ATTN_KERNELS_SE_CHECK=1`` makes the launcher raise), adds NaN to everything it stores
+afterwards, and arrives at no later meeting: the counter is shared by the meetings, so its later
+arrivals would otherwise stand in for a missing peer's and let a peer pass early on unpublished data.
+With that, and every program reading back only its own MLP rows, each stored element is exact or NaN.
 Weight gradients: per-sample fp32 pieces (dz (N, C), hidden grads (N, R) ×2, taps (N, 2·k^rank)) reduced
 by torch (three GEMMs and a sum): deterministic, no atomics.
 
-Launches per call: forward 1 (Triton), nothing else; backward 1 (Triton) + ~8 small torch ops for
-the weight gradients (2 relus + 1 add of the saved (N, R) pre-activations, 3 matmuls + 1 add, 1 sum
-over N of the (N, 2k²) tap partials) — none touches an (N, C, HW) tensor. The Triton counts are
-asserted in tests/ops/test_cbam.py by wrapping the kernel launchers (no GPU profiler run yet;
-bench/bench_eca.py counts all device kernels with torch.profiler on a GPU).
+Pixel slices: whole tiles of the pixel passes, cdiv(#tiles, P) tiles per program (programs past the
+last tile own no pixels; they still meet). In schedule (b) the pixel passes' tiles (BLOCK_PX for
+passes B / 1, BLOCK_P for the conv passes C / 2) shrink to next_pow2(cdiv(HW, P)) pixels, but to no
+fewer than _MIN_PX_TILE = 16, so that a 7×7 or 14×14 map still spreads over several programs (with
+BLOCK_HW-wide slices one program would own all 49 or 196 pixels); the channel passes keep BLOCK_HW.
+
+Launches per call: forward 1 (Triton), nothing else in schedule (a); backward 1 (Triton) + ~8 small
+torch ops for the weight gradients (2 relus + 1 add of the saved (N, R) pre-activations, 3 matmuls +
+1 add, 1 sum over N of the (N, 2k²) tap partials) — none touches an (N, C, HW) tensor. Schedule (b)
+adds one ``torch.zeros`` fill of the (N + 1,) counters per launch. The Triton counts are asserted in
+tests/ops/test_cbam.py by wrapping the kernel launchers (no GPU profiler run yet; bench/bench_eca.py
+counts all device kernels with torch.profiler on a GPU).
 
 Max-pool gradients (both maxes): split evenly among tied elements, as eager ``amax`` does. Ties are
 decided on the fp32 values x (spatial max of a channel) and x·ca in fp32 (channel max of a pixel);
 eager decides them in x's dtype, so for bf16/fp16 inputs with exact ties the split can differ.
 
-Bytes (E = N·C·HW·|x|): forward reads x 3× (pool, descriptor, scale; the 2nd/3rd from L2 only when a
-sample's slab fits) and writes y: 4E (floor 2E) + O(N·(C + HW)) fp32. Backward reads grad_y and x in
-passes 1, 3 and 4 and writes grad_x: 7E (floor 3E). One program per sample: a small batch uses few
-SMs — a GPU-tuned split schedule (per (sample, channel tile) pooling + a second launch) is not done.
+Bytes (E = N·C·HW·|x|): forward reads x 3× (pool, descriptor, scale; the 2nd/3rd from L2 only when the
+slabs in flight fit) and writes y: 4E (floor 2E) + O(N·(C + HW)) fp32. Backward reads grad_y and x in
+passes 1, 3 and 4 and writes grad_x: 7E (floor 3E). Schedule (b) moves the same x traffic, split over
+P programs, and adds per program: forward W1 and W2 (2·R·C, from L2 after the first program) and the
+pooled vectors (2C) for the MLP, the d halo (k//2 map rows each side, 2 channels); backward W2 (R·C)
+and dz (C) for the MLP backward, the dz_s halo, its tap row (2·k^rank, the first program reads all P).
+
+Status: schedule (b) has run only under the interpreter (the emulated partition, and the MULTI=1 code
+with a tiny spin bound; tests/ops/test_cbam.py) and been compiled for sm_90 / sm_80 without a GPU
+(Triton 3.6 and 3.8; .ci/compile_triton.py in CI) — never run on a GPU yet (test_gpu_schedules is written for it).
 
 Scope: 1-D, 2-D and 3-D maps (N, C, [D, [H,]] W), all run as (D, H, W) with unit leading dims and a
 (KD, KH, KW) kernel. Layouts through (stride_n, stride_c, stride_hw) as in ops/eca.py (NCHW,
@@ -49,14 +85,20 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import device_of as _device_of, next_pow2 as _next_pow2
+from ._layout import cdiv as _cdiv, device_of as _device_of, next_pow2 as _next_pow2
+from ._split import MAX_SPIN as _MAX_SPIN, check_error as _check_error, device_sms as _device_sms
+from ._split import emulate_split as _emulate_split, sample_sync as _sample_sync, schedule_mode as _schedule_mode
+from ._split import split_plan as _split_plan, sync_buffer as _sync_buffer
 from .eca import _acc_dtype, _as_flat, _check_x, _out_like, _sigmoid, _tl_acc
 
 __all__ = ["cbam", "cbam_forward", "cbam_backward", "LAUNCHES"]
 
 _TILE = 4096
 _MAX_BLOCK_HW = 256
+_MAX_BLOCK_T = 256
+_MIN_PX_TILE = 16  # schedule (b): pixel-pass tiles no narrower than this (see "Pixel slices")
 LAUNCHES = {"forward": 1, "backward": 1}  # Triton launches per call (see the module docstring)
+MEETINGS = {"forward": 2, "backward": 3}  # schedule (b): counter meetings per launch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,7 +108,8 @@ LAUNCHES = {"forward": 1, "backward": 1}  # Triton launches per call (see the mo
 def _win(base, offs_p, offs_t, D, H, W, KD, KH, KW, T, ch_stride, SIGN: tl.constexpr):
     """[BLOCK_P, BLOCK_T] gather of base[ch_t·ch_stride + (d'·H + h')·W + w'] with d' = d + SIGN·(kd_t − KD//2),
     h', w' likewise, for pixel p = (d, h, w), tap t = (ch, kd, kh, kw) row-major; zero outside the map
-    (zero padding) and for t ≥ T."""
+    (zero padding) and for t ≥ T. The window reaches past the program's pixels (in schedule (b), into
+    its peers' slices): loaded with ``.cg``, past L1."""
     d = offs_p // (H * W)
     h = (offs_p // W) % H
     w = offs_p % W
@@ -80,7 +123,7 @@ def _win(base, offs_p, offs_t, D, H, W, KD, KH, KW, T, ch_stride, SIGN: tl.const
     ww = w[:, None] + SIGN * (kw[None, :] - KW // 2)
     m = ((dd >= 0) & (dd < D) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (offs_t < T)[None, :]
          & (offs_p < D * H * W)[:, None])
-    return tl.load(base + ch[None, :] * ch_stride + (dd * H + hh) * W + ww, mask=m, other=0.0)
+    return tl.load(base + ch[None, :] * ch_stride + (dd * H + hh) * W + ww, mask=m, other=0.0, cache_modifier=".cg")
 
 
 @triton.jit
@@ -88,6 +131,25 @@ def _x1_grad(gy, x1, sa, dmean, dmax, cmax, cnt, C):
     """grad of x1 = x·ca: through y = x1·sa and through the channel mean / max of x1."""
     tie = tl.where(x1 == cmax[None, :], 1.0, 0.0)
     return gy * sa[None, :] + dmean[None, :] / C + tie * (dmax / cnt)[None, :]
+
+
+@triton.jit
+def _meet(sync_ptr, n, P, target, max_spin, poison, MULTI: tl.constexpr):
+    """Between two passes on different slices; returns the poison for what the program computes next.
+
+    MULTI: arrive at sample n's counter and wait for ``target`` arrivals (k·P at the k-th meeting).
+    NaN from the first timed-out wait on (``poison`` is the previous meeting's), else 0. A program
+    that gave up once arrives at no later meeting: its arrivals cannot stand in for a peer's at the
+    next one (the counter is shared by all meetings), so no program passes a meeting before every
+    peer has published — what any program stores is exact or NaN, never silently wrong.
+    MULTI=0: one program per sample, a barrier suffices (its threads read back what the others stored)."""
+    failed = poison != 0.0  # NaN ≠ 0: gave up before
+    if MULTI:
+        if poison == 0.0:
+            failed = _sample_sync(sync_ptr + n, sync_ptr + tl.num_programs(0) // P, target, max_spin)
+    else:
+        tl.debug_barrier()
+    return tl.where(failed, float("nan"), 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,21 +167,34 @@ def _cbam_fwd_kernel(
     ca_ptr,  # (N, C) ACC (out, saved): channel attention
     d_ptr,  # (N, 2, HW) ACC (out, saved): channel mean / max of x·ca
     sa_ptr,  # (N, HW) ACC (out, saved): spatial attention
+    own_ptr,  # (N·P, 2·R + C) ACC scratch: each program's own [pa | pm | ca], read back by it alone
+    sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
     C, R, D, H, W, KD, KH, KW,
+    P, chan_per_prog, px_per_prog, max_spin,
     sxn, sxc, sxhw, syn, syc, syhw,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
+    MULTI: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_PX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """One program per sample. Reads x three times (pool; descriptor; scale) and writes y once:
-    4·C·HW·|x| bytes per sample, plus w1, w2 (2·R·C), 2·k² taps and O(C + R + HW) fp32 vectors."""
-    n = tl.program_id(0).to(tl.int64)
+    """Program (n, j) of P per sample (P = 1 in schedule (a)): channels [j·chan_per_prog, +chan_per_prog)
+    in pass A, pixels [j·px_per_prog, +px_per_prog) in passes B and C. Reads x three times (pool; descriptor;
+    scale) and writes y once: 4·C·HW·|x| bytes per sample over its P programs, plus per program w1, w2
+    (2·R·C), 2·k² taps and O(C + R) fp32 vectors, the d halo of its pixels."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = (pid % P).to(tl.int32)  # int32 slice bounds: the tile loops' counters keep one type
     HW = D * H * W
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
+    p_lo = j * px_per_prog
+    p_hi = tl.minimum(p_lo + px_per_prog, HW)
     x_base = x_ptr + n * sxn
     y_base = y_ptr + n * syn
-    # pass A: avg / max over HW per channel
-    for c0 in range(0, C, BLOCK_C):
+    own = own_ptr + pid * (2 * R + C)
+    first = j == 0  # the per-sample outputs (pa, pm, ca) are stored by the sample's first program
+    # pass A (channel slice): avg / max over HW per channel
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mc = offs_c < C
+        mc = offs_c < c_hi
         acc = tl.zeros([BLOCK_C], dtype=ACC)
         mxv = tl.full([BLOCK_C], float("-inf"), ACC)
         for hw0 in range(0, HW, BLOCK_HW):
@@ -130,8 +205,9 @@ def _cbam_fwd_kernel(
             mxv = tl.maximum(mxv, tl.max(tl.where(m, v, float("-inf")), axis=1))
         tl.store(avg_ptr + n * C + offs_c, acc / HW, mask=mc)
         tl.store(mx_ptr + n * C + offs_c, mxv, mask=mc)
-    tl.debug_barrier()
-    # shared MLP: hidden pre-activations for both pooled vectors
+    poison = _meet(sync_ptr, n, P, P, max_spin, 0.0, MULTI)  # 1st meeting: every channel pooled
+    # shared MLP (every program, whole pooled vectors — .cg: the peers' slices): hidden pre-activations,
+    # into the program's own row (a peer that timed out cannot overwrite what this program reads back)
     for r0 in range(0, R, BLOCK_R):
         offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
         mr = offs_r < R
@@ -142,11 +218,16 @@ def _cbam_fwd_kernel(
             mc = offs_c < C
             w1 = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :], mask=mr[:, None] & mc[None, :],
                          other=0.0).to(ACC)
-            ha += tl.sum(w1 * tl.load(avg_ptr + n * C + offs_c, mask=mc, other=0.0)[None, :], axis=1)
-            hm += tl.sum(w1 * tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0)[None, :], axis=1)
-        tl.store(pa_ptr + n * R + offs_r, ha, mask=mr)
-        tl.store(pm_ptr + n * R + offs_r, hm, mask=mr)
+            ha += tl.sum(w1 * tl.load(avg_ptr + n * C + offs_c, mask=mc, other=0.0, cache_modifier=".cg")[None, :],
+                         axis=1)
+            hm += tl.sum(w1 * tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0, cache_modifier=".cg")[None, :],
+                         axis=1)
+        tl.store(own + offs_r, ha + poison, mask=mr)
+        tl.store(own + R + offs_r, hm + poison, mask=mr)
+        tl.store(pa_ptr + n * R + offs_r, ha + poison, mask=mr & first)
+        tl.store(pm_ptr + n * R + offs_r, hm + poison, mask=mr & first)
     tl.debug_barrier()
+    # ca for every channel (pass B needs them all; see the module docstring)
     for c0 in range(0, C, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         mc = offs_c < C
@@ -154,49 +235,51 @@ def _cbam_fwd_kernel(
         for r0 in range(0, R, BLOCK_R):
             offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
             mr = offs_r < R
-            h = (tl.maximum(tl.load(pa_ptr + n * R + offs_r, mask=mr, other=0.0), 0.0)
-                 + tl.maximum(tl.load(pm_ptr + n * R + offs_r, mask=mr, other=0.0), 0.0))
+            h = (tl.maximum(tl.load(own + offs_r, mask=mr, other=0.0), 0.0)
+                 + tl.maximum(tl.load(own + R + offs_r, mask=mr, other=0.0), 0.0))
             w2 = tl.load(w2_ptr + offs_c[:, None] * R + offs_r[None, :], mask=mc[:, None] & mr[None, :],
                          other=0.0).to(ACC)
             z += tl.sum(w2 * h[None, :], axis=1)
-        tl.store(ca_ptr + n * C + offs_c, _sigmoid(z), mask=mc)
+        ca = _sigmoid(z) + poison  # poisoned again: relu (fmax on a GPU) drops the NaN of pa / pm
+        tl.store(own + 2 * R + offs_c, ca, mask=mc)
+        tl.store(ca_ptr + n * C + offs_c, ca, mask=mc & first)
     tl.debug_barrier()
-    # pass B: descriptor d = [mean_c, max_c] of x·ca per pixel
-    for hw0 in range(0, HW, BLOCK_HW):
-        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-        mp = offs_hw < HW
-        dsum = tl.zeros([BLOCK_HW], dtype=ACC)
-        dmax = tl.full([BLOCK_HW], float("-inf"), ACC)
+    # pass B (pixel slice): descriptor d = [mean_c, max_c] of x·ca per pixel
+    for hw0 in range(p_lo, p_hi, BLOCK_PX):
+        offs_hw = (hw0 + tl.arange(0, BLOCK_PX)).to(tl.int64)
+        mp = offs_hw < p_hi
+        dsum = tl.zeros([BLOCK_PX], dtype=ACC)
+        dmax = tl.full([BLOCK_PX], float("-inf"), ACC)
         for c0 in range(0, C, BLOCK_C):
             offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
             mc = offs_c < C
             m = mc[:, None] & mp[None, :]
-            ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
+            ca = tl.load(own + 2 * R + offs_c, mask=mc, other=0.0)
             x1 = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
                          other=0.0).to(ACC) * ca[:, None]
             dsum += tl.sum(x1, axis=0)
             dmax = tl.maximum(dmax, tl.max(tl.where(m, x1, float("-inf")), axis=0))
-        tl.store(d_ptr + n * 2 * HW + offs_hw, dsum / C, mask=mp)
-        tl.store(d_ptr + n * 2 * HW + HW + offs_hw, dmax, mask=mp)
-    tl.debug_barrier()
-    # pass C: sa = σ(conv(d)) per pixel tile, then y = x·ca·sa
+        tl.store(d_ptr + n * 2 * HW + offs_hw, dsum / C + poison, mask=mp)
+        tl.store(d_ptr + n * 2 * HW + HW + offs_hw, dmax + poison, mask=mp)
+    poison = _meet(sync_ptr, n, P, 2 * P, max_spin, poison, MULTI)  # 2nd meeting: d of every pixel (conv halo)
+    # pass C (pixel slice): sa = σ(conv(d)) per pixel tile, then y = x·ca·sa
     T = 2 * KD * KH * KW
     offs_t = tl.arange(0, BLOCK_T)
-    for p0 in range(0, HW, BLOCK_P):
+    for p0 in range(p_lo, p_hi, BLOCK_P):
         offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        mp = offs_p < HW
+        mp = offs_p < p_hi
         zs = tl.zeros([BLOCK_P], dtype=ACC)
         for t0 in range(0, T, BLOCK_T):
             tt = t0 + offs_t
             sw = tl.load(sw_ptr + tt, mask=tt < T, other=0.0).to(ACC)
             zs += tl.sum(_win(d_ptr + n * 2 * HW, offs_p, tt, D, H, W, KD, KH, KW, T, HW, 1) * sw[None, :], axis=1)
-        sa = _sigmoid(zs)
+        sa = _sigmoid(zs) + poison
         tl.store(sa_ptr + n * HW + offs_p, sa, mask=mp)
         for c0 in range(0, C, BLOCK_C):
             offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
             mc = offs_c < C
             m = mc[:, None] & mp[None, :]
-            ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
+            ca = tl.load(own + 2 * R + offs_c, mask=mc, other=0.0)
             v = tl.load(x_base + offs_c[:, None] * sxc + offs_p[None, :] * sxhw, mask=m, other=0.0).to(ACC)
             out = v * ca[:, None] * sa[None, :]
             tl.store(y_base + offs_c[:, None] * syc + offs_p[None, :] * syhw, out.to(y_ptr.dtype.element_ty), mask=m)
@@ -213,29 +296,46 @@ def _cbam_bwd_kernel(
     mx_ptr, pa_ptr, pm_ptr, ca_ptr, d_ptr, sa_ptr,  # saved by the forward (see _cbam_fwd_kernel)
     dzs_ptr, cnt_ptr,  # (N, HW) ACC scratch: grad of the conv output; channels tied at the channel max
     dd_ptr,  # (N, 2, HW) ACC scratch: grad of the descriptor
-    dz_ptr,  # (N, C) ACC (out): grad of the channel-attention logits
     cntc_ptr,  # (N, C) ACC scratch: pixels tied at each channel's spatial max
+    gpart_ptr,  # (N·P, 2·KD·KH·KW) ACC scratch: each program's part of the spatial-tap gradient
+    own_ptr,  # (N·P, 2·R) ACC scratch: each program's own [dpa | dpm], read back by it alone
+    dz_ptr,  # (N, C) ACC (out): grad of the channel-attention logits
     dpa_ptr, dpm_ptr,  # (N, R) ACC (out): grads of the hidden pre-activations
     gsw_ptr,  # (N, 2·KH·KW) ACC (out): per-sample spatial-tap gradient
+    sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
     C, R, D, H, W, KD, KH, KW,
+    P, chan_per_prog, px_per_prog, max_spin,
     sgn, sgc, sghw, sxn, sxc, sxhw, sdn, sdc, sdhw,
-    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
+    MULTI: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_PX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """One program per sample. Reads grad_y and x in passes 1, 3 and 4 and writes grad_x:
-    7·C·HW·|x| bytes per sample, plus w1, w2 (read twice), the taps and O(C + R + HW) fp32 vectors."""
-    n = tl.program_id(0).to(tl.int64)
+    """Program (n, j) as in the forward: pixels [j·px_per_prog, +px_per_prog) in passes 1 and 2, channels
+    [j·chan_per_prog, +chan_per_prog) in passes 3 and 4. Reads grad_y and x in passes 1, 3 and 4 and
+    writes grad_x: 7·C·HW·|x| bytes per sample over its P programs, plus per program w2 (whole) and
+    w1 (its channels), the taps, O(C + R) vectors, the dz_s halo of its pixels, its tap row (the first
+    program: all P), and per channel tile of passes 3 and 4 the per-pixel fp32 vectors of every pixel
+    (sa, channel max, grad d, ties: 5·HW, from L2)."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // P
+    j = (pid % P).to(tl.int32)  # int32 slice bounds: the tile loops' counters keep one type
     HW = D * H * W
+    c_lo = j * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
+    p_lo = j * px_per_prog
+    p_hi = tl.minimum(p_lo + px_per_prog, HW)
     gy_base = gy_ptr + n * sgn
     x_base = x_ptr + n * sxn
     d_base = d_ptr + n * 2 * HW
-    # pass 1: per pixel Σ_c grad_y·x1 → dz_s; ties at the channel max
-    for hw0 in range(0, HW, BLOCK_HW):
-        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-        mp = offs_hw < HW
+    dd_base = dd_ptr + n * 2 * HW
+    own = own_ptr + pid * 2 * R
+    first = j == 0  # the per-sample outputs (tap grads, dpa, dpm) are stored by the sample's first program
+    # pass 1 (pixel slice): per pixel Σ_c grad_y·x1 → dz_s; ties at the channel max
+    for hw0 in range(p_lo, p_hi, BLOCK_PX):
+        offs_hw = (hw0 + tl.arange(0, BLOCK_PX)).to(tl.int64)
+        mp = offs_hw < p_hi
         cmax = tl.load(d_base + HW + offs_hw, mask=mp, other=0.0)
-        g = tl.zeros([BLOCK_HW], dtype=ACC)
-        cnt = tl.zeros([BLOCK_HW], dtype=ACC)
+        g = tl.zeros([BLOCK_PX], dtype=ACC)
+        cnt = tl.zeros([BLOCK_PX], dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
             offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
             mc = offs_c < C
@@ -249,22 +349,23 @@ def _cbam_bwd_kernel(
         sa = tl.load(sa_ptr + n * HW + offs_hw, mask=mp, other=0.0)
         tl.store(dzs_ptr + n * HW + offs_hw, g * sa * (1.0 - sa), mask=mp)
         tl.store(cnt_ptr + n * HW + offs_hw, tl.maximum(cnt, 1.0), mask=mp)
-    tl.debug_barrier()
-    # pass 2: grad d = convᵀ(dz_s); spatial taps' grad G_t = Σ_p dz_s[p] · d[ch_t, p + off_t]
+    poison = _meet(sync_ptr, n, P, P, max_spin, 0.0, MULTI)  # 1st meeting: dz_s of every pixel (convᵀ halo)
+    # pass 2 (pixel slice): the spatial taps' grad G_t = Σ_p dz_s[p] · d[ch_t, p + off_t] over this
+    # program's pixels, published as its row of gpart; grad d = convᵀ(dz_s)
     T = 2 * KD * KH * KW
     kk = KD * KH * KW
     offs_t = tl.arange(0, BLOCK_T)
     for t0 in range(0, T, BLOCK_T):
         tt = t0 + offs_t
         gt = tl.zeros([BLOCK_T], dtype=ACC)
-        for p0 in range(0, HW, BLOCK_P):
+        for p0 in range(p_lo, p_hi, BLOCK_P):
             offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-            dzs = tl.load(dzs_ptr + n * HW + offs_p, mask=offs_p < HW, other=0.0)
+            dzs = tl.load(dzs_ptr + n * HW + offs_p, mask=offs_p < p_hi, other=0.0)
             gt += tl.sum(dzs[:, None] * _win(d_base, offs_p, tt, D, H, W, KD, KH, KW, T, HW, 1), axis=0)
-        tl.store(gsw_ptr + n * T + tt, gt, mask=tt < T)
-    for p0 in range(0, HW, BLOCK_P):
+        tl.store(gpart_ptr + pid * T + tt, gt, mask=tt < T)
+    for p0 in range(p_lo, p_hi, BLOCK_P):
         offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        mp = offs_p < HW
+        mp = offs_p < p_hi
         g0 = tl.zeros([BLOCK_P], dtype=ACC)
         g1 = tl.zeros([BLOCK_P], dtype=ACC)
         for t0 in range(0, T, BLOCK_T):
@@ -273,13 +374,22 @@ def _cbam_bwd_kernel(
             prod = _win(dzs_ptr + n * HW, offs_p, tt, D, H, W, KD, KH, KW, T, 0, -1) * sw[None, :]
             g0 += tl.sum(tl.where((tt < kk)[None, :], prod, 0.0), axis=1)
             g1 += tl.sum(tl.where((tt >= kk)[None, :], prod, 0.0), axis=1)
-        tl.store(dd_ptr + n * 2 * HW + offs_p, g0, mask=mp)
-        tl.store(dd_ptr + n * 2 * HW + HW + offs_p, g1, mask=mp)
-    tl.debug_barrier()
-    # pass 3: grad ca[c] = Σ_hw grad_x1 · x; pixels tied at each channel's spatial max
-    for c0 in range(0, C, BLOCK_C):
+        tl.store(dd_base + offs_p, g0 + poison, mask=mp)
+        tl.store(dd_base + HW + offs_p, g1 + poison, mask=mp)
+    poison = _meet(sync_ptr, n, P, 2 * P, max_spin, poison, MULTI)  # 2nd: grad d of every pixel, all tap rows
+    # the sample's tap gradient: its P rows summed in program order, by the first program
+    if first:
+        for t0 in range(0, T, BLOCK_T):
+            tt = t0 + offs_t
+            gt = tl.zeros([BLOCK_T], dtype=ACC) + poison
+            for q in range(0, P):
+                gt += tl.load(gpart_ptr + (n * P + q) * T + tt, mask=tt < T, other=0.0, cache_modifier=".cg")
+            tl.store(gsw_ptr + n * T + tt, gt, mask=tt < T)
+    # pass 3 (channel slice): grad ca[c] = Σ_hw grad_x1 · x over every pixel (grad d and the channel-max
+    # ties of the peers' pixels: .cg); pixels tied at each channel's spatial max
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mc = offs_c < C
+        mc = offs_c < c_hi
         ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
         smax = tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0)
         dca = tl.zeros([BLOCK_C], dtype=ACC)
@@ -291,16 +401,17 @@ def _cbam_bwd_kernel(
             x = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
             gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
             dx1 = _x1_grad(gy, x * ca[:, None], tl.load(sa_ptr + n * HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(dd_ptr + n * 2 * HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(dd_ptr + n * 2 * HW + HW + offs_hw, mask=mp, other=0.0),
+                           tl.load(dd_base + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
+                           tl.load(dd_base + HW + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
                            tl.load(d_base + HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(cnt_ptr + n * HW + offs_hw, mask=mp, other=1.0), C)
+                           tl.load(cnt_ptr + n * HW + offs_hw, mask=mp, other=1.0, cache_modifier=".cg"), C)
             dca += tl.sum(tl.where(m, dx1 * x, 0.0), axis=1)
             cntc += tl.sum(tl.where(m & (x == smax[:, None]), 1.0, 0.0), axis=1)
-        tl.store(dz_ptr + n * C + offs_c, dca * ca * (1.0 - ca), mask=mc)
+        tl.store(dz_ptr + n * C + offs_c, dca * ca * (1.0 - ca) + poison, mask=mc)
         tl.store(cntc_ptr + n * C + offs_c, tl.maximum(cntc, 1.0), mask=mc)
-    tl.debug_barrier()
-    # MLP backward: dh = W2ᵀ dz; grads of the two relu'd pre-activations
+    poison = _meet(sync_ptr, n, P, 3 * P, max_spin, poison, MULTI)  # 3rd meeting: dz of every channel
+    # MLP backward (every program, from the whole dz — .cg: the peers' slices): dh = W2ᵀ dz; grads of the
+    # two relu'd pre-activations, into the program's own row (read back in pass 4)
     for r0 in range(0, R, BLOCK_R):
         offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
         mr = offs_r < R
@@ -310,16 +421,21 @@ def _cbam_bwd_kernel(
             mc = offs_c < C
             w2 = tl.load(w2_ptr + offs_c[None, :] * R + offs_r[:, None], mask=mr[:, None] & mc[None, :],
                          other=0.0).to(ACC)
-            dh += tl.sum(w2 * tl.load(dz_ptr + n * C + offs_c, mask=mc, other=0.0)[None, :], axis=1)
+            dh += tl.sum(w2 * tl.load(dz_ptr + n * C + offs_c, mask=mc, other=0.0, cache_modifier=".cg")[None, :],
+                         axis=1)
         pa = tl.load(pa_ptr + n * R + offs_r, mask=mr, other=0.0)
         pm = tl.load(pm_ptr + n * R + offs_r, mask=mr, other=0.0)
-        tl.store(dpa_ptr + n * R + offs_r, tl.where(pa > 0.0, dh, 0.0), mask=mr)
-        tl.store(dpm_ptr + n * R + offs_r, tl.where(pm > 0.0, dh, 0.0), mask=mr)
+        dpa = tl.where(pa > 0.0, dh, 0.0) + poison
+        dpm = tl.where(pm > 0.0, dh, 0.0) + poison
+        tl.store(own + offs_r, dpa, mask=mr)
+        tl.store(own + R + offs_r, dpm, mask=mr)
+        tl.store(dpa_ptr + n * R + offs_r, dpa, mask=mr & first)
+        tl.store(dpm_ptr + n * R + offs_r, dpm, mask=mr & first)
     tl.debug_barrier()
-    # pass 4: grad_x = grad_x1·ca + grad_avg/HW + grad_max·[x = max]/ties
-    for c0 in range(0, C, BLOCK_C):
+    # pass 4 (channel slice): grad_x = grad_x1·ca + grad_avg/HW + grad_max·[x = max]/ties
+    for c0 in range(c_lo, c_hi, BLOCK_C):
         offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mc = offs_c < C
+        mc = offs_c < c_hi
         davg = tl.zeros([BLOCK_C], dtype=ACC)
         dmx = tl.zeros([BLOCK_C], dtype=ACC)
         for r0 in range(0, R, BLOCK_R):
@@ -327,12 +443,12 @@ def _cbam_bwd_kernel(
             mr = offs_r < R
             w1 = tl.load(w1_ptr + offs_r[None, :] * C + offs_c[:, None], mask=mc[:, None] & mr[None, :],
                          other=0.0).to(ACC)
-            davg += tl.sum(w1 * tl.load(dpa_ptr + n * R + offs_r, mask=mr, other=0.0)[None, :], axis=1)
-            dmx += tl.sum(w1 * tl.load(dpm_ptr + n * R + offs_r, mask=mr, other=0.0)[None, :], axis=1)
+            davg += tl.sum(w1 * tl.load(own + offs_r, mask=mr, other=0.0)[None, :], axis=1)
+            dmx += tl.sum(w1 * tl.load(own + R + offs_r, mask=mr, other=0.0)[None, :], axis=1)
         ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
         smax = tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0)
         dmx = dmx / tl.load(cntc_ptr + n * C + offs_c, mask=mc, other=1.0)
-        davg = davg / HW
+        davg = davg / HW + poison
         for hw0 in range(0, HW, BLOCK_HW):
             offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
             mp = offs_hw < HW
@@ -340,13 +456,74 @@ def _cbam_bwd_kernel(
             x = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
             gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
             dx1 = _x1_grad(gy, x * ca[:, None], tl.load(sa_ptr + n * HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(dd_ptr + n * 2 * HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(dd_ptr + n * 2 * HW + HW + offs_hw, mask=mp, other=0.0),
+                           tl.load(dd_base + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
+                           tl.load(dd_base + HW + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
                            tl.load(d_base + HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(cnt_ptr + n * HW + offs_hw, mask=mp, other=1.0), C)
+                           tl.load(cnt_ptr + n * HW + offs_hw, mask=mp, other=1.0, cache_modifier=".cg"), C)
             gx = dx1 * ca[:, None] + davg[:, None] + tl.where(x == smax[:, None], dmx[:, None], 0.0)
             tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw,
                      gx.to(gx_ptr.dtype.element_ty), mask=m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch settings
+# ----------------------------------------------------------------------------------------------
+def _settings(c: int, r: int, hw: int, taps: int) -> dict:
+    """Tiles from one heuristic: [BLOCK_C, BLOCK_HW] x tiles of ≤ _TILE elements, [BLOCK_P, BLOCK_T] conv
+    gather tiles of ≤ _TILE elements (BLOCK_T ≤ _MAX_BLOCK_T taps per chunk)."""
+    block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
+    block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
+    block_r = max(1, min(_next_pow2(r), _TILE // block_c))
+    block_t = min(_next_pow2(taps), _MAX_BLOCK_T)
+    block_p = max(1, min(_next_pow2(hw), _TILE // block_t))
+    return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_T=block_t, num_warps=4)
+
+
+def _launch_cfg(n: int, c: int, r: int, hw: int, taps: int, device: torch.device) -> dict:
+    """Tiles (``_settings``) and the schedule: (b) with P programs per sample on a GPU when the batch is
+    small and a sample has ≥ 2 channel tiles (ops/_split.py), else (a). The pixel slices follow from P
+    at launch (``_pixel_plan``)."""
+    cfg = _settings(c, r, hw, taps)
+    multi, p, per = _split_plan(n, c, cfg["BLOCK_C"], _device_sms(device), _schedule_mode())
+    return dict(cfg, MULTI=multi, P=p, chan_per_prog=per)
+
+
+def _pixel_plan(hw: int, p: int, cfg: dict) -> Tuple[int, int, int]:
+    """(BLOCK_PX, BLOCK_P, px_per_prog): the pixel passes' tiles and each program's pixel slice, in whole
+    tiles. P = 1: BLOCK_PX = BLOCK_HW, BLOCK_P as set, one slice of every pixel (schedule (a) unchanged).
+    P > 1: both tiles shrink to next_pow2(cdiv(HW, P)) pixels (no fewer than _MIN_PX_TILE), so that a
+    small map still spreads over several programs."""
+    block_px, block_p = cfg["BLOCK_HW"], cfg["BLOCK_P"]
+    if p > 1:
+        grain = max(_MIN_PX_TILE, _next_pow2(_cdiv(hw, p)))
+        block_px, block_p = min(block_px, grain), min(block_p, grain)
+    tile = max(block_px, block_p)
+    return block_px, block_p, _cdiv(_cdiv(hw, tile), p) * tile
+
+
+def _launch(kernel, like: torch.Tensor, n: int, c: int, hw: int, cfg: dict, args, meta: dict, op: str,
+            meetings: int, split: int = 0, refill=()) -> None:
+    """Launch ``kernel`` on the N·P grid of ``cfg``; ``args(sync, P, chan_per_prog, px_per_prog, max_spin)``
+    builds its positional arguments. ``split`` (test hook): schedule (b)'s partition with P = split,
+    emulated with MULTI=0 — launched ``meetings + 1`` times on the same scratch, the outputs in
+    ``refill`` (those no peer reads) NaN-filled before the last launch. Why that many: in launch L
+    every value a program publishes before its L-th meeting is exact (it depends only on what the
+    peers published before earlier meetings, exact since launch L − 1 ended), so the last launch
+    reads nothing stale; a peer rewriting a value while it is read writes the same bits."""
+    if split:
+        cfg = _emulate_split(cfg, c, split)
+    kw = dict(cfg)
+    p, per = kw.pop("P"), kw.pop("chan_per_prog")
+    block_px, block_p, px = _pixel_plan(hw, p, cfg)
+    kw.update(BLOCK_PX=block_px, BLOCK_P=block_p)
+    rounds = meetings + 1 if split else 1
+    for i in range(rounds):
+        for t in refill if i == rounds - 1 and i else ():
+            t.fill_(float("nan"))
+        sync = _sync_buffer(cfg["MULTI"], n, like.device)
+        with _device_of(like):
+            kernel[(n * p,)](*args(sync, p, per, px, _MAX_SPIN), **meta, **kw)
+        _check_error(sync, cfg["MULTI"], n, op)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,20 +536,14 @@ def _geometry(x: torch.Tensor, w1: torch.Tensor, spatial_weight: torch.Tensor):
     n, c = x.shape[:2]
     r = w1.shape[0]
     hw = dhw[0] * dhw[1] * dhw[2]
-    block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
-    block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
-    block_r = max(1, min(_next_pow2(r), _TILE // block_c))
-    block_t = min(_next_pow2(2 * ks[0] * ks[1] * ks[2]), 256)
-    block_p = max(1, min(_next_pow2(hw), _TILE // block_t))
-    cfg = dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_T=block_t, num_warps=4)
-    return n, c, r, dhw, ks, cfg
+    return n, c, r, dhw, hw, ks, 2 * ks[0] * ks[1] * ks[2]
 
 
-def cbam_forward(x, w1, w2, spatial_weight):
-    """(y, avg, mx, pre_a, pre_m, ca, d, sa): y like x, the rest fp32 (fp64 for fp64 x) saved vectors."""
+def cbam_forward(x, w1, w2, spatial_weight, *, _split: int = 0):
+    """(y, avg, mx, pre_a, pre_m, ca, d, sa): y like x, the rest fp32 (fp64 for fp64 x) saved vectors.
+    ``_split``: test hook, see ``_launch``."""
     _check_x(x)
-    n, c, r, dhw, ks, cfg = _geometry(x, w1, spatial_weight)
-    hw = dhw[0] * dhw[1] * dhw[2]
+    n, c, r, dhw, hw, ks, taps = _geometry(x, w1, spatial_weight)
     acc = _acc_dtype(x)
     dev = x.device
     y, y_buf, sy = _out_like(x)
@@ -383,38 +554,50 @@ def cbam_forward(x, w1, w2, spatial_weight):
     if n == 0:
         return y, avg, mx, pa, pm, ca, d, sa
     xk, sx = _as_flat(x)
-    with _device_of(xk):
-        _cbam_fwd_kernel[(n,)](
-            xk, y_buf, w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous(),
-            avg, mx, pa, pm, ca, d, sa, c, r, *dhw, *ks, *sx, *sy, ACC=_tl_acc(acc), **cfg)
+    cfg = _launch_cfg(n, c, r, hw, taps, dev)
+    p_max = _split or cfg["P"]  # programs per sample (the emulated split's P ≤ _split)
+    own, = _scratch(acc, dev, (n * p_max, 2 * r + c))
+    w1c, w2c, swc = w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous()
+    _launch(_cbam_fwd_kernel, xk, n, c, hw, cfg,
+            lambda sync, p, per, px, spin: (xk, y_buf, w1c, w2c, swc, avg, mx, pa, pm, ca, d, sa, own, sync,
+                                            c, r, *dhw, *ks, p, per, px, spin, *sx, *sy),
+            dict(ACC=_tl_acc(acc)), "CBAM", MEETINGS["forward"], _split, (y_buf, pa, pm, ca, sa))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, avg, mx, pa, pm, ca, d, sa
 
 
-def cbam_backward(grad_y, x, w1, w2, spatial_weight, avg, mx, pa, pm, ca, d, sa):
-    """(grad_x, grad_w1, grad_w2, grad_spatial_weight), each in its input's dtype."""
-    n, c, r, dhw, ks, cfg = _geometry(x, w1, spatial_weight)
-    hw = dhw[0] * dhw[1] * dhw[2]
+def _scratch(acc: torch.dtype, dev, *shapes) -> Tuple[torch.Tensor, ...]:
+    """Kernel scratch, NaN-filled under ATTN_KERNELS_NAN_FILL like the outputs: a read of a value no
+    program wrote is loud in tests."""
+    return tuple(_alloc.empty(shape, dtype=acc, device=dev) for shape in shapes)
+
+
+def cbam_backward(grad_y, x, w1, w2, spatial_weight, avg, mx, pa, pm, ca, d, sa, *, _split: int = 0):
+    """(grad_x, grad_w1, grad_w2, grad_spatial_weight), each in its input's dtype. ``_split``: test hook,
+    see ``_launch``."""
+    n, c, r, dhw, hw, ks, taps = _geometry(x, w1, spatial_weight)
     acc = ca.dtype
     dev = x.device
     gx, gx_buf, sd = _out_like(x)
     dz = _alloc.empty((n, c), dtype=acc, device=dev)
     dpa, dpm = (_alloc.empty((n, r), dtype=acc, device=dev) for _ in range(2))
-    gsw = _alloc.empty((n, 2 * ks[0] * ks[1] * ks[2]), dtype=acc, device=dev)
+    gsw = _alloc.empty((n, taps), dtype=acc, device=dev)
     if n == 0:
         gx.zero_()
         return gx, torch.zeros_like(w1), torch.zeros_like(w2), torch.zeros_like(spatial_weight)
     xk, sx = _as_flat(x)
     gyk, sg = _as_flat(grad_y)
-    scratch = [torch.empty((n, hw), dtype=acc, device=dev), torch.empty((n, hw), dtype=acc, device=dev),
-               torch.empty((n, 2, hw), dtype=acc, device=dev)]
-    cntc = torch.empty((n, c), dtype=acc, device=dev)
-    with _device_of(gyk):
-        _cbam_bwd_kernel[(n,)](
-            gyk, xk, gx_buf, w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous(),
-            mx, pa, pm, ca, d, sa, *scratch, dz, cntc, dpa, dpm, gsw, c, r, *dhw, *ks, *sg, *sx, *sd,
-            ACC=_tl_acc(acc), **cfg)
+    cfg = _launch_cfg(n, c, r, hw, taps, dev)
+    p_max = _split or cfg["P"]  # programs per sample (the emulated split's P ≤ _split)
+    # dz_s, channel-max ties, grad d, spatial-max ties, the tap rows and the MLP-grad rows of every program
+    scratch = _scratch(acc, dev, (n, hw), (n, hw), (n, 2, hw), (n, c), (n * p_max, taps), (n * p_max, 2 * r))
+    w1c, w2c, swc = w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous()
+    _launch(_cbam_bwd_kernel, gyk, n, c, hw, cfg,
+            lambda sync, p, per, px, spin: (gyk, xk, gx_buf, w1c, w2c, swc, mx, pa, pm, ca, d, sa, *scratch,
+                                            dz, dpa, dpm, gsw, sync, c, r, *dhw, *ks, p, per, px, spin,
+                                            *sg, *sx, *sd),
+            dict(ACC=_tl_acc(acc)), "CBAM", MEETINGS["backward"], _split, (gx_buf, dpa, dpm, gsw))
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     hidden = torch.relu(pa) + torch.relu(pm)

@@ -1,13 +1,17 @@
 """Triton CBAM (attn_kernels/ops/cbam.py) vs reference.cbam: output and gradients of x, w1, w2 and
-spatial_weight against float64 (check_parity), launch counts, ties of the max pools, layouts.
+spatial_weight against float64 (check_parity), launch counts, ties of the max pools, layouts, and the
+split-sample schedule (ops/_split.py): emulated partition, MULTI=1 timeouts, both schedules on a GPU.
 
 Runs on the GPU when there is one, else on CPU tensors under TRITON_INTERPRET=1 (tiny shapes).
 """
+import os
+
 import pytest
 import torch
 
 from attn_kernels import functional, reference
 from attn_kernels.modules import FusedCBAM
+from attn_kernels.ops import _split
 from attn_kernels.ops import cbam as CB
 from tests.helpers import assert_close, check_parity, gradcheck
 
@@ -141,3 +145,209 @@ def test_compile_fullgraph(device):
     assert_close(y, yr)
     assert_close(x.grad, xr.grad)
     assert_close(mod.spatial.weight.grad, ref.spatial.weight.grad, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The split-sample schedule (ops/_split.py): emulated partition and the MULTI=1 code under the
+# interpreter; the real cross-program schedule on a GPU
+# ---------------------------------------------------------------------------------------------
+FWD_OUT = ("y", "avg", "mx", "pre_a", "pre_m", "ca", "d", "sa")
+BWD_OUT = ("grad_x", "grad_w1", "grad_w2", "grad_spatial_weight")
+SPLIT_CASES = {  # shape, k, rd: 11 channels → tiles of 4/4/3 (one per program); pixel slices as noted
+    "2d": ((3, 11, 2, 5), 3, 5),  # pixels 4/4/2 on rows of 5: a 3×3 window reaches two slices back
+    "1d": ((3, 11, 10), 7, 5),  # pixels 4/4/2, halo 3: the last slice is narrower than the halo
+    "3d": ((2, 11, 2, 2, 3), 3, 5),  # pixels 4/4/4 against a ±6-pixel reach along D; 54 taps, 7 chunks
+}
+
+
+def _shrink(monkeypatch):
+    """Tiles small enough for a 3-way split at tiny shapes: BLOCK_C = 4, BLOCK_HW = 4, BLOCK_R = 4 (two R
+    chunks at rd = 5), BLOCK_T = 8 (several tap chunks), BLOCK_P = 2; pixel tiles down to 1 pixel."""
+    monkeypatch.setattr(CB, "_TILE", 16)
+    monkeypatch.setattr(CB, "_MAX_BLOCK_HW", 4)
+    monkeypatch.setattr(CB, "_MAX_BLOCK_T", 8)
+    monkeypatch.setattr(CB, "_MIN_PX_TILE", 1)
+
+
+def _split_inputs(case, layout, device):
+    shape, k, rd = SPLIT_CASES[case]
+    torch.manual_seed(3)
+    ins = [t.detach() for t in inputs(shape, k, rd, device)]
+    if layout == "channels_last":  # channels innermost, any rank
+        ins[0] = ins[0].movedim(1, -1).contiguous().movedim(-1, 1)
+        assert ins[0].stride(1) == 1
+    return ins
+
+
+def _plan(x, w1, sw):
+    n, c = x.shape[:2]
+    hw = x.shape[2:].numel()
+    return n, c, hw, CB._launch_cfg(n, c, w1.shape[0], hw, sw.numel(), x.device)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")  # early launches
+@pytest.mark.parametrize("case", SPLIT_CASES)  # read unpublished (NaN) scratch, as documented in _launch
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_split_partition_emulated(case, layout, device, monkeypatch):
+    """Schedule (b)'s partition (program (n, j) on a channel slice in the pool / grad-ca / grad-x passes
+    and on a pixel slice in the descriptor / conv passes; the MLP in every program; the conv and
+    transposed-conv halos read from the peers' pixels; the tap gradient summed over P published rows)
+    vs schedule (a): every output of the forward and every gradient of the backward."""
+    _shrink(monkeypatch)
+    x, w1, w2, sw = _split_inputs(case, layout, device)
+    n, c, hw, cfg = _plan(x, w1, sw)
+    assert cfg["MULTI"] == 0 and cfg["P"] == 1 and _split.emulate_split(cfg, c, 3)["P"] == 3
+    assert CB._pixel_plan(hw, 3, cfg)[2] == 4 and 8 < hw <= 12  # three pixel slices, the last ragged or not
+    out1 = CB.cbam_forward(x, w1, w2, sw)
+    out3 = CB.cbam_forward(x, w1, w2, sw, _split=3)
+    for a, b, name in zip(out3, out1, FWD_OUT):
+        assert_close(a, b, name=name)
+    gy = torch.randn_like(x)
+    g1 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
+    g3 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:], _split=3)
+    for a, b, name in zip(g3, g1, BWD_OUT):
+        assert_close(a, b, name=name)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: a Python stand-in wait")
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+def test_multi_schedule_meetings_emulated(monkeypatch):
+    """The MULTI=1 code itself on schedule (b)'s partition, its waits replaced by a stand-in that records
+    the target and reports success (launched meetings + 1 times, as the emulation): equal to schedule
+    (a), and every program meets at k·P for k = 1, 2 forward and 1, 2, 3 backward. (The emulated
+    partition test runs the MULTI=0 code; the timeout test gets past one meeting only.)"""
+    _shrink(monkeypatch)
+    x, w1, w2, sw = _split_inputs("2d", "nchw", "cpu")
+    targets = []
+
+    def wait_succeeds(cnt_ptr, err_ptr, target, max_spin):
+        targets.append(int(torch.as_tensor(getattr(getattr(target, "handle", None), "data", target)).reshape(-1)[0]))
+        return False
+
+    out1 = CB.cbam_forward(x, w1, w2, sw)
+    gy = torch.randn_like(x)
+    g1 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
+    monkeypatch.setattr(CB, "_sample_sync", wait_succeeds)
+    monkeypatch.setattr(CB, "_emulate_split", lambda *a: dict(_split.emulate_split(*a), MULTI=1))
+    n = x.shape[0]
+    out3 = CB.cbam_forward(x, w1, w2, sw, _split=3)
+    assert targets == [3, 6] * (n * 3) * (CB.MEETINGS["forward"] + 1)
+    for a, b, name in zip(out3, out1, FWD_OUT):
+        assert_close(a, b, name=name)
+    targets.clear()
+    g3 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:], _split=3)
+    assert targets == [3, 6, 9] * (n * 3) * (CB.MEETINGS["backward"] + 1)
+    for a, b, name in zip(g3, g1, BWD_OUT):
+        assert_close(a, b, name=name)
+
+
+def _exact_or_nan(got, expected, name):
+    """Every element of ``got`` is NaN or equal (assert_close) to ``expected``'s."""
+    nan = torch.isnan(got)
+    assert_close(torch.where(nan, expected, got), expected, name=f"{name}: the elements that are not NaN")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: programs run in order")
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered", "ignore:All-NaN slice")
+def test_multi_schedule_timeout_is_loud(monkeypatch):
+    """The MULTI=1 code (a counter shared by several meetings, bounded waits, error flag, sticky NaN
+    poison) under the interpreter: programs run one after another, with 3-iteration waits. Per sample
+    (P = 3), forward and backward alike: program 0 arrives at meeting 1 (counter 1 < 3), times out and
+    arrives nowhere else; program 1 likewise (2 < 3); program 2 sees 3, passes meeting 1 — every peer
+    has published — and times out at meeting 2 (4 < 6). Counters end at 4, not 2·P or 3·P: a program
+    that gave up stays away (else program 1 would have counted program 0's second arrival as the third
+    at meeting 1 and gone on with program 2's channels unpooled).
+
+    Exact, then: what every program stores before meeting 1 (pooled vectors; dz_s, channel-max ties,
+    tap rows) and what program 2 computes between meetings 1 and 2 (its MLP row, d of its pixels;
+    grad d of its pixels). Everything else is NaN: every stored element is exact or NaN."""
+    _shrink(monkeypatch)
+    shape, k = (2, 11, 6, 2), 3  # channels 4/4/3, pixels 4/4/4 (rows 0-1 / 2-3 / 4-5)
+    x, w1, w2, sw = [t.detach() for t in inputs(shape, k, 5, "cpu")]
+    r = w1.shape[0]
+    kept = []
+    scratch = CB._scratch
+    monkeypatch.setattr(CB, "_scratch", lambda *a: kept.append(scratch(*a)) or kept[-1])
+    out1 = CB.cbam_forward(x, w1, w2, sw)  # schedule (a): the expected values
+    gy = torch.randn_like(x)
+    g1 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
+    dzs1, cnt1, dd1 = kept[-1][:3]
+    launch_cfg = CB._launch_cfg
+    monkeypatch.setattr(CB, "_launch_cfg", lambda n, c, *a: dict(_split.emulate_split(launch_cfg(n, c, *a), c, 3),
+                                                                 MULTI=1))
+    monkeypatch.setattr(CB, "_MAX_SPIN", 3)
+    syncs = []
+    sync_buffer = CB._sync_buffer
+    monkeypatch.setattr(CB, "_sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    n, c, hw, cfg = _plan(x, w1, sw)
+    assert cfg["MULTI"] == 1 and cfg["P"] == 3
+    p_lo = 2 * CB._pixel_plan(hw, 3, cfg)[2]  # the last program's pixels: p_lo .. hw − 1
+    assert p_lo == 8
+
+    out = CB.cbam_forward(x, w1, w2, sw)
+    assert syncs[-1].tolist() == [4, 4, 1]  # arrivals per sample; the error flag is set
+    for i in (1, 2):  # avg, mx: pooled before meeting 1
+        assert_close(out[i], out1[i], name=f"{FWD_OUT[i]} (timed-out forward)")
+    for i in (0, 3, 4, 5, 7):  # y, pre_a, pre_m, ca (the first program's), sa (after meeting 2)
+        assert torch.isnan(out[i]).all(), FWD_OUT[i]
+    own = kept[-1][0].view(n, 3, 2 * r + c)
+    assert torch.isnan(own[:, :2]).all()  # programs 0, 1: poisoned at meeting 1
+    assert_close(own[:, 2], torch.cat(out1[3:6], 1), name="the last program's MLP row [pa | pm | ca]")
+    assert torch.isnan(out[6][:, :, :p_lo]).all()
+    assert_close(out[6][:, :, p_lo:], out1[6][:, :, p_lo:], name="d of the last program's pixels")
+    for a, b, name in zip(out, out1, FWD_OUT):
+        _exact_or_nan(a, b, name)
+
+    g = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
+    assert syncs[-1].tolist() == [4, 4, 1]
+    dzs, cnt, dd, _, gpart = kept[-1][:5]
+    assert_close(dzs, dzs1, name="dz_s (pass 1, before any meeting)")
+    assert_close(cnt, cnt1, name="channel-max ties (pass 1)")
+    assert_close(gpart.sum(0).view_as(sw), g1[3], name="the tap rows (pass 2, from the program's own dz_s)")
+    assert torch.isnan(dd[:, :, :p_lo]).all()  # programs 0, 1: poisoned at meeting 1
+    assert_close(dd[:, :, p_lo:], dd1[:, :, p_lo:], name="grad d of the last program's pixels")
+    for a, name in zip(g, BWD_OUT):  # all after meeting 2 (or stored by the poisoned first program)
+        assert torch.isnan(a).all(), name
+
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    with pytest.raises(RuntimeError, match="timed out"):
+        CB.cbam_forward(x, w1, w2, sw)
+    with pytest.raises(RuntimeError, match="timed out"):
+        CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", ["single", "multi"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 64, 20, 20), (2, 1100, 7, 7)], ids=str)
+def test_gpu_schedules(shape, schedule, channels_last, monkeypatch):
+    """Both schedules on the GPU, the multi-program one with its error flag checked (a timed-out wait
+    raises), 7×7 spatial kernel. (2, 64, 20, 20): 4 channel tiles of 16 → P = 4, pixel slices
+    128/128/128/16 (a 3-row halo of 63 pixels); (2, 1100, 7, 7): 18 channel tiles of 64 → P = 18, pixel
+    slices 16/16/16/1 (the halo reaches two slices back). fp32 against float64 (check_parity); bf16 /
+    multi against bf16 / single (the max-pool ties make bf16 against eager fragile at 1100 channels)."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", schedule)
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    ins = inputs(shape, 7, shape[1] // 16, "cuda")
+    if channels_last:
+        ins[0] = ins[0].detach().to(memory_format=torch.channels_last).requires_grad_()
+    n, c, hw, cfg = _plan(*(t.detach() for t in (ins[0], ins[1], ins[3])))
+    multi = schedule == "multi"
+    assert cfg["MULTI"] == multi and (cfg["P"] >= 2) == multi
+    if multi:
+        assert _split.device_sms(ins[0].device) >= n * cfg["P"]
+        assert CB._pixel_plan(hw, cfg["P"], cfg)[2] < hw  # ≥ 2 programs own pixels
+    check_parity(fused, reference.cbam, ins, dtype=torch.float32, names=NAMES)
+    if multi:
+        xb = ins[0].detach().to(torch.bfloat16)
+        params = [t.detach().clone().requires_grad_() for t in ins[1:]]
+        gy = torch.randn_like(xb)
+        results = []
+        for sched in ("multi", "single"):
+            monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", sched)
+            xs = xb.clone().requires_grad_()
+            y = fused(xs, *params)
+            results.append((y, *torch.autograd.grad(y, [xs, *params], gy)))
+        for a, b, name in zip(*results, ("y",) + BWD_OUT):  # fp32 weight grads: summation order only
+            tol = {} if a.dtype == torch.bfloat16 else dict(atol=1e-4, rtol=1e-4)
+            assert_close(a, b, name=f"bf16, multi vs single: {name}", **tol)

@@ -10,11 +10,11 @@ channel of the sample is pooled. Their kernels run in one of two schedules, the 
     GPU): program j of sample n owns channels [j·chan_per_prog, (j + 1)·chan_per_prog). It publishes
     what its peers need (pooled means, per-slice partial sums) to small global buffers, then meets
     them at a per-sample counter (``sample_sync``), reads the whole sample's vectors back and goes on
-    with its own slice. The grid N·P is capped at the SM count, so every program is co-resident on a
-    free GPU and the spin cannot deadlock; the spin is bounded anyway, and a program that gives up
-    sets an error flag and NaN-poisons what it computes (a broken schedule is loud, never silently
-    wrong). The launcher reads the flag only with ``ATTN_KERNELS_SE_CHECK=1`` (a host sync; off by
-    default so launches stay capturable in CUDA graphs).
+    with its own slice. The grid N·P is capped at half the SM count, so every program is co-resident
+    on a GPU that other streams leave at least half free, and the spin cannot deadlock; the spin is
+    bounded anyway, and a program that gives up sets an error flag and NaN-poisons what it computes
+    (a broken schedule is loud, never silently wrong). The launcher reads the flag only with
+    ``ATTN_KERNELS_SE_CHECK=1`` (a host sync; off by default so launches stay capturable in CUDA graphs).
 
 Switches (named after SE, the first op on this schedule; they govern every op above):
 ``ATTN_KERNELS_SE_SCHEDULE=auto|single|multi`` and ``ATTN_KERNELS_SE_CHECK=1``.
@@ -103,15 +103,19 @@ def device_sms(device: torch.device) -> int:
 def split_plan(n: int, c: int, block_c: int, sms: int, mode: str):
     """(MULTI, P, chan_per_prog) for N samples of C channels in BLOCK_C tiles on a device with ``sms`` SMs.
 
-    Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (2·N ≤ SMs; N < SMs when
-    forced with ``mode="multi"``): P = min(#tiles, SMs // N) programs per sample, each on whole tiles,
-    so N·P ≤ SMs (co-resident). ``mode="single"`` or ``sms=0`` → schedule (a).
+    Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (4·N ≤ SMs; 2·N ≤ SMs when
+    forced with ``mode="multi"``): P = min(#tiles, (SMs // 2) // N) programs per sample, each on whole
+    tiles. The grid N·P stays within half the SMs: every program must be resident at once for the
+    meeting, and kernels of other streams (NCCL during an overlapped DDP backward, a data-loader's
+    copies) may hold SMs — with the whole GPU asked for, a few busy SMs would turn into a timed-out wait
+    (seconds, then NaN). ``mode="single"`` or ``sms=0`` → schedule (a).
     """
     tiles = cdiv(c, block_c)
     single = (0, 1, tiles * block_c)
-    if not sms or mode == "single" or tiles < 2 or n >= sms or (mode != "multi" and n * 2 > sms):
+    budget = sms // 2  # programs schedule (b) may ask to be co-resident
+    if not sms or mode == "single" or tiles < 2 or n * 2 > budget * (2 if mode == "multi" else 1):
         return single
-    p = min(tiles, max(1, sms // n))
+    p = min(tiles, max(1, budget // n))
     per = cdiv(tiles, p) * block_c
     p = cdiv(c, per)
     return (1, p, per) if p >= 2 else single

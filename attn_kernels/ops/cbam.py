@@ -12,7 +12,7 @@ kernels run on SE's two schedules (ops/_split.py), chosen per call and passed as
 (a) one program per sample (P = 1): no cross-program communication; the schedule under
     ``TRITON_INTERPRET=1``. Stages hand vectors to the next through small fp32 buffers read back
     after ``tl.debug_barrier()`` (same program, other threads).
-(b) GPU, small batch: P programs per sample (``split_plan`` on the channel tiles, N·P ≤ SMs). Program
+(b) GPU, small batch: P programs per sample (``split_plan`` on the channel tiles, N·P ≤ SMs / 2). Program
     j owns a channel slice (whole BLOCK_C tiles) and a pixel slice (whole tiles of the pixel passes;
     see "Pixel slices"). The passes alternate between the two kinds of slice, so the sample's programs
     meet at its counter between them (``sample_sync``; the k-th meeting waits for k·P arrivals), and a

@@ -53,8 +53,8 @@ works on one sample, so the slabs of the samples in flight must fit together). T
 is 2·N·C·HW·|x| forward (read x, write y) and 3·N·C·HW·|x| backward.
 Launches: forward 1; backward 1 kernel + the batch reductions of the parameter grads in torch (tap
 sums, one GEMM per FC weight, bias sums; O(N·(C + R)) work).
-Grid: N programs in schedule (a), N·P ≤ SM count in (b) (chosen as for SE: 2·N ≤ SMs and ≥ 2 channel
-tiles). Schedule (b) adds per program: the pooled vector (C fp32) and, for BiECA, W1 (R·C) read from
+Grid: N programs in schedule (a), N·P ≤ half the SM count in (b) (chosen as for SE: 4·N ≤ SMs and ≥ 2
+channel tiles). Schedule (b) adds per program: the pooled vector (C fp32) and, for BiECA, W1 (R·C) read from
 L2, and P rows of partial sums. It has run only under the interpreter (emulated partition; MULTI=1
 code with a tiny spin bound) — never on a GPU yet.
 

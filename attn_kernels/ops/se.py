@@ -22,11 +22,12 @@ sample. Two schedules, chosen per call by the launcher and passed as the constex
     then sums the P rows in program order into the hidden vector — identical bits, so the racing
     identical stores of it are benign — and computes the gates and scaling of its own slice from
     W2's rows of its channels. So each program reads only its slice's share of the weights. The
-    grid is N·P ≤ number of SMs (one program per SM is always co-resident, so the spin cannot
-    deadlock on a free GPU); the spin is bounded (``max_spin`` iterations): on timeout the program sets an error flag and
-    poisons its outputs with NaN instead of hanging. The launcher reads the flag (a host sync) only
-    with ``ATTN_KERNELS_SE_CHECK=1`` — off by default so the launch path has no host sync and
-    CUDA-graph capture works; the NaN poison makes a broken schedule loud without it.
+    grid is N·P ≤ half the SMs (one program per SM is always co-resident, so the spin cannot
+    deadlock while other streams leave half the GPU free); the spin is bounded (``max_spin``
+    iterations): on timeout the program sets an error flag and poisons its outputs with NaN instead
+    of hanging. The launcher reads the flag (a host sync) only with ``ATTN_KERNELS_SE_CHECK=1`` — off
+    by default so the launch path has no host sync and CUDA-graph capture works; the NaN poison
+    makes a broken schedule loud without it.
     Counters: a fresh zeroed int32 (N + 1,) buffer per call (``torch.zeros``: one fill kernel, stream
     ordered and capturable, safe across streams and graph replays; the +1 is the error flag).
     The counter wait, the split plan and the test hooks live in ops/_split.py (shared with
@@ -456,8 +457,8 @@ def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.
     (sample-group, channel-tile) work still fills the SMs: GROUP ≤ N·#tiles / SMs.
     FC tiles [GROUP, FC_C, FC_R] ≤ 4096 elements (FC_R ≤ 32 hidden units; k = R, or C for eSE).
     Schedule: (b) MULTI only on a real GPU (never under the interpreter) when the groups are few
-    (2·groups ≤ SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, SMs // groups) programs per
-    group, so the grid groups·P never exceeds the SM count (co-resident: no deadlock).
+    (4·groups ≤ SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, (SMs // 2) // groups) programs
+    per group, so the grid groups·P stays within half the SMs (co-resident: no deadlock, see _split).
     ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces one (multi still capped to co-residency).
     Memoised on the shape (SE layers are small and many: this runs on every call).
     """

@@ -310,10 +310,15 @@ def test_group_choice():
     cpu = S._launch_config(64, 2048, 128, 49, False, "auto", 0, **sizes(2048, 49, 128))
     assert cpu["GROUP"] == 16 and cpu["P"] == 1 and cpu["MULTI"] == 0
     gpu = S._launch_config(64, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
-    assert gpu["GROUP"] == 8 and gpu["MULTI"] == 1 and (64 // 8) * gpu["P"] <= 132 and gpu["P"] == 16
+    assert gpu["GROUP"] == 8 and gpu["MULTI"] == 1 and gpu["P"] == 8 and (64 // 8) * gpu["P"] <= 132 // 2
     assert gpu["GROUP"] * gpu["FC_C"] * gpu["FC_R"] <= 4096
     # stage 1 (256 x 56 x 56, R = 16): weights are 2 % of a sample's x: no grouping
     assert S._launch_config(64, 256, 16, 3136, False, "auto", 132, **sizes(256, 3136, 16))["GROUP"] == 1
+    # schedule (b) asks for at most half the SMs to be co-resident (room for other streams' kernels)
+    for n in range(1, 80):
+        for mode in ("auto", "multi"):
+            multi, p, per = _split.split_plan(n, 2048, 64, 132, mode)
+            assert (not multi or n * p <= 66) and (multi == 0) == (p == 1) and per % 64 == 0
     # no byte counts (or one sample): no grouping
     assert S._launch_config(64, 2048, 128, 49, False, "auto", 132, 0, 0)["GROUP"] == 1
     assert S._launch_config(1, 2048, 128, 49, False, "auto", 0, **sizes(2048, 49, 128))["GROUP"] == 1

@@ -1,13 +1,14 @@
 """The split-sample schedule shared by the ops with a per-sample global dependency.
 
-SE (and se_residual), DynamicMultiKernelECA and BidirectionalECA cannot gate any channel before every
-channel of the sample is pooled. Their kernels run in one of two schedules, the constexpr ``MULTI``:
+SE (and se_residual), DynamicMultiKernelECA, BidirectionalECA and CBAM cannot gate any channel before
+every channel of the sample is pooled. Their kernels run in one of two schedules, the constexpr
+``MULTI`` (CBAM meets several times per launch and has its own launcher; see ops/cbam.py):
 
 (a) ``MULTI=0``, one program per sample (P = 1): no cross-program communication. The only schedule
     that can run under ``TRITON_INTERPRET=1``, where programs run one after another (a wait on a
     later program would hang), so the one CI covers end to end.
-(b) ``MULTI=1``, P programs per sample (GPU only, small batches, so that N = 1 … 8 still fills the
-    GPU): program j of sample n owns channels [j·chan_per_prog, (j + 1)·chan_per_prog). It publishes
+(b) ``MULTI=1``, P programs per sample (GPU only, small batches, so that N = 1 … 8 still spreads over
+    many SMs; SE groups samples, and its meeting is per group): program j of sample n owns channels [j·chan_per_prog, (j + 1)·chan_per_prog). It publishes
     what its peers need (pooled means, per-slice partial sums) to small global buffers, then meets
     them at a per-sample counter (``sample_sync``), reads the whole sample's vectors back and goes on
     with its own slice. The grid N·P is capped at half the SM count, so every program is co-resident

@@ -8,8 +8,8 @@ every channel of the sample is pooled. Their kernels run in one of two schedules
     that can run under ``TRITON_INTERPRET=1``, where programs run one after another (a wait on a
     later program would hang), so the one CI covers end to end.
 (b) ``MULTI=1``, P programs per sample (GPU only, small batches, so that N = 1 … 8 still spreads over
-    many SMs; SE groups samples, and its meeting is per group): program j of sample n owns channels [j·chan_per_prog, (j + 1)·chan_per_prog). It publishes
-    what its peers need (pooled means, per-slice partial sums) to small global buffers, then meets
+    many SMs; SE groups samples, and its meeting is per group): program j of sample n owns channels
+    [j·chan_per_prog, (j + 1)·chan_per_prog). It publishes what its peers need (pooled means, per-slice partial sums) to small global buffers, then meets
     them at a per-sample counter (``sample_sync``), reads the whole sample's vectors back and goes on
     with its own slice. The grid N·P is capped at half the SM count, so every program is co-resident
     on a GPU that other streams leave at least half free, and the spin cannot deadlock; the spin is
@@ -144,21 +144,27 @@ def check_error(sync: torch.Tensor, multi: int, n: int, op: str) -> None:
                                "outputs are NaN. Set ATTN_KERNELS_SE_SCHEDULE=single to avoid this schedule.")
 
 
-def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta: dict, op: str, split: int = 0,
-           refill=()) -> None:
+def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op: str, split: int = 0,
+           refill=(), meetings: int = 1) -> None:
     """Launch ``kernel`` on the N·P grid of ``cfg`` (keys MULTI, P, chan_per_prog + the kernel's meta-parameters);
-    ``args(sync, P, chan_per_prog, max_spin)`` builds its positional arguments; ``like``: a tensor on the
-    launch device. ``split`` (test hook): schedule (b)'s partition with P = ``split``, emulated with
-    MULTI=0 — launched twice on the same scratch buffers, the outputs in ``refill`` NaN-filled before
-    the second launch, which reads what the first published (see the module docstring)."""
+    ``args(sync, P, chan_per_prog, max_spin)`` builds its positional arguments; ``meta``: the other
+    meta-parameters, a dict or a function of P; ``like``: a tensor on the launch device.
+    ``split`` (test hook): schedule (b)'s partition with P = ``split``, emulated with MULTI=0 — launched
+    ``meetings + 1`` times on the same scratch buffers, the outputs in ``refill`` (those no peer reads)
+    NaN-filled before the last launch. Why that many: in launch L every value a program publishes
+    before its L-th meeting is exact (it depends only on what the peers published before earlier
+    meetings, exact since launch L − 1 ended), so the last launch reads nothing stale; a peer
+    rewriting a value while it is read writes the same bits. One meeting: twice (module docstring)."""
     if split:
         cfg = emulate_split(cfg, c, split)
     kw = dict(cfg)
     p, per = kw.pop("P"), kw.pop("chan_per_prog")
-    for i in range(2 if split else 1):
-        for t in refill if i else ():
+    kw.update(meta(p) if callable(meta) else meta)
+    rounds = meetings + 1 if split else 1
+    for i in range(rounds):
+        for t in refill if i and i == rounds - 1 else ():
             t.fill_(float("nan"))
         sync = sync_buffer(cfg["MULTI"], n, like.device)
         with device_of(like):
-            kernel[(n * p,)](*args(sync, p, per, MAX_SPIN), **meta, **kw)
+            kernel[(n * p,)](*args(sync, p, per, MAX_SPIN), **kw)
         check_error(sync, cfg["MULTI"], n, op)

@@ -85,10 +85,9 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import cdiv as _cdiv, device_of as _device_of, next_pow2 as _next_pow2
-from ._split import MAX_SPIN as _MAX_SPIN, check_error as _check_error, device_sms as _device_sms
-from ._split import emulate_split as _emulate_split, sample_sync as _sample_sync, schedule_mode as _schedule_mode
-from ._split import split_plan as _split_plan, sync_buffer as _sync_buffer
+from ._layout import cdiv as _cdiv, next_pow2 as _next_pow2
+from ._split import device_sms as _device_sms, launch as _launch, sample_sync as _sample_sync
+from ._split import schedule_mode as _schedule_mode, split_plan as _split_plan
 from .eca import _acc_dtype, _as_flat, _check_x, _out_like, _sigmoid, _tl_acc
 
 __all__ = ["cbam", "cbam_forward", "cbam_backward", "LAUNCHES"]
@@ -501,29 +500,13 @@ def _pixel_plan(hw: int, p: int, cfg: dict) -> Tuple[int, int, int]:
     return block_px, block_p, _cdiv(_cdiv(hw, tile), p) * tile
 
 
-def _launch(kernel, like: torch.Tensor, n: int, c: int, hw: int, cfg: dict, args, meta: dict, op: str,
-            meetings: int, split: int = 0, refill=()) -> None:
-    """Launch ``kernel`` on the N·P grid of ``cfg``; ``args(sync, P, chan_per_prog, px_per_prog, max_spin)``
-    builds its positional arguments. ``split`` (test hook): schedule (b)'s partition with P = split,
-    emulated with MULTI=0 — launched ``meetings + 1`` times on the same scratch, the outputs in
-    ``refill`` (those no peer reads) NaN-filled before the last launch. Why that many: in launch L
-    every value a program publishes before its L-th meeting is exact (it depends only on what the
-    peers published before earlier meetings, exact since launch L − 1 ended), so the last launch
-    reads nothing stale; a peer rewriting a value while it is read writes the same bits."""
-    if split:
-        cfg = _emulate_split(cfg, c, split)
-    kw = dict(cfg)
-    p, per = kw.pop("P"), kw.pop("chan_per_prog")
-    block_px, block_p, px = _pixel_plan(hw, p, cfg)
-    kw.update(BLOCK_PX=block_px, BLOCK_P=block_p)
-    rounds = meetings + 1 if split else 1
-    for i in range(rounds):
-        for t in refill if i == rounds - 1 and i else ():
-            t.fill_(float("nan"))
-        sync = _sync_buffer(cfg["MULTI"], n, like.device)
-        with _device_of(like):
-            kernel[(n * p,)](*args(sync, p, per, px, _MAX_SPIN), **meta, **kw)
-        _check_error(sync, cfg["MULTI"], n, op)
+def _pixel_meta(hw: int, cfg: dict, acc: torch.dtype):
+    """meta for ``_split.launch``: the accumulation type and the pixel passes' tiles for the P the
+    launch runs with (the positional px_per_prog comes from the same ``_pixel_plan``)."""
+    def meta(p: int) -> dict:
+        block_px, block_p, _ = _pixel_plan(hw, p, cfg)
+        return dict(BLOCK_PX=block_px, BLOCK_P=block_p, ACC=_tl_acc(acc))
+    return meta
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,7 +524,7 @@ def _geometry(x: torch.Tensor, w1: torch.Tensor, spatial_weight: torch.Tensor):
 
 def cbam_forward(x, w1, w2, spatial_weight, *, _split: int = 0):
     """(y, avg, mx, pre_a, pre_m, ca, d, sa): y like x, the rest fp32 (fp64 for fp64 x) saved vectors.
-    ``_split``: test hook, see ``_launch``."""
+    ``_split``: test hook, see ``_split.launch``."""
     _check_x(x)
     n, c, r, dhw, hw, ks, taps = _geometry(x, w1, spatial_weight)
     acc = _acc_dtype(x)
@@ -558,10 +541,10 @@ def cbam_forward(x, w1, w2, spatial_weight, *, _split: int = 0):
     p_max = _split or cfg["P"]  # programs per sample (the emulated split's P ≤ _split)
     own, = _scratch(acc, dev, (n * p_max, 2 * r + c))
     w1c, w2c, swc = w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous()
-    _launch(_cbam_fwd_kernel, xk, n, c, hw, cfg,
-            lambda sync, p, per, px, spin: (xk, y_buf, w1c, w2c, swc, avg, mx, pa, pm, ca, d, sa, own, sync,
-                                            c, r, *dhw, *ks, p, per, px, spin, *sx, *sy),
-            dict(ACC=_tl_acc(acc)), "CBAM", MEETINGS["forward"], _split, (y_buf, pa, pm, ca, sa))
+    _launch(_cbam_fwd_kernel, xk, n, c, cfg,
+            lambda sync, p, per, spin: (xk, y_buf, w1c, w2c, swc, avg, mx, pa, pm, ca, d, sa, own, sync,
+                                        c, r, *dhw, *ks, p, per, _pixel_plan(hw, p, cfg)[2], spin, *sx, *sy),
+            _pixel_meta(hw, cfg, acc), "CBAM", _split, (y_buf, pa, pm, ca, sa), MEETINGS["forward"])
     if y_buf is not y:
         y.copy_(y_buf)
     return y, avg, mx, pa, pm, ca, d, sa
@@ -575,7 +558,7 @@ def _scratch(acc: torch.dtype, dev, *shapes) -> Tuple[torch.Tensor, ...]:
 
 def cbam_backward(grad_y, x, w1, w2, spatial_weight, avg, mx, pa, pm, ca, d, sa, *, _split: int = 0):
     """(grad_x, grad_w1, grad_w2, grad_spatial_weight), each in its input's dtype. ``_split``: test hook,
-    see ``_launch``."""
+    see ``_split.launch``."""
     n, c, r, dhw, hw, ks, taps = _geometry(x, w1, spatial_weight)
     acc = ca.dtype
     dev = x.device
@@ -593,11 +576,11 @@ def cbam_backward(grad_y, x, w1, w2, spatial_weight, avg, mx, pa, pm, ca, d, sa,
     # dz_s, channel-max ties, grad d, spatial-max ties, the tap rows and the MLP-grad rows of every program
     scratch = _scratch(acc, dev, (n, hw), (n, hw), (n, 2, hw), (n, c), (n * p_max, taps), (n * p_max, 2 * r))
     w1c, w2c, swc = w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous()
-    _launch(_cbam_bwd_kernel, gyk, n, c, hw, cfg,
-            lambda sync, p, per, px, spin: (gyk, xk, gx_buf, w1c, w2c, swc, mx, pa, pm, ca, d, sa, *scratch,
-                                            dz, dpa, dpm, gsw, sync, c, r, *dhw, *ks, p, per, px, spin,
-                                            *sg, *sx, *sd),
-            dict(ACC=_tl_acc(acc)), "CBAM", MEETINGS["backward"], _split, (gx_buf, dpa, dpm, gsw))
+    _launch(_cbam_bwd_kernel, gyk, n, c, cfg,
+            lambda sync, p, per, spin: (gyk, xk, gx_buf, w1c, w2c, swc, mx, pa, pm, ca, d, sa, *scratch,
+                                        dz, dpa, dpm, gsw, sync, c, r, *dhw, *ks, p, per,
+                                        _pixel_plan(hw, p, cfg)[2], spin, *sg, *sx, *sd),
+            _pixel_meta(hw, cfg, acc), "CBAM", _split, (gx_buf, dpa, dpm, gsw), MEETINGS["backward"])
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     hidden = torch.relu(pa) + torch.relu(pm)

@@ -175,6 +175,20 @@ def _group_matvec(w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, offs_o, mask_o, k_l
 
 
 @triton.jit
+def _publish_part(block_ptr, w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, c_lo, c_hi, R, ACC: tl.constexpr,
+                  GROUP: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr):
+    """This program's part, over its channels [c_lo, c_hi), of an R-wide product for the group's samples
+    (forward: W1 p; backward: W2ᵀ dz; W addressed as in _group_matvec with o = r, k = c), stored as its
+    (GROUP, R) block at block_ptr for _sum_rows."""
+    for r0 in range(0, R, FC_R):
+        offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
+        mask_r = offs_r < R
+        part = _group_matvec(w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, offs_r, mask_r, c_lo, c_hi, 0, 0, ACC,
+                             GROUP, FC_R, FC_C)
+        tl.store(block_ptr + tl.arange(0, GROUP)[:, None] * R + offs_r[None, :], part, mask=mask_r[None, :])
+
+
+@triton.jit
 def _sum_rows(rows_ptr, offs_r, mask_r, P, R, poison, ACC: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_R: tl.constexpr):
     """[GROUP, BLOCK_R]: Σ_q rows[q, :, offs_r] over the group's P published (GROUP, R) blocks, in program
@@ -244,13 +258,8 @@ def _se_fwd_kernel(
     if HAS_FC1:
         # this slice's part of W1 p for the group's samples, published as this program's (GROUP, R) block
         tl.debug_barrier()  # the pooled slice is re-read by other threads of this program
-        for r0 in range(0, R, FC_R):
-            offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
-            mask_r = offs_r < R
-            part = _group_matvec(w1_ptr, C, 1, p_ptr, C, offs_g, mask_g, offs_r, mask_r, c_lo, c_hi, ACT, 0, ACC,
-                                 GROUP, FC_R, FC_C)
-            tl.store(hpart_ptr + (pid * GROUP + tl.arange(0, GROUP)[:, None]) * R + offs_r[None, :], part,
-                     mask=mask_r[None, :])
+        _publish_part(hpart_ptr + pid * GROUP * R, w1_ptr, C, 1, p_ptr, C, offs_g, mask_g, c_lo, c_hi, R, ACC,
+                      GROUP, FC_C, FC_R)
     # what every thread (schedule (b): every program of the group) stored is re-read by others below
     poison = _meet(sync_ptr, grp, P, P, max_spin, MULTI)
     # excitation: the hidden vectors u = Σ of the group's P parts + b1 (every program, identical bits;
@@ -377,13 +386,8 @@ def _se_bwd_kernel(
     tl.debug_barrier()  # dz stored by every thread is re-read below
     if HAS_FC1:
         # this slice's part of W2ᵀ dz (W2's rows of its channels only), published as its (GROUP, R) block
-        for r0 in range(0, R, FC_R):
-            offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
-            mask_r = offs_r < R
-            part = _group_matvec(w2_ptr, 1, R, dz_ptr, C, offs_g, mask_g, offs_r, mask_r, c_lo, c_hi, ACT, 0, ACC,
-                                 GROUP, FC_R, FC_C)
-            tl.store(hpart_ptr + (pid * GROUP + tl.arange(0, GROUP)[:, None]) * R + offs_r[None, :], part,
-                     mask=mask_r[None, :])
+        _publish_part(hpart_ptr + pid * GROUP * R, w2_ptr, 1, R, dz_ptr, C, offs_g, mask_g, c_lo, c_hi, R, ACC,
+                      GROUP, FC_C, FC_R)
     poison = _meet(sync_ptr, grp, P, P, max_spin, MULTI)
     # excitation backward: du = (Σ of the P parts of W2ᵀ dz) · act'(u), all R (every program, identical
     # bits; NaN after a timed-out wait: the shared du is never silently wrong)

@@ -228,7 +228,8 @@ def test_multi_schedule_meetings_emulated(monkeypatch):
     gy = torch.randn_like(x)
     g1 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
     monkeypatch.setattr(CB, "_sample_sync", wait_succeeds)
-    monkeypatch.setattr(CB, "_emulate_split", lambda *a: dict(_split.emulate_split(*a), MULTI=1))
+    emulate_split = _split.emulate_split
+    monkeypatch.setattr(_split, "emulate_split", lambda *a: dict(emulate_split(*a), MULTI=1))
     n = x.shape[0]
     out3 = CB.cbam_forward(x, w1, w2, sw, _split=3)
     assert targets == [3, 6] * (n * 3) * (CB.MEETINGS["forward"] + 1)
@@ -275,10 +276,10 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
     launch_cfg = CB._launch_cfg
     monkeypatch.setattr(CB, "_launch_cfg", lambda n, c, *a: dict(_split.emulate_split(launch_cfg(n, c, *a), c, 3),
                                                                  MULTI=1))
-    monkeypatch.setattr(CB, "_MAX_SPIN", 3)
+    monkeypatch.setattr(_split, "MAX_SPIN", 3)
     syncs = []
-    sync_buffer = CB._sync_buffer
-    monkeypatch.setattr(CB, "_sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    sync_buffer = _split.sync_buffer
+    monkeypatch.setattr(_split, "sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
     n, c, hw, cfg = _plan(x, w1, sw)
     assert cfg["MULTI"] == 1 and cfg["P"] == 3
     p_lo = 2 * CB._pixel_plan(hw, 3, cfg)[2]  # the last program's pixels: p_lo .. hw − 1

@@ -33,7 +33,7 @@ def _cpu_kernels() -> str:
 
 
 def info() -> dict:
-    """Versions and, per backend and device type, "available" or why not."""
+    """Versions; per backend and device type, "available" or why not; which measured table ``auto`` uses."""
     import torch
 
     out = {"attn_kernels": __version__, "torch": torch.__version__}
@@ -46,4 +46,8 @@ def info() -> dict:
     out["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     out["cpu_kernels"] = _cpu_kernels()
     out["backends"] = _backend_info()
+    from . import _autotable
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out["auto_table"] = {dev: _autotable.describe(torch.device(dev)) for dev in devices}
     return out

@@ -16,6 +16,8 @@ import importlib
 import os
 from typing import Callable, Dict, Optional, Tuple
 
+from . import _autotable
+
 BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
 
 # op → backend → "module:function"
@@ -56,9 +58,9 @@ _IMPLS: Dict[str, Dict[str, str]] = {
     },
 }
 
-# What ``auto`` tries, in order, per device type. Kept as data so a measured table can refine it.
-# On CUDA, Triton first: its math is covered in CI under the interpreter, while the hand-written CUDA
-# kernels are only compile-checked so far. To be replaced by a table measured on a GPU.
+# What ``auto`` tries, in order, per device type, where the measured table (``_autotable``) has no row
+# near the call. On CUDA, Triton first: its math is covered in CI under the interpreter, while the
+# hand-written CUDA kernels are only compile-checked so far.
 AUTO_ORDER = {
     "cuda": ("triton", "cuda", "reference"),
     "cpu": ("cpu", "reference"),
@@ -186,6 +188,11 @@ def preload() -> None:
     if _preloaded:
         return
     _preloaded = True
+    try:
+        for device_type in ("cpu", "cuda"):
+            _autotable.active(device_type)  # loads the table: nothing to read while torch.compile traces
+    except (OSError, ValueError) as exc:
+        _warn_table(exc)
     for op in _IMPLS:
         for backend in BACKENDS:
             for device_type in ("cpu", "cuda"):
@@ -213,6 +220,51 @@ def resolve(op: str, device_type: str, backend: Optional[str] = None) -> Callabl
     if isinstance(impl, BackendUnavailableError):
         raise impl
     return impl
+
+
+def resolve_for(op: str, x, backend: Optional[str], *tensors, variant: Optional[str] = None) -> Callable:
+    """``resolve`` for one call of ``op`` on ``x``: under ``auto``, the backend the measured table names
+    for this device, dtype, layout, shape, form of the op (``variant``, the bench's op name) and mode
+    (training when autograd records the call: grad mode on and ``x`` or one of ``tensors`` requires grad),
+    if it is available; else ``auto``'s fixed order."""
+    name = _current if backend is None else _check_name(backend)
+    device_type = x.device.type
+    if name == "auto":
+        try:
+            choice = None
+            compiling = _is_compiling()
+            if _autotable.active(device_type, compiling):  # else no per-call work: the fixed order
+                training = _grad_recorded(x, tensors)
+                choice = _autotable.choose(op, x, training, variant, compiling, device_type)
+        except (OSError, ValueError) as exc:  # a broken table must not break auto: say so once, fixed order
+            _warn_table(exc)
+            choice = None
+        if choice is not None and choice in _IMPLS[op]:
+            impl = _resolved.get((op, choice, device_type))
+            if impl is None and not compiling:
+                impl = _resolved[(op, choice, device_type)] = _resolve_uncached(op, choice, device_type)
+            if impl is not None and not isinstance(impl, BackendUnavailableError):
+                return impl
+    return resolve(op, device_type, name)
+
+
+def _grad_recorded(x, tensors) -> bool:
+    import torch
+
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + tensors)
+
+
+_table_warned = False
+
+
+def _warn_table(exc: Exception) -> None:
+    global _table_warned
+    if not _table_warned:
+        _table_warned = True
+        import warnings
+
+        warnings.warn(f"attn_kernels: the auto backend table is unusable ({exc}); using the fixed order "
+                      f"{AUTO_ORDER}", RuntimeWarning, stacklevel=3)
 
 
 def _is_compiling() -> bool:

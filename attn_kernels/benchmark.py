@@ -70,6 +70,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import functional, reference
+from ._autotable import cpu_model, slug
 from ._backend import _IMPLS, unavailable_reason
 
 # ----------------------------------------------------------------------------------------------
@@ -469,7 +470,7 @@ ROW_FIELDS = [
     "median_ms", "p20_ms", "p80_ms", "cudagraph_ms", "floor_bytes", "gbps", "copy_gbps", "frac_copy",
     "speedup_vs_eager", "speedup_vs_compile", "launches", "peak_mem_mb", "error",
 ]
-META_FIELDS = ["device", "device_type", "torch", "triton", "cuda", "attn_kernels", "commit", "date", "python",
+META_FIELDS = ["device", "device_type", "capability", "torch", "triton", "cuda", "attn_kernels", "commit", "date", "python",
                "host", "threads", "timing", "launches_counted"]
 FIELDS = META_FIELDS + ROW_FIELDS
 
@@ -552,23 +553,8 @@ def stop_on_sigterm():
 # ----------------------------------------------------------------------------------------------
 # Metadata and output
 # ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_model()}"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "device"
 
 
 def repo_root() -> Optional[str]:
@@ -614,6 +600,7 @@ def metadata(device: torch.device) -> dict:
     return {
         "device": device_name(device),
         "device_type": device.type,
+        "capability": "%d.%d" % torch.cuda.get_device_capability(device) if cuda else None,
         "torch": torch.__version__,
         "triton": tv,
         "cuda": torch.version.cuda if cuda else None,

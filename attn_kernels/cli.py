@@ -30,13 +30,16 @@ def _info(args) -> int:
     print(f"  {'cpu threads':12s} {torch.get_num_threads()}")
     print(f"  {'cpu kernels':12s} {data.get('cpu_kernels')}")
     print(f"  {'backend':12s} {attn_kernels.get_backend()} (current selection)")
+    for dev, line in data.get("auto_table", {}).items():
+        print(f"  {'auto table':12s} {dev}: {line}")
     print("\nbackends (per device type: available, or why not):")
     for backend, row in data.get("backends", {}).items():
         print(f"  {backend}:  ops: {row.get('ops', '-')}")
         for dev, status in row.items():
             if dev != "ops":
                 print(f"      {dev:5s} {status}")
-    extra = {k: v for k, v in data.items() if k not in ("attn_kernels", "torch", "triton", "cuda_device", "backends")}
+    shown = ("attn_kernels", "torch", "triton", "cuda_device", "cpu_kernels", "backends", "auto_table")
+    extra = {k: v for k, v in data.items() if k not in shown}
     for k, v in extra.items():
         print(f"  {k}: {v}")
     return 0

@@ -1,7 +1,9 @@
 """Functional API: each op validates its arguments once, then runs on the selected backend.
 
 ``backend=None`` uses the current one (``set_backend`` / ``use_backend``, default ``auto``); naming a
-backend here pins it for this call. Ops return a new tensor and never modify their inputs.
+backend here pins it for this call. Under ``auto`` the backend is chosen per call from the measured table
+(``_autotable``: device, dtype, layout, shape, and training vs inference), else a fixed order per device.
+Ops return a new tensor and never modify their inputs.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Optional
 import torch
 
 from . import _checks
-from ._backend import resolve
+from ._backend import resolve_for
 from .reference import OUT_ACTS
 
 __all__ = ["se", "eca", "se_residual", "eca_residual", "cbam", "dmk_eca", "bi_eca"]
@@ -26,7 +28,17 @@ def se(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], 
     act ∈ relu/silu/gelu, gate ∈ sigmoid/hardsigmoid.
     """
     _checks.check_se_args(x, w1, b1, w2, b2, act, gate)
-    return resolve("se", x.device.type, backend)(x, w1, b1, w2, b2, act, gate)
+    variant = _se_variant(w1, act, gate)
+    return resolve_for("se", x, backend, w1, b1, w2, b2, variant=variant)(x, w1, b1, w2, b2, act, gate)
+
+
+def _se_variant(w1, act: str, gate: str) -> str:
+    """The bench's name for this form of SE (``auto``'s table rows are per form)."""
+    if w1 is None:
+        return "ese"
+    if gate == "hardsigmoid":
+        return "se_hsig"
+    return "se_silu" if act == "silu" else "se"
 
 
 def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False, *,
@@ -36,7 +48,7 @@ def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False, *,
     weight: the (k,) taps or the Conv1d weight (1, 1, k), k odd. ``circular=True`` is CECA.
     """
     _checks.check_eca_args(x, weight)
-    return resolve("eca", x.device.type, backend)(x, weight, circular)
+    return resolve_for("eca", x, backend, weight, variant="ceca" if circular else "eca")(x, weight, circular)
 
 
 def se_residual(x: torch.Tensor, shortcut: torch.Tensor, w1, b1, w2, b2, act: str = "relu",
@@ -45,7 +57,8 @@ def se_residual(x: torch.Tensor, shortcut: torch.Tensor, w1, b1, w2, b2, act: st
     _checks.check_se_args(x, w1, b1, w2, b2, act, gate)
     _checks.check_same_shape(x, shortcut, "shortcut")
     _checks.check_choice(out_act, OUT_ACTS, "out_act")
-    return resolve("se_residual", x.device.type, backend)(x, shortcut, w1, b1, w2, b2, act, gate, out_act)
+    return resolve_for("se_residual", x, backend, shortcut, w1, b1, w2, b2)(
+        x, shortcut, w1, b1, w2, b2, act, gate, out_act)
 
 
 def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor, circular: bool = False,
@@ -54,7 +67,7 @@ def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor, 
     _checks.check_eca_args(x, weight)
     _checks.check_same_shape(x, shortcut, "shortcut")
     _checks.check_choice(out_act, OUT_ACTS, "out_act")
-    return resolve("eca_residual", x.device.type, backend)(x, shortcut, weight, circular, out_act)
+    return resolve_for("eca_residual", x, backend, shortcut, weight)(x, shortcut, weight, circular, out_act)
 
 
 def dmk_eca(x: torch.Tensor, fc_weight: torch.Tensor, fc_bias: Optional[torch.Tensor], taps3: torch.Tensor,
@@ -65,7 +78,8 @@ def dmk_eca(x: torch.Tensor, fc_weight: torch.Tensor, fc_bias: Optional[torch.Te
     zero-padded convs across channels, each (k,) or the Conv1d weight (1, 1, k), k odd.
     """
     _checks.check_dmk_eca_args(x, fc_weight, fc_bias, taps3, taps5, taps7)
-    return resolve("dmk_eca", x.device.type, backend)(x, fc_weight, fc_bias, taps3, taps5, taps7)
+    return resolve_for("dmk_eca", x, backend, fc_weight, fc_bias, taps3, taps5, taps7)(
+        x, fc_weight, fc_bias, taps3, taps5, taps7)
 
 
 def bi_eca(x: torch.Tensor, w_fwd: torch.Tensor, w_bwd: torch.Tensor, w1: torch.Tensor,
@@ -77,7 +91,7 @@ def bi_eca(x: torch.Tensor, w_fwd: torch.Tensor, w_bwd: torch.Tensor, w1: torch.
     w_fwd, w_bwd: (k,) or (1, 1, k), k odd; w1 (R, C), b1 (R,) or None, w2 (2, R), b2 (2,) or None.
     """
     _checks.check_bi_eca_args(x, w_fwd, w_bwd, w1, b1, w2, b2)
-    return resolve("bi_eca", x.device.type, backend)(x, w_fwd, w_bwd, w1, b1, w2, b2)
+    return resolve_for("bi_eca", x, backend, w_fwd, w_bwd, w1, b1, w2, b2)(x, w_fwd, w_bwd, w1, b1, w2, b2)
 
 
 def cbam(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, spatial_weight: torch.Tensor, *,
@@ -85,4 +99,4 @@ def cbam(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, spatial_weight: to
     """CBAM: channel attention (avg+max pool, shared bias-free MLP w1 (R, C), w2 (C, R)), then
     spatial attention (k×…×k conv ``spatial_weight`` (1, 2, k, …) over [mean_c, max_c])."""
     _checks.check_feature_map(x)
-    return resolve("cbam", x.device.type, backend)(x, w1, w2, spatial_weight)
+    return resolve_for("cbam", x, backend, w1, w2, spatial_weight)(x, w1, w2, spatial_weight)

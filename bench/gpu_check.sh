@@ -34,6 +34,7 @@
 #   racecheck        150  30-60 compute-sanitizer --tool racecheck python bench/sanitize_check.py [during tests_rest]
 #   bench_quick      200  90-150 attn-kernels bench --quick (compile dominates)                    [alone: timings]
 #   bench_key_shapes 120  45-75 se, eca, se_residual, se_silu at every model site, fwd+bwd, bf16, channels_last
+#   auto_table       30   ~3    bench/auto_table.py: auto's table entry for this GPU from the bench JSON files
 #   profile          150  60-120 SE-ResNet-50 then EfficientNet-B0 training steps, plain/eager/fused/fused_residual
 #   synccheck        90   30    compute-sanitizer --tool synccheck  (only if the budget allows)
 #   initcheck        90   30    compute-sanitizer --tool initcheck  (only if the budget allows)
@@ -104,6 +105,7 @@ keyline() {  # the log line that says most about a finished step
     bench*) line="$(grep -oE "[0-9]+ rows in [0-9.]+s" "$log" | tail -n 1); $(grep -oE "[0-9]+ row\(s\) with errors" "$log" | tail -n 1) $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     profile) line="$(grep -oE "[0-9]+ run\(s\) (not measured|do not follow eager's loss curve)" "$log" | tr '\n' ' ') $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     install*) line="$(grep -E "attn_kernels: building" "$log" | tail -n 1 | sed 's/^ *//'); $(grep -c "WARNING (attn_kernels)" "$log") attn_kernels build warning(s)" ;;
+    auto_table) line=$(grep -E "cases from" "$log" | head -n 2 | tr '\n' ' ') ;;
     info) line=$(grep -A3 -E "^  cuda:" "$log" | grep -E "^ +cuda " | head -n 1 | sed 's/^ */cuda backend: /') ;;
   esac
   line=$(echo "$line" | sed 's/^[; ]*//; s/[; ]*$//')
@@ -251,6 +253,11 @@ if plan bench_key_shapes 120 45; then
   run_fg bench_key_shapes "$PY" -m attn_kernels.cli bench --ops se,eca,se_residual,se_silu --modes fwd+bwd \
     --dtypes bf16 --layouts channels_last --no-sweep --providers eager,triton,cuda --rep-ms 50 --no-launches \
     --no-progress --max-seconds $(( STEP_T - 30 )) --out "$RES"
+fi
+# auto's table entry for this GPU from the bench files just written (copy it into attn_kernels/ and commit)
+if plan auto_table 30 5; then
+  cp -f attn_kernels/auto_table.json "$RES/auto_table.json" 2>/dev/null
+  run_fg auto_table "$PY" bench/auto_table.py "$RES" --table "$RES/auto_table.json"
 fi
 if plan profile 150 75; then
   run_fg profile "$PY" -m attn_kernels.cli profile --models se_resnet50,efficientnet_b0 \

@@ -34,6 +34,7 @@ def test_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "backends" in out and "cpu kernels" in out
+    assert "auto table   cpu: disabled (ATTN_KERNELS_AUTO_TABLE=0)" in out  # conftest switches the table off
     for backend in ("reference", "triton", "cuda", "cpu"):
         assert f"{backend}:" in out
 

@@ -18,14 +18,18 @@ Lookup for one call (x of shape (N, C, *spatial)):
 - that row's winner, if it is available here (else the fixed order).
 
 A row's winner is chosen when the table is written: the fastest backend, unless the fixed order's first
-available backend is within ``margin`` (default 5 %) of it — a noisy near-tie never overrides the order.
+measured backend is within ``margin`` (default 5 %) of it — a noisy near-tie never overrides the order.
 
 ``ATTN_KERNELS_AUTO_TABLE``: ``0`` disables the table (fixed order only); a path reads that table instead of
 the packaged one (e.g. one written from your own ``attn-kernels bench`` run: see README). Read on the first
-call; ``reset()`` makes the next call read it again. Decisions are cached per call signature (op, form,
-device, threads, dtype, layout, mode, N, C, HW), so a repeated call costs one dict lookup after the key.
-While ``torch.compile`` traces, only decisions already made by eager calls of the same key are used (no file
-or device queries in the trace); otherwise, and with symbolic shapes, the fixed order.
+call; ``reset()`` makes the next call read it again; a malformed table warns once and leaves the fixed order.
+Decisions are cached per call signature (op, form, device, threads, dtype, shape, strides, mode), so a
+repeated call costs one dict lookup after the key.
+While ``torch.compile`` traces, ``auto`` takes the fixed order: a lookup keyed on the shape would make dynamo
+guard on (specialise) every shape, defeating dynamic shapes, and recompile on every new eager decision.
+
+A CPU is identified by the "model name" of /proc/cpuinfo (in a VM that can be generic, e.g. "AMD EPYC" for
+several generations) and the thread count; a GPU by its name and compute capability.
 """
 from __future__ import annotations
 
@@ -50,7 +54,6 @@ _table_src: Optional[str] = None
 _entries: Dict[tuple, Optional[dict]] = {}  # (device type, index, CPU threads) -> matching entry or None
 _choices: Dict[tuple, Optional[str]] = {}
 _active: Dict[str, bool] = {}  # device type -> the table has an entry of that type
-_threads = 0  # CPU threads of the last eager lookup (the key of a lookup made while torch.compile traces)
 
 
 def slug(text: str) -> str:
@@ -108,6 +111,7 @@ def load() -> dict:
                 if not isinstance(table, dict) or table.get("schema") != SCHEMA:
                     raise ValueError(f"{src}: not an auto table of schema {SCHEMA} (rewrite it with "
                                      "bench/auto_table.py)")
+                _validate(table, src)
             elif src is not None and src != TABLE_PATH:
                 raise FileNotFoundError(f"ATTN_KERNELS_AUTO_TABLE={src}: no such file")
         except (OSError, ValueError) as exc:  # raised once; later calls see an empty table saying why
@@ -117,16 +121,29 @@ def load() -> dict:
     return _table
 
 
-def active(device_type: str, cached_only: bool = False) -> bool:
-    """Whether the table has an entry for any device of this type (cheap: the per-call gate of ``auto``).
-    ``cached_only`` (while torch.compile traces): what an eager call found, False if none asked yet."""
+_ROW_KEYS = {"op": str, "n": int, "c": int, "hw": int, "dtype": str, "layout": str, "mode": str, "best": str}
+
+
+def _validate(table: dict, src: str) -> None:
+    """ValueError naming the first malformed entry or row (a bad table must not break op calls later)."""
+    entries = table.get("entries")
+    if not isinstance(entries, list):
+        raise ValueError(f"{src}: 'entries' must be a list")
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("device"), dict) and isinstance(e["device"].get("type"), str)
+                and isinstance(e.get("rows"), list)):
+            raise ValueError(f"{src}: entry {i} needs a device {{type, name, ...}} and a list of rows")
+        for j, r in enumerate(e["rows"]):
+            if not (isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in _ROW_KEYS.items())):
+                raise ValueError(f"{src}: entry {i} row {j} needs {', '.join(_ROW_KEYS)} ({r!r:.120})")
+
+
+def active(device_type: str) -> bool:
+    """Whether the table has an entry for any device of this type (cheap: the per-call gate of ``auto``)."""
     flag = _active.get(device_type)
-    if cached_only:
-        return bool(flag)
     if flag is None:
         table = load()
-        flag = _active[device_type] = any(e.get("device", {}).get("type") == device_type
-                                          for e in table.get("entries", []))
+        flag = _active[device_type] = any(e["device"]["type"] == device_type for e in table["entries"])
     return flag
 
 
@@ -183,27 +200,26 @@ def shape_distance(a: Tuple[int, int, int], b: Tuple[int, int, int]) -> float:
 
 
 def choose(op: str, x: torch.Tensor, training: bool, variant: Optional[str] = None,
-           cached_only: bool = False, device_type: Optional[str] = None) -> Optional[str]:
+           device_type: Optional[str] = None) -> Optional[str]:
     """The measured winner for this call, or None (no entry, no row near enough). ``variant``: the bench's
     name for this form of the op (``se_silu``, ``ese``, ``ceca``, ...; default the op's own name); rows of
-    another variant count ``VARIANT_PENALTY`` farther. ``cached_only`` (while torch.compile traces): only a
-    decision already made eagerly for the same key, no table work. ``device_type``: x.device.type, if the
-    caller has it (the property costs ~0.5 us).
+    another variant count ``VARIANT_PENALTY`` farther. ``device_type``: x.device.type, if the caller has it
+    (the property costs ~0.5 us). Eager calls only (see the module docstring on torch.compile).
     Host cost, measured on the 2-core CPU VM (timeit): ~2 us per call where the table has an entry for this
     kind of device (key + lookup; ~4-5 us for all of ``_backend.resolve_for``), ~0.1 us where it has none."""
-    global _threads
     device = x.device
-    device_type = device_type or device.type
-    if not active(device_type, cached_only) or (cached_only and not _choices):
-        return None  # no entry for this kind of device, or nothing decided before tracing
-    if device_type == "cpu" and not cached_only:  # (torch.compile cannot trace get_num_threads)
-        _threads = torch.get_num_threads()
+    if not active(device_type or device.type):
+        return None
     # the key from what tensors give cheaply (~1 us): a repeated call is one dict lookup
-    key = (op, variant, device, _threads, x.dtype, x.shape, x.stride(), training)
-    if key in _choices or cached_only:
-        return _choices.get(key)
-    _choices[key] = choice = _choose_uncached(op, x, training, variant or op)
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    key = (op, variant, device, threads, x.dtype, x.shape, x.stride(), training)
+    choice = _choices.get(key, _MISSING)
+    if choice is _MISSING:
+        choice = _choices[key] = _choose_uncached(op, x, training, variant or op)
     return choice
+
+
+_MISSING = object()
 
 
 def _choose_uncached(op: str, x: torch.Tensor, training: bool, variant: str) -> Optional[str]:
@@ -262,7 +278,17 @@ PROVIDER_BACKEND = {"eager": "reference", "triton": "triton", "cuda": "cuda", "c
 DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def build_entry(rows: list, meta: dict, sources: list, margin: float = 0.05) -> dict:
+def entry_device(meta: dict) -> dict:
+    """The device identity of a bench run's metadata, as ``device_key`` gives it for a live device."""
+    device = {"type": meta["device_type"], "name": slug(meta["device"])}
+    if meta["device_type"] == "cuda":
+        device["capability"] = meta.get("capability")
+    else:
+        device["threads"] = meta.get("threads")
+    return device
+
+
+def build_entry(rows: list, meta: dict, sources: list, margin: float = 0.05, skipped: Optional[list] = None) -> dict:
     """One device's table entry from bench rows (all of one device; several runs are merged: each
     backend keeps its fastest median per case). Rows in ``bwd`` mode, with errors, or of providers that are
     no backend (``compile*``) are left out. A case's ``best`` is its fastest backend, unless the fixed
@@ -278,11 +304,16 @@ def build_entry(rows: list, meta: dict, sources: list, margin: float = 0.05) -> 
         ms = r.get("median_ms")
         if backend is None or r.get("mode") not in ("fwd", "fwd+bwd") or r.get("error") or not ms:
             continue
-        op = OPS[r["op"]].impl_op
+        try:
+            op = OPS[r["op"]].impl_op
+            key = (op, r["op"], int(r["n"]), int(r["c"]), int(r["h"]) * int(r["w"]),
+                   DTYPE_NAMES.get(r["dtype"], r["dtype"]), r["layout"], r["mode"])
+        except (KeyError, TypeError, ValueError) as exc:  # an op renamed since, a row without its shape, ...
+            if skipped is not None:
+                skipped.append(f"{r.get('op')} {r.get('provider')}: {type(exc).__name__} {exc}")
+            continue
         if backend not in _IMPLS[op]:
             continue
-        hw = int(r["h"]) * int(r["w"])
-        key = (op, r["op"], int(r["n"]), int(r["c"]), hw, DTYPE_NAMES.get(r["dtype"], r["dtype"]), r["layout"], r["mode"])
         times = cases.setdefault(key, {})
         times[backend] = min(float(ms), times.get(backend, math.inf))
     out_rows = []
@@ -294,12 +325,7 @@ def build_entry(rows: list, meta: dict, sources: list, margin: float = 0.05) -> 
         best = default if times[default] <= times[fastest] * (1.0 + margin) else fastest
         out_rows.append({"op": op, "variant": variant, "n": n, "c": c, "hw": hw, "dtype": dtype, "layout": layout,
                          "mode": mode, "best": best, "ms": {b: round(t, 5) for b, t in sorted(times.items())}})
-    device = {"type": dev_type, "name": slug(meta["device"])}
-    if dev_type == "cuda":
-        device["capability"] = meta.get("capability")
-    else:
-        device["threads"] = meta.get("threads")
-    return {"device": device, "date": meta.get("date"), "margin": margin,
+    return {"device": entry_device(meta), "date": meta.get("date"), "margin": margin,
             "versions": {k: meta.get(k) for k in ("torch", "triton", "cuda", "attn_kernels", "commit")},
             "sources": sorted(sources), "rows": out_rows}
 

@@ -189,8 +189,7 @@ def preload() -> None:
         return
     _preloaded = True
     try:
-        for device_type in ("cpu", "cuda"):
-            _autotable.active(device_type)  # loads the table: nothing to read while torch.compile traces
+        _autotable.load()
     except (OSError, ValueError) as exc:
         _warn_table(exc)
     for op in _IMPLS:
@@ -226,24 +225,25 @@ def resolve_for(op: str, x, backend: Optional[str], *tensors, variant: Optional[
     """``resolve`` for one call of ``op`` on ``x``: under ``auto``, the backend the measured table names
     for this device, dtype, layout, shape, form of the op (``variant``, the bench's op name) and mode
     (training when autograd records the call: grad mode on and ``x`` or one of ``tensors`` requires grad),
-    if it is available; else ``auto``'s fixed order."""
+    if it is available; else ``auto``'s fixed order — always the fixed order while torch.compile traces
+    (see ``_autotable``)."""
     name = _current if backend is None else _check_name(backend)
     device_type = x.device.type
-    if name == "auto":
+    if name == "auto" and not _is_compiling():
+        if not _preloaded:
+            preload()  # what a later compiled call of this op resolves must be there already
         try:
             choice = None
-            compiling = _is_compiling()
-            if _autotable.active(device_type, compiling):  # else no per-call work: the fixed order
-                training = _grad_recorded(x, tensors)
-                choice = _autotable.choose(op, x, training, variant, compiling, device_type)
-        except (OSError, ValueError) as exc:  # a broken table must not break auto: say so once, fixed order
+            if _autotable.active(device_type):  # else no per-call work: the fixed order
+                choice = _autotable.choose(op, x, _grad_recorded(x, tensors), variant, device_type)
+        except Exception as exc:  # a broken table must not break auto: say so once, fixed order
             _warn_table(exc)
             choice = None
         if choice is not None and choice in _IMPLS[op]:
             impl = _resolved.get((op, choice, device_type))
-            if impl is None and not compiling:
+            if impl is None:
                 impl = _resolved[(op, choice, device_type)] = _resolve_uncached(op, choice, device_type)
-            if impl is not None and not isinstance(impl, BackendUnavailableError):
+            if not isinstance(impl, BackendUnavailableError):
                 return impl
     return resolve(op, device_type, name)
 

@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table", default=_autotable.TABLE_PATH, help="table to update (default: the packaged one)")
     ap.add_argument("--margin", type=float, default=0.05,
                     help="leave the fixed order unless the winner is this much faster (default 0.05)")
+    ap.add_argument("--capability", help="compute capability (e.g. 9.0) for CUDA bench files that lack it")
     ap.add_argument("--dry-run", action="store_true", help="print the entries, write nothing")
     args = ap.parse_args(argv)
 
@@ -53,8 +54,14 @@ def main(argv=None) -> int:
         if not isinstance(data, dict) or "rows" not in data or "meta" not in data:
             print(f"skip {path}: not an attn-kernels bench JSON file", file=sys.stderr)
             continue
-        meta = data["meta"]
-        key = (meta["device_type"], meta["device"], meta.get("capability"), meta.get("threads"))
+        meta = dict(data["meta"])
+        if meta.get("device_type") == "cuda" and not meta.get("capability"):
+            if not args.capability:
+                print(f"skip {path}: a CUDA run without the GPU's compute capability (bench files before "
+                      "2026-12-03); pass --capability", file=sys.stderr)
+                continue
+            meta["capability"] = args.capability
+        key = json.dumps(_autotable.entry_device(meta), sort_keys=True)  # one entry per device, as matched
         group = by_device[key]
         if group["meta"] is None or str(meta.get("date")) > str(group["meta"].get("date")):
             group["meta"] = meta  # the newest run's versions and date describe the entry
@@ -69,7 +76,10 @@ def main(argv=None) -> int:
         with open(args.table) as f:
             table = json.load(f)
     for group in by_device.values():
-        entry = _autotable.build_entry(group["rows"], group["meta"], group["sources"], args.margin)
+        skipped = []
+        entry = _autotable.build_entry(group["rows"], group["meta"], group["sources"], args.margin, skipped)
+        if skipped:
+            print(f"{len(skipped)} row(s) left out, e.g. {skipped[0]}", file=sys.stderr)
         table = _autotable.merge_entry(table, entry)
         order = AUTO_ORDER.get(entry["device"]["type"], ("reference",))
         wins = collections.Counter(r["best"] for r in entry["rows"])

@@ -123,21 +123,22 @@ def test_gpu_entry_matching_by_name_then_capability():
 
 # ---- dispatch through functional ----------------------------------------------------------------------
 def test_functional_auto_follows_the_table(table_file):
-    m = R.SEBlock(64, reduction=16)
+    """The table names triton (the interpreter runs it here), which the CPU's fixed order never picks."""
+    m = R.SEBlock(16, reduction=4)
     params = [p.detach() for p in m.se_params()]
-    x = torch.randn(16, 64, 7, 7)
+    x = torch.randn(2, 16, 3, 3)
     fixed = _backend.resolve("se", "cpu", "auto")
-    reference_se = _backend._load("se", "reference")
-    table_file([_entry([_row(best="reference")])])
-    assert _backend.resolve_for("se", x, None, *params) is reference_se
+    triton_se = _backend.resolve("se", "cpu", "triton")
+    assert fixed is not triton_se
+    table_file([_entry([_row(n=2, c=16, hw=9, best="triton")])])
+    assert _backend.resolve_for("se", x, None, *params) is triton_se
     assert_close(F.se(x, *params), m(x), name="se on the table's backend")
     # training (an input requires grad): the table has no fwd+bwd row -> the fixed order
     assert _backend.resolve_for("se", x.clone().requires_grad_(), None, *params) is fixed
     assert _backend.resolve_for("se", x, None, *m.se_params()) is fixed  # the module's weights require grad
     with torch.no_grad():  # nothing is recorded: the inference row again
-        assert _backend.resolve_for("se", x, None, *m.se_params()) is reference_se
-    if _backend.unavailable_reason("cpu", "cpu") is None:  # a pinned backend is never overridden
-        assert _backend.resolve_for("se", x, "cpu", *params) is _backend.resolve("se", "cpu", "cpu")
+        assert _backend.resolve_for("se", x, None, *m.se_params()) is triton_se
+    assert _backend.resolve_for("se", x, "reference", *params) is _backend._load("se", "reference")  # pinned
 
 
 def test_unavailable_or_unknown_choice_falls_back(table_file, monkeypatch):
@@ -176,27 +177,47 @@ def test_broken_table_warns_once_and_uses_the_fixed_order(tmp_path, monkeypatch)
         T.reset()
 
 
-def test_compiled_call_uses_only_decisions_made_eagerly(table_file):
-    table_file([_entry([_row(best="reference")])])
-    x = torch.randn(16, 64, 7, 7)
-    assert T.choose("se", x, training=False, cached_only=True) is None  # nothing decided yet: no table work
-    assert T.choose("se", x, training=False) == "reference"
-    assert T.choose("se", x, training=False, cached_only=True) == "reference"
+def test_compiled_calls_take_the_fixed_order(table_file):
+    """While dynamo traces, auto does not look at the table: no graph break, and no guard on the shape (one
+    graph for every shape with dynamic=True), even after eager calls made table decisions."""
+    from torch._dynamo.testing import CompileCounter
 
-
-def test_compile_fullgraph_with_the_table(table_file):
-    """torch.compile traces auto's table lookup without a graph break, before and after an eager decision."""
-    table_file([_entry([_row(best="reference")])])
+    table_file([_entry([_row(n=n, c=64, hw=49, best="reference") for n in (2, 3, 4)])])
     params = [torch.randn(4, 64), torch.randn(4), torch.randn(64, 4), torch.randn(64)]
-    x = torch.randn(16, 64, 7, 7)
-    expect = R.se(x, *params, "relu", "sigmoid")
-    torch._dynamo.reset()
-    f = torch.compile(lambda t: F.se(t, *params), fullgraph=True, backend="eager")
+    shapes = [(n, 64, 7, 7) for n in (2, 3, 4)]
     with torch.no_grad():
-        assert_close(f(x), expect, name="compiled, nothing decided eagerly yet")
-        assert_close(F.se(x, *params), expect, name="eager (decides: reference)")
+        for shape in shapes:  # eager: decided from the table
+            assert T.choose("se", torch.empty(shape), training=False) == "reference"
+            F.se(torch.randn(shape), *params)
         torch._dynamo.reset()
-        assert_close(f(x), expect, name="compiled, after the eager decision")
+        counter = CompileCounter()
+        f = torch.compile(lambda t: F.se(t, *params), fullgraph=True, backend=counter, dynamic=True)
+        for shape in shapes:
+            x = torch.randn(shape)
+            assert_close(f(x), R.se(x, *params, "relu", "sigmoid"), name=f"compiled {shape}")
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+
+def test_malformed_tables_never_break_an_op(tmp_path, monkeypatch):
+    x = torch.randn(2, 8, 3, 3)
+    taps = torch.randn(3)
+    bad_row = {k: v for k, v in _row().items() if k != "hw"}
+    for i, entries in enumerate(([_entry([bad_row])], ["oops"], [{"device": {"type": "cpu"}, "rows": [1]}])):
+        path = tmp_path / f"t{i}.json"
+        path.write_text(json.dumps({"schema": T.SCHEMA, "entries": entries}))
+        monkeypatch.setenv("ATTN_KERNELS_AUTO_TABLE", str(path))
+        monkeypatch.setattr(_backend, "_table_warned", False)
+        T.reset()
+        try:
+            with pytest.warns(RuntimeWarning, match="auto backend table is unusable"):
+                assert_close(F.eca(x, taps), R.eca(x, taps), name=f"eca with malformed table {i}")
+            assert "unreadable" in T.describe(CPU)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                F.eca(x, taps)  # warned once; the empty table stays
+        finally:
+            T.reset()
 
 
 # ---- writing --------------------------------------------------------------------------------------------
@@ -221,6 +242,32 @@ def test_build_entry_picks_winners_with_a_margin():
     assert all(r["op"] == "se" and r["hw"] == 49 and r["mode"] == "fwd" for r in entry["rows"])
     assert entry["device"] == {"type": "cpu", "name": "cpu-test-model", "threads": 4}
     assert entry["sources"] == ["a.json", "b.json"] and entry["versions"]["commit"] == "abc"
+
+
+def test_writer_groups_runs_by_device_identity(tmp_path, capsys):
+    def run(name, threads, capability, ms):
+        meta = {**CPU_META, "device": "NVIDIA H200", "device_type": "cuda", "threads": threads,
+                "capability": capability}
+        rows = [{**meta, **r} for r in (_bench_row("triton", ms), _bench_row("cuda", 1.0), _bench_row("eager", 3.0),
+                                        {**_bench_row("cuda", 1.0), "op": "renamed_op"}, {"provider": "cuda"})]
+        (tmp_path / f"bench_{name}.json").write_text(json.dumps({"schema": [], "meta": meta, "rows": rows}))
+
+    run("a", 16, "9.0", 2.0)
+    run("b", 8, "9.0", 0.5)  # other host threads, same GPU: the same entry (triton's fastest median: 0.5)
+    run("c", 16, None, 0.1)  # an old file without the capability: left out unless --capability
+    out = tmp_path / "table.json"
+    assert writer.main([str(tmp_path), "--table", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "bench_c.json: a CUDA run without the GPU's compute capability" in err
+    assert "row(s) left out, e.g. renamed_op cuda" in err
+    entries = json.loads(out.read_text())["entries"]
+    assert len(entries) == 1 and entries[0]["device"] == {"type": "cuda", "name": "nvidia-h200", "capability": "9.0"}
+    (row,) = entries[0]["rows"]
+    assert row["best"] == "triton" and row["ms"] == {"cuda": 1.0, "reference": 3.0, "triton": 0.5}
+    assert sorted(entries[0]["sources"]) == ["bench_a.json", "bench_b.json"]
+    assert writer.main([str(tmp_path), "--table", str(out), "--capability", "9.0"]) == 0
+    (row,) = json.loads(out.read_text())["entries"][0]["rows"]
+    assert row["ms"]["triton"] == 0.1
 
 
 def test_merge_replaces_the_same_device_only():

@@ -144,6 +144,41 @@ struct Io {
   static inline void store_acc(A* p, const V* in) {
     for (int i = 0; i < kVecs; ++i) in[i].store(p + i * V::size());
   }
+  // The last, partial chunk of a row (m < kWidth elements; the rest of the lanes read as zero and are not
+  // written): the row's tail in vector code instead of a scalar loop -- a 7x7 bf16 row is one full chunk of
+  // 32 and a tail of 17. m >= kWidth: the full chunk (the calls with the default m inline to it).
+  static inline void load(const S* p, V* out, int64_t m) {
+    if (m >= kWidth) return load(p, out);
+    if constexpr (std::is_same_v<S, A>) {
+      out[0] = V::loadu(p, m);
+    } else {
+      auto both = at::vec::convert_to_float<S>(at::vec::Vectorized<S>::loadu(p, m));
+      out[0] = std::get<0>(both);
+      out[1] = std::get<1>(both);
+    }
+  }
+  static inline void store(S* p, const V* in, int64_t m) {
+    if (m >= kWidth) return store(p, in);
+    if constexpr (std::is_same_v<S, A>) {
+      in[0].store(p, static_cast<int>(m));
+    } else {
+      at::vec::convert_from_float<S>(in[0], in[1]).store(p, static_cast<int>(m));
+    }
+  }
+  static inline void load_acc(const A* p, V* out, int64_t m) {
+    if (m >= kWidth) return load_acc(p, out);
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t k = std::min<int64_t>(std::max<int64_t>(m - i * V::size(), 0), V::size());
+      out[i] = k == V::size() ? V::loadu(p + i * V::size()) : (k ? V::loadu(p + i * V::size(), k) : V(A(0)));
+    }
+  }
+  static inline void store_acc(A* p, const V* in, int64_t m) {
+    if (m >= kWidth) return store_acc(p, in);
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t k = std::min<int64_t>(std::max<int64_t>(m - i * V::size(), 0), V::size());
+      if (k) in[i].store(p + i * V::size(), static_cast<int>(k));
+    }
+  }
 };
 
 // ---- contiguous-row primitives -------------------------------------------------------------
@@ -165,15 +200,13 @@ inline at::opmath_type<S> row_sum(const S* p, int64_t n) {
       for (int j = 0; j < IO::kVecs; ++j) acc[k][j] = acc[k][j] + v[j];
     }
   }
-  for (; i + IO::kWidth <= n; i += IO::kWidth) {
-    IO::load(p + i, v);
+  for (; i < n; i += IO::kWidth) {  // the last chunk may be partial
+    IO::load(p + i, v, n - i);
     for (int j = 0; j < IO::kVecs; ++j) acc[0][j] = acc[0][j] + v[j];
   }
   V total = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);
   for (int j = 1; j < IO::kVecs; ++j) total = total + ((acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]));
-  A s = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, total);
-  for (; i < n; ++i) s += static_cast<A>(p[i]);
-  return s;
+  return at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, total);
 }
 
 // ---- coefficients and epilogues of a row ----------------------------------------------------------
@@ -187,7 +220,7 @@ struct RowCoef {
   V vs, vd;
   RowCoef(A s_, A d_) : s(s_), d(d_), vs(s_), vd(d_) {}
   inline A scalar(int64_t, A v) const { return v * s + d; }
-  inline void chunk(int64_t, V* v) const {
+  inline void chunk(int64_t, V* v, int64_t = IO::kWidth) const {
     for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs, vd);
   }
 };
@@ -200,11 +233,11 @@ struct ColCoef {  // s[i] and d[i]; d may be null
   const A* s;
   const A* d;
   inline A scalar(int64_t i, A v) const { return v * s[i] + (d ? d[i] : A(0)); }
-  inline void chunk(int64_t i, V* v) const {
+  inline void chunk(int64_t i, V* v, int64_t m = IO::kWidth) const {  // m: elements in a partial chunk
     V vs[IO::kVecs], vd[IO::kVecs];
-    IO::load_acc(s + i, vs);
+    IO::load_acc(s + i, vs, m);
     if (d) {
-      IO::load_acc(d + i, vd);
+      IO::load_acc(d + i, vd, m);
       for (int j = 0; j < IO::kVecs; ++j) v[j] = at::vec::fmadd(v[j], vs[j], vd[j]);
     } else {
       for (int j = 0; j < IO::kVecs; ++j) v[j] = v[j] * vs[j];
@@ -298,20 +331,21 @@ inline T* view_at(const View<T>& v, int64_t n, int64_t c, int64_t p) {
 }
 
 // Row epilogue hooks (i: the element's index in the row; v: one chunk, Io<S>::kVecs vectors):
-//   pre<kStream>(i, v) / pre_s<kStream>(i, a)  transform the input element(s) (kStream: how to store a
+//   pre<kStream>(i, v[, m]) / pre_s<kStream>(i, a)  transform the input element(s) (kStream: how to store a
 //                                              side output, aligned like the row's output);
-//   post(i, v) / post_s(i, a)                  transform the scaled value before the store.
+//   post(i, v[, m]) / post_s(i, a)             transform the scaled value before the store.
+// m < kWidth: a row's partial last chunk of m elements (memory past them is neither read nor written).
 template <typename S>
 struct NoPre {
   template <bool kStream>
-  inline void pre(int64_t, typename Io<S>::V*) const {}
+  inline void pre(int64_t, typename Io<S>::V*, int64_t = Io<S>::kWidth) const {}
   template <bool kStream>
   inline at::opmath_type<S> pre_s(int64_t, at::opmath_type<S> a) const { return a; }
 };
 
 template <typename S>
 struct NoPost {
-  inline void post(int64_t, typename Io<S>::V*) const {}
+  inline void post(int64_t, typename Io<S>::V*, int64_t = Io<S>::kWidth) const {}
   inline at::opmath_type<S> post_s(int64_t, at::opmath_type<S> a) const { return a; }
 };
 
@@ -336,9 +370,9 @@ struct ResidualOut {
   View<const S> r;
   struct Row : NoPre<S> {
     const S* r;
-    inline void post(int64_t i, V* v) const {
+    inline void post(int64_t i, V* v, int64_t m = IO::kWidth) const {
       V rv[IO::kVecs];
-      IO::load(r + i, rv);
+      IO::load(r + i, rv, m);
       for (int j = 0; j < IO::kVecs; ++j) v[j] = out_act<kAct>(v[j] + rv[j]);
     }
     inline A post_s(int64_t i, A v) const { return out_act<kAct>(v + static_cast<A>(r[i])); }
@@ -366,19 +400,19 @@ struct ResidualGrad {
     S* gr;
     Coef k;  // x * s, as the forward computed it
     template <bool kStream>
-    inline void pre(int64_t i, V* g) const {
+    inline void pre(int64_t i, V* g, int64_t m = IO::kWidth) const {  // kStream only for full chunks
       if constexpr (kAct != kIdentity) {
         V z[IO::kVecs], rv[IO::kVecs];
-        IO::load(x + i, z);
-        k.chunk(i, z);
-        IO::load(r + i, rv);
+        IO::load(x + i, z, m);
+        k.chunk(i, z, m);
+        IO::load(r + i, rv, m);
         for (int j = 0; j < IO::kVecs; ++j) g[j] = act_grad_mul<kAct>(g[j], z[j] + rv[j]);
       }
       if (gr) {
         if constexpr (kStream) {
           IO::stream(gr + i, g);
         } else {
-          IO::store(gr + i, g);
+          IO::store(gr + i, g, m);
         }
       }
     }
@@ -452,17 +486,15 @@ inline at::opmath_type<S> row_dot(const S* a, const S* b, int64_t n, const Ep& e
       for (int j = 0; j < IO::kVecs; ++j) acc[k][j] = at::vec::fmadd(va[j], vb[j], acc[k][j]);
     }
   }
-  for (; i + IO::kWidth <= n; i += IO::kWidth) {
-    IO::load(a + i, va);
-    ep.template pre<false>(i, va);
-    IO::load(b + i, vb);
+  for (; i < n; i += IO::kWidth) {  // the last chunk may be partial (zero lanes: pre keeps them finite)
+    IO::load(a + i, va, n - i);
+    ep.template pre<false>(i, va, n - i);
+    IO::load(b + i, vb, n - i);
     for (int j = 0; j < IO::kVecs; ++j) acc[0][j] = at::vec::fmadd(va[j], vb[j], acc[0][j]);
   }
   V total = (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]);
   for (int j = 1; j < IO::kVecs; ++j) total = total + ((acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]));
-  A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, total);
-  for (; i < n; ++i) s += ep.template pre_s<false>(i, static_cast<A>(a[i])) * static_cast<A>(b[i]);
-  return s;
+  return at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, total);
 }
 
 // Elements of y before its first stream boundary: written scalar so the streamed chunks are aligned.
@@ -499,7 +531,14 @@ inline void row_scale(const S* x, S* y, int64_t n, const Coef& coef, const Ep& e
       IO::store(y + i, v);
     }
   }
-  for (; i < n; ++i) one(i);
+  if (i < n) {  // the partial last chunk, plain (not streamed) stores
+    const int64_t m = n - i;
+    IO::load(x + i, v, m);
+    ep.template pre<false>(i, v, m);
+    coef.chunk(i, v, m);
+    ep.post(i, v, m);
+    IO::store(y + i, v, m);
+  }
 }
 
 // acc[c] += row[c] (c in [0, n))
@@ -509,32 +548,29 @@ inline void col_accum(at::opmath_type<S>* acc, const S* row, int64_t n) {
   using V = typename IO::V;
   V v[IO::kVecs], a[IO::kVecs];
   int64_t i = 0;
-  for (; i + IO::kWidth <= n; i += IO::kWidth) {
-    IO::load(row + i, v);
-    IO::load_acc(acc + i, a);
+  for (; i < n; i += IO::kWidth) {  // the last chunk may be partial
+    IO::load(row + i, v, n - i);
+    IO::load_acc(acc + i, a, n - i);
     for (int j = 0; j < IO::kVecs; ++j) a[j] = a[j] + v[j];
-    IO::store_acc(acc + i, a);
+    IO::store_acc(acc + i, a, n - i);
   }
-  for (; i < n; ++i) acc[i] += static_cast<at::opmath_type<S>>(row[i]);
 }
 
 // acc[c] += pre(a[c]) * b[c]
 template <typename S, class Ep>
 inline void col_accum_prod(at::opmath_type<S>* acc, const S* a, const S* b, int64_t n, const Ep& ep) {
   using IO = Io<S>;
-  using A = at::opmath_type<S>;
   using V = typename IO::V;
   V va[IO::kVecs], vb[IO::kVecs], t[IO::kVecs];
   int64_t i = 0;
-  for (; i + IO::kWidth <= n; i += IO::kWidth) {
-    IO::load(a + i, va);
-    ep.template pre<false>(i, va);
-    IO::load(b + i, vb);
-    IO::load_acc(acc + i, t);
+  for (; i < n; i += IO::kWidth) {  // the last chunk may be partial
+    IO::load(a + i, va, n - i);
+    ep.template pre<false>(i, va, n - i);
+    IO::load(b + i, vb, n - i);
+    IO::load_acc(acc + i, t, n - i);
     for (int j = 0; j < IO::kVecs; ++j) t[j] = at::vec::fmadd(va[j], vb[j], t[j]);
-    IO::store_acc(acc + i, t);
+    IO::store_acc(acc + i, t, n - i);
   }
-  for (; i < n; ++i) acc[i] += ep.template pre_s<false>(i, static_cast<A>(a[i])) * static_cast<A>(b[i]);
 }
 
 // Streamed stores are weakly ordered: fence them before the task ends (the join then publishes them).

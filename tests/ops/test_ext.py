@@ -281,6 +281,23 @@ def test_residual_channels_last_odd(shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,cl", [
+    ((2, 3, 7, 7), False),   # rows of 49: bf16/fp16 one chunk of 32 + a tail of 17 (two partial vectors)
+    ((2, 3, 48), False),     # 32 + 16: the tail's second vector empty; fp32: three whole chunks
+    ((2, 3, 33), False),     # a tail of one element
+    ((2, 48, 2, 2), True),   # channels_last rows of C = 48 / 33: the tails of the column passes
+    ((3, 33, 3, 1), True),
+])
+def test_partial_chunk_tails(dtype, shape, cl):
+    """A row's last chunk runs as a partial vector chunk (loads and stores of m < width elements): values
+    and gradients through every epilogue that reads or writes beside the row (shortcut, grad_shortcut)."""
+    _check_residuals(shape, dtype, "silu", x_cl=cl, sc_cl=cl, k=3)
+    x = _x(shape, channels_last=cl)
+    check_parity(_se_fused("relu", "sigmoid"), _se_eager("relu", "sigmoid"), [x, *_se_params(shape[1], 2)],
+                 dtype=dtype, names=NAMES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,c,k,circular", [(1, 37, 5, True), (4, 16, 3, False), (2, 7, 7, True)])
 def test_eca_residual_streaming_path(dtype, n, c, k, circular):
     """Planar maps with HW >= 256 take the one-read streaming ECA forward, with the residual epilogue."""

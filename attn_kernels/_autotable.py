@@ -41,8 +41,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["TABLE_PATH", "MAX_DISTANCE", "device_key", "device_entry", "choose", "load", "reset", "describe",
-           "layout_of", "shape_distance"]
+__all__ = ["TABLE_PATH", "SCHEMA", "MAX_DISTANCE", "VARIANT_PENALTY", "slug", "cpu_model", "device_key", "load",
+           "reset", "active", "device_entry", "layout_of", "shape_distance", "choose", "describe", "entry_device",
+           "build_entry", "merge_entry"]
 
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_table.json")
 MAX_DISTANCE = 3.0  # log2 units: 8x the bytes, or a mix of bytes / spatial / channel differences

@@ -470,8 +470,8 @@ ROW_FIELDS = [
     "median_ms", "p20_ms", "p80_ms", "cudagraph_ms", "floor_bytes", "gbps", "copy_gbps", "frac_copy",
     "speedup_vs_eager", "speedup_vs_compile", "launches", "peak_mem_mb", "error",
 ]
-META_FIELDS = ["device", "device_type", "capability", "torch", "triton", "cuda", "attn_kernels", "commit", "date", "python",
-               "host", "threads", "timing", "launches_counted"]
+META_FIELDS = ["device", "device_type", "capability", "torch", "triton", "cuda", "attn_kernels", "commit", "date",
+               "python", "host", "threads", "timing", "launches_counted"]
 FIELDS = META_FIELDS + ROW_FIELDS
 
 

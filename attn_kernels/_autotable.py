@@ -254,8 +254,9 @@ def describe(device: torch.device) -> str:
         entry = device_entry(device)
     except (OSError, ValueError) as exc:
         return f"unreadable ({exc}): fixed order"
-    if load().get("error"):
-        return f"unreadable ({load()['error']}): fixed order"
+    error = load().get("error")
+    if error:
+        return f"unreadable ({error}): fixed order"
     where = "packaged table" if src == TABLE_PATH else src
     if entry is None:
         have = ", ".join(sorted({_entry_label(e) for e in load().get("entries", [])})) or "none"

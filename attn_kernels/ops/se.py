@@ -175,6 +175,19 @@ def _group_matvec(w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, offs_o, mask_o, k_l
 
 
 @triton.jit
+def _program_slice(N, C, P, chan_per_prog, GROUP: tl.constexpr):
+    """This program's place in the grid, program (g, j) of P per group of GROUP samples: its id, g, the
+    group's first sample n0, its channel slice [c_lo, c_hi) and the group's sample indices with their mask."""
+    pid = tl.program_id(0).to(tl.int64)
+    grp = pid // P
+    n0 = grp * GROUP
+    c_lo = (pid % P) * chan_per_prog
+    c_hi = tl.minimum(c_lo + chan_per_prog, C)
+    offs_g = n0 + tl.arange(0, GROUP).to(tl.int64)
+    return pid, grp, n0, c_lo, c_hi, offs_g, offs_g < N
+
+
+@triton.jit
 def _publish_part(block_ptr, w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, c_lo, c_hi, R, ACC: tl.constexpr,
                   GROUP: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr):
     """This program's part, over its channels [c_lo, c_hi), of an R-wide product for the group's samples
@@ -234,14 +247,7 @@ def _se_fwd_kernel(
     its slice's share of the FC weights, once for its GROUP samples: W1's columns and W2's rows of
     its channels (2·R·C/P; eSE: W2's rows, C·C/P).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    grp = pid // P
-    j = pid % P
-    n0 = grp * GROUP
-    c_lo = j * chan_per_prog
-    c_hi = tl.minimum(c_lo + chan_per_prog, C)
-    offs_g = n0 + tl.arange(0, GROUP).to(tl.int64)
-    mask_g = offs_g < N
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
     # pass 1: pool this program's channels of each sample of the group
     for gi in range(0, GROUP):
         n = n0 + gi
@@ -352,14 +358,7 @@ def _se_bwd_kernel(
     for se; plus O(GROUP·(C + P·R)) fp32 vectors and its slice's share of the weights once for its
     GROUP samples (2·R·C/P; eSE: W2's columns of its channels, C·C/P).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    grp = pid // P
-    j = pid % P
-    n0 = grp * GROUP
-    c_lo = j * chan_per_prog
-    c_hi = tl.minimum(c_lo + chan_per_prog, C)
-    offs_g = n0 + tl.arange(0, GROUP).to(tl.int64)
-    mask_g = offs_g < N
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
     # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels of each sample of the group
     for gi in range(0, GROUP):
         n = n0 + gi

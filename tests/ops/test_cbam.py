@@ -13,7 +13,7 @@ from attn_kernels import functional, reference
 from attn_kernels.modules import FusedCBAM
 from attn_kernels.ops import _split
 from attn_kernels.ops import cbam as CB
-from tests.helpers import assert_close, check_parity, gradcheck
+from tests.helpers import assert_close, check_parity, gradcheck, short_spin_split
 
 pytestmark = pytest.mark.triton
 
@@ -273,13 +273,7 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
     gy = torch.randn_like(x)
     g1 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
     dzs1, cnt1, dd1 = kept[-1][:3]
-    launch_cfg = CB._launch_cfg
-    monkeypatch.setattr(CB, "_launch_cfg", lambda n, c, *a: dict(_split.emulate_split(launch_cfg(n, c, *a), c, 3),
-                                                                 MULTI=1))
-    monkeypatch.setattr(_split, "MAX_SPIN", 3)
-    syncs = []
-    sync_buffer = _split.sync_buffer
-    monkeypatch.setattr(_split, "sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    syncs = short_spin_split(monkeypatch, CB)
     n, c, hw, cfg = _plan(x, w1, sw)
     assert cfg["MULTI"] == 1 and cfg["P"] == 3
     p_lo = 2 * CB._pixel_plan(hw, 3, cfg)[2]  # the last program's pixels: p_lo .. hw − 1

@@ -13,7 +13,7 @@ import attn_kernels as ak
 from attn_kernels import functional, reference
 from attn_kernels.ops import _split
 from attn_kernels.ops import dynamic_eca as D
-from tests.helpers import assert_close, check_parity, gradcheck
+from tests.helpers import assert_close, check_parity, gradcheck, short_spin_split
 
 pytestmark = pytest.mark.triton
 
@@ -253,13 +253,7 @@ def test_multi_schedule_timeout_is_loud(op, monkeypatch):
     out1 = forward(ins)  # schedule (a): the expected values
     gy = torch.randn_like(ins[0])
     g1 = backward(gy, ins, out1[1:])
-    launch_cfg = D._launch_cfg
-    monkeypatch.setattr(D, "_launch_cfg", lambda n, c, *a: dict(_split.emulate_split(launch_cfg(n, c, *a), c, 3),
-                                                                MULTI=1))
-    monkeypatch.setattr(_split, "MAX_SPIN", 3)
-    syncs = []
-    sync_buffer = _split.sync_buffer
-    monkeypatch.setattr(_split, "sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    syncs = short_spin_split(monkeypatch, D)
     cfg = D._launch_cfg(2, 37, 15, 15, _BLOCK_K[op], ins[0].device)
     assert cfg["MULTI"] == 1 and cfg["P"] == 3
     last = 2 * cfg["chan_per_prog"]  # program P-1 owns channels last .. 36

@@ -15,7 +15,7 @@ import attn_kernels as ak
 from attn_kernels import functional, reference
 from attn_kernels.ops import _split
 from attn_kernels.ops import se as S
-from tests.helpers import assert_close, check_parity, gradcheck, tolerances
+from tests.helpers import assert_close, check_parity, gradcheck, short_spin_split, tolerances
 
 pytestmark = pytest.mark.triton
 
@@ -423,10 +423,7 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
     cfg = dict(_split.emulate_split(S.launch_config(2, 520, 5, 9, 9, x.device), 520, 3), MULTI=1)
     assert cfg["P"] == 3
     monkeypatch.setattr(S, "launch_config", lambda *a, **k: dict(cfg))
-    monkeypatch.setattr(_split, "MAX_SPIN", 3)
-    syncs = []
-    sync_buffer = _split.sync_buffer
-    monkeypatch.setattr(_split, "sync_buffer", lambda *a: syncs.append(sync_buffer(*a)) or syncs[-1])
+    syncs = short_spin_split(monkeypatch)
     last = (cfg["P"] - 1) * cfg["chan_per_prog"]  # first channel of program P-1
     y, _, _, z = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")
     assert syncs[-1].tolist() == [3, 3, 1]  # every program arrived; the error flag is set

@@ -91,7 +91,8 @@ def _forward_backward(fn: Callable, inputs, grad_out: Optional[torch.Tensor]):
 def check_parity(fused: Callable, eager: Callable, inputs: Sequence, *, dtype: torch.dtype,
                  param_dtype: Optional[torch.dtype] = None, grad: bool = True,
                  names: Optional[Dict[int, str]] = None, factor: float = 2.0,
-                 atol: Optional[float] = None, fused_inputs: Optional[Sequence] = None) -> None:
+                 atol: Optional[float] = None, fused_inputs: Optional[Sequence] = None,
+                 grad_out: Optional[torch.Tensor] = None) -> None:
     """Hold ``fused`` to ``eager`` against float64.
 
     ``inputs``: tensors (x first) — float ones with ``requires_grad=True`` get their gradient checked.
@@ -99,13 +100,18 @@ def check_parity(fused: Callable, eager: Callable, inputs: Sequence, *, dtype: t
     given ``param_dtype`` (default: ``dtype``). For every output/gradient:
     ``max|fused − truth| ≤ factor · max|eager − truth| + atol``, and no NaN/inf where the truth has none.
     ``fused_inputs`` (optional) overrides the fused run's inputs, e.g. a strided view of x.
+    ``grad_out`` (optional, default random): the output gradient; the fused run gets it as given (e.g. a
+    strided view in ``dtype``), the eager runs in their own dtype.
     """
     atol = PARITY_ATOL[dtype] if atol is None else atol
     names = names or {}
     truth_in = _clone_inputs(inputs, torch.float64, torch.float64)
     eager_in = _clone_inputs(inputs, dtype, param_dtype)
     fused_in = list(fused_inputs) if fused_inputs is not None else _clone_inputs(inputs, dtype, param_dtype)
-    grad_out = torch.randn_like(truth_in[0].detach(), dtype=torch.float64) if grad else None
+    if grad and grad_out is None:
+        grad_out = torch.randn_like(truth_in[0].detach(), dtype=torch.float64)
+    elif not grad:
+        grad_out = None
     ref_out, ref_g = _forward_backward(eager, truth_in, grad_out)
     eager_out, eager_g = _forward_backward(eager, eager_in, grad_out)
     fused_out, fused_g = _forward_backward(fused, fused_in, grad_out)

@@ -15,7 +15,7 @@
 //     rows; channels_last: over channel blocks), excitation (parallel over its outputs), scale
 //     (planar: over channel rows; channels_last: over spatial rows).
 // Every reduction is done by one task in a fixed order: results do not depend on the thread count
-// (except the forward's batched-GEMM excitation, se_cpu.cpp, which is ATen's GEMM).
+// (except, in the forward only, SE's W2 product with many rows and a short R, which is ATen's GEMM: se_cpu.cpp).
 // Outputs past a quarter of the last-level cache are written with non-temporal stores (stream_output).
 // Built with -fopenmp (setup.py): without it at::parallel_for runs everything on one thread.
 //
@@ -619,27 +619,6 @@ inline bool stream_output(int64_t bytes) {
   const int mode = stream_mode().load(std::memory_order_relaxed);
   if (!ATTN_KERNELS_STREAM_STORES || mode == 0) return false;
   return mode > 0 || bytes > llc / 4;
-}
-
-// Dot product of two A arrays (the excitation's small mat-vecs): four independent accumulators so
-// the FMA latency chain does not bound it.
-template <typename A>
-inline A dot_acc(const A* a, const A* b, int64_t n) {
-  using V = at::vec::Vectorized<A>;
-  constexpr int64_t W = V::size();
-  V acc0(A(0)), acc1(A(0)), acc2(A(0)), acc3(A(0));
-  int64_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    acc0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc0);
-    acc1 = at::vec::fmadd(V::loadu(a + i + W), V::loadu(b + i + W), acc1);
-    acc2 = at::vec::fmadd(V::loadu(a + i + 2 * W), V::loadu(b + i + 2 * W), acc2);
-    acc3 = at::vec::fmadd(V::loadu(a + i + 3 * W), V::loadu(b + i + 3 * W), acc3);
-  }
-  for (; i + W <= n; i += W) acc0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc0);
-  acc0 = (acc0 + acc1) + (acc2 + acc3);
-  A s = at::vec::vec_reduce_all<A>([](V& x, V& y) { return x + y; }, acc0);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 inline int64_t grain_for(int64_t work_per_item) {  // ~32K elements of work per task

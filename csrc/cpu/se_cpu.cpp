@@ -23,13 +23,12 @@
 #include "../glue.h"
 #include "../ops.h"
 #include "gate_driver.h"
+#include "small_gemm.h"
 
 namespace attn_kernels {
 namespace {
 
 using cpu::const_view;
-using cpu::dot_acc;
-using cpu::grain_for;
 using cpu::mutable_view;
 using cpu::View;
 
@@ -46,17 +45,16 @@ struct SEParams {
   const A* w2 = nullptr;   // (C, K), K = R (or C for effective SE)
   const A* b2 = nullptr;   // (C,) or null
   int64_t C = 0, R = 0, K = 0, act = 0, gate = 0;
-  at::Tensor tw1, tb1, tw2, tb2;  // the same weights as tensors (for the batched GEMM path)
-  bool gemm_ok = false;           // forward only: the backward stays on the fixed-order loops (deterministic)
+  at::Tensor tw2, tb2;  // W2 and b2 as tensors (for the GEMM path of se_logits)
+  bool gemm_ok = false;  // forward only: the backward stays on the fixed-order tiles (bitwise reproducible)
 };
 
-// Batched forward excitations with enough work use ATen's GEMM (one call per FC); it never runs inside
-// a per-sample task (n1 - n0 == 1 there). Below the threshold, and always in the backward (whose
-// results must be bitwise reproducible whatever the thread count or buffer alignment), the fixed-order
-// loops below.
+// The FCs run on small_gemm.h's register tiles (fixed summation order: bitwise reproducible whatever the
+// thread count). One exception, forward only: z = W2 h + b2 with a short k = R and many rows, where ATen's
+// GEMM (MKL) is faster (small_gemm.h) -- never inside a per-sample task (n1 - n0 == 1 there).
 template <typename A>
 bool use_gemm(const SEParams<A>& p, int64_t nn) {
-  return p.gemm_ok && nn >= 8 && nn * p.C * p.K >= (1 << 20) && !at::in_parallel_region();
+  return p.gemm_ok && nn > std::max<int64_t>(8, p.K / 2) && nn * p.C * p.K >= (1 << 20) && !at::in_parallel_region();
 }
 
 // out (nn, cols) = in (nn, k) @ w^T + b, through at::addmm_out on views of the raw buffers.
@@ -72,27 +70,12 @@ void gemm_rows(const A* in, int64_t nn, int64_t k, const at::Tensor& w, const at
   }
 }
 
-// The excitation's mat-vecs run weight-row outer, sample inner: each weight row is read once per call
-// (it stays in L1 across the samples), parallel over weight rows; every output has one owner.
-
 // pre (N, R) = W1 pooled + b1 and h = act(pre), rows [n0, n1).
 template <typename A>
 void se_hidden(const SEParams<A>& p, const A* pooled, A* pre, A* h, int64_t n0, int64_t n1) {
-  if (use_gemm(p, n1 - n0)) {
-    A* dst = (pre ? pre : h) + n0 * p.R;
-    gemm_rows<A>(pooled + n0 * p.C, n1 - n0, p.C, p.tw1, p.tb1, dst, p.R);
-    for (int64_t i = 0; i < (n1 - n0) * p.R; ++i) h[n0 * p.R + i] = cpu::act_scalar(dst[i], p.act);
-    return;
-  }
-  at::parallel_for(0, p.R, grain_for((n1 - n0) * p.C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t n = n0; n < n1; ++n) {
-        const A v = dot_acc<A>(p.w1 + r * p.C, pooled + n * p.C, p.C) + (p.b1 ? p.b1[r] : A(0));
-        if (pre) pre[n * p.R + r] = v;
-        h[n * p.R + r] = cpu::act_scalar(v, p.act);
-      }
-    }
-  });
+  A* dst = (pre ? pre : h) + n0 * p.R;
+  cpu::linear_rows<A>(pooled + n0 * p.C, n1 - n0, p.C, p.w1, p.b1, p.R, dst);
+  for (int64_t i = 0; i < (n1 - n0) * p.R; ++i) h[n0 * p.R + i] = cpu::act_scalar(dst[i], p.act);
 }
 
 // z (N, C) = W2 hid + b2, rows [n0, n1).
@@ -100,15 +83,9 @@ template <typename A>
 void se_logits(const SEParams<A>& p, const A* hid, A* z, int64_t n0, int64_t n1) {
   if (use_gemm(p, n1 - n0)) {
     gemm_rows<A>(hid + n0 * p.K, n1 - n0, p.K, p.tw2, p.tb2, z + n0 * p.C, p.C);
-    return;
+  } else {
+    cpu::linear_rows<A>(hid + n0 * p.K, n1 - n0, p.K, p.w2, p.b2, p.C, z + n0 * p.C);
   }
-  at::parallel_for(0, p.C, grain_for((n1 - n0) * p.K), [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t n = n0; n < n1; ++n) {
-        z[n * p.C + c] = dot_acc<A>(p.w2 + c * p.K, hid + n * p.K, p.K) + (p.b2 ? p.b2[c] : A(0));
-      }
-    }
-  });
 }
 
 template <typename A>
@@ -126,30 +103,6 @@ void se_excite(const SEParams<A>& p, const A* pooled, A* h, A* s, int64_t n0, in
   } else {
     for (int64_t i = 0; i < len; ++i) z[i] = gate_fwd(z[i], p.gate);
   }
-}
-
-// out[n, :] = g[n, :] @ W for rows n in [n0, n1): W (rows, cols) row-major, g (N, rows), out (N, cols).
-// Streams W's rows (no transposed copy); each task owns a column range and sums the rows in order.
-template <typename A>
-void vec_mat(const SEParams<A>& p, const A* g, const A* w, const at::Tensor& tw, int64_t rows, int64_t cols, A* out,
-             int64_t n0, int64_t n1) {
-  if (use_gemm(p, n1 - n0)) {
-    const auto opt = tw.options();
-    at::Tensor tout = at::from_blob(out + n0 * cols, {n1 - n0, cols}, opt);
-    at::mm_out(tout, at::from_blob(const_cast<A*>(g) + n0 * rows, {n1 - n0, rows}, opt), tw);
-    return;
-  }
-  at::parallel_for(0, cols, std::max<int64_t>(64, grain_for((n1 - n0) * rows)), [&](int64_t j0, int64_t j1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      A* o = out + n * cols;
-      std::fill(o + j0, o + j1, A(0));
-      for (int64_t i = 0; i < rows; ++i) {
-        const A a = g[n * rows + i];
-        const A* wr = w + i * cols;
-        for (int64_t j = j0; j < j1; ++j) o[j] += a * wr[j];
-      }
-    }
-  });
 }
 
 // ds rows [n0, n1) -> dp rows (gradient w.r.t. pooled); keeps dz (N, C), da (N, R), pre and h (N, R).
@@ -170,31 +123,23 @@ void se_excite_bwd(const SEParams<A>& p, const A* pooled, const A* s, const A* d
     }
   }
   if (p.w1) {  // da = (W2^T dz) * act'(pre)
-    vec_mat<A>(p, dz, p.w2, p.tw2, p.C, p.R, da, n0, n1);
+    cpu::matmul_rows<A>(dz + n0 * p.C, n1 - n0, p.C, p.w2, p.R, da + n0 * p.R);
     for (int64_t i = n0 * p.R; i < n1 * p.R; ++i) da[i] *= cpu::act_grad_scalar(pre[i], p.act);
-    vec_mat<A>(p, da, p.w1, p.tw1, p.R, p.C, dp, n0, n1);  // dp = W1^T da
+    cpu::matmul_rows<A>(da + n0 * p.R, n1 - n0, p.R, p.w1, p.C, dp + n0 * p.C);  // dp = W1^T da
   } else {
-    vec_mat<A>(p, dz, p.w2, p.tw2, p.C, p.C, dp, n0, n1);  // dp = W2^T dz (effective SE)
+    cpu::matmul_rows<A>(dz + n0 * p.C, n1 - n0, p.C, p.w2, p.C, dp + n0 * p.C);  // dp = W2^T dz (effective SE)
   }
 }
 
-// g (rows, cols) = sum_n a[n, row] * b[n, :cols];  gb[row] = sum_n a[n, row]. Deterministic.
+// g (rows, cols) = sum_n a[n, row] * b[n, :cols] (small_gemm.h);  gb[row] = sum_n a[n, row]. Fixed order.
 template <typename A>
 void outer_sum(const A* a, const A* b, int64_t nb, int64_t rows, int64_t cols, A* g, A* gb) {
-  at::parallel_for(0, rows, grain_for(nb * cols), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      A* gr = g + r * cols;
-      std::fill(gr, gr + cols, A(0));
-      A bias = 0;
-      for (int64_t n = 0; n < nb; ++n) {
-        const A v = a[n * rows + r];
-        const A* bn = b + n * cols;
-        bias += v;
-        for (int64_t j = 0; j < cols; ++j) gr[j] += v * bn[j];
-      }
-      if (gb) gb[r] = bias;
-    }
-  });
+  cpu::outer_rows<A>(a, nb, rows, b, cols, g);
+  if (!gb) return;
+  std::fill(gb, gb + rows, A(0));
+  for (int64_t n = 0; n < nb; ++n) {
+    for (int64_t r = 0; r < rows; ++r) gb[r] += a[n * rows + r];
+  }
 }
 
 // One sample per task (the sample stays in cache from pooling to scaling) pays off while the FC
@@ -238,7 +183,7 @@ T3 se_forward(const char* op, const Tensor& x, const Tensor* shortcut, const Opt
     p.w2 = w2a.const_data_ptr<A>();
     p.b2 = b2a.defined() ? b2a.const_data_ptr<A>() : nullptr;
     p.C = c, p.R = r, p.K = r, p.act = act, p.gate = gate;
-    p.tw1 = w1a, p.tb1 = b1a, p.tw2 = w2a, p.tb2 = b2a, p.gemm_ok = true;
+    p.tw2 = w2a, p.tb2 = b2a, p.gemm_ok = true;
     A* pp = pooled.mutable_data_ptr<A>();
     A* sp = s.mutable_data_ptr<A>();
     A* hp = has_w1 ? h.mutable_data_ptr<A>() : nullptr;
@@ -300,7 +245,7 @@ T6 se_backward(const char* op, const Tensor& grad_y, const Tensor& x, const Tens
       p.w2 = w2a.const_data_ptr<A>();
       p.b2 = b2a.defined() ? b2a.const_data_ptr<A>() : nullptr;
       p.C = c, p.R = r, p.K = r, p.act = act, p.gate = gate;
-      p.tw1 = w1a, p.tb1 = b1a, p.tw2 = w2a, p.tb2 = b2a;
+      p.tw2 = w2a, p.tb2 = b2a;
       const A* pp = pooled.const_data_ptr<A>();
       const A* sp = s.const_data_ptr<A>();
       A* dsp = ds.mutable_data_ptr<A>();

@@ -167,13 +167,18 @@ def test_eca_streaming_path(dtype, n, c, k, circular):
     check_parity(_eca_fused(circular), _eca_eager(circular), [x, w], dtype=dtype, names={0: "x", 1: "weight"})
 
 
+# The phased schedule's batched excitation (weights heavier than a sample): small_gemm.h's tiles, and for
+# z = W2 h + b2 with N > max(8, R/2) and N*C*R >= 2^20 ATen's GEMM (se_cpu.cpp, use_gemm).
+BATCHED_EXCITATION = {"tiles": ((8, 512, 2, 2), 256), "gemm": ((40, 1024, 2, 2), 32)}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
-def test_se_batched_gemm_path(dtype, gate):
-    """N >= 8 with N*C*R >= 2^20 runs the excitation as ATen GEMMs (phased schedule)."""
-    x = _x((8, 512, 2, 2))
-    params = _se_params(512, 256)
-    check_parity(_se_fused("gelu", gate), _se_eager("gelu", gate), [x, *params], dtype=dtype, names=NAMES)
+@pytest.mark.parametrize("path", BATCHED_EXCITATION)
+def test_se_batched_excitation(dtype, gate, path):
+    shape, r = BATCHED_EXCITATION[path]
+    params = _se_params(shape[1], r)
+    check_parity(_se_fused("gelu", gate), _se_eager("gelu", gate), [_x(shape), *params], dtype=dtype, names=NAMES)
 
 
 @pytest.fixture
@@ -307,9 +312,11 @@ def test_eca_residual_streaming_path(dtype, n, c, k, circular):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_se_residual_batched_gemm_path(dtype):
-    x, sc = _x((8, 512, 2, 2)), _x((8, 512, 2, 2))
-    check_parity(*_se_res("relu", act="gelu"), [x, sc, *_se_params(512, 256)], dtype=dtype, names=RES_NAMES)
+@pytest.mark.parametrize("path", BATCHED_EXCITATION)
+def test_se_residual_batched_excitation(dtype, path):
+    shape, r = BATCHED_EXCITATION[path]
+    x, sc = _x(shape), _x(shape)
+    check_parity(*_se_res("relu", act="gelu"), [x, sc, *_se_params(shape[1], r)], dtype=dtype, names=RES_NAMES)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -448,14 +455,15 @@ def test_gradcheck_eca(circular):
     gradcheck(lambda x_, w_: ext.eca(x_, w_, circular), [x, torch.randn(7).requires_grad_()])
 
 
-@pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "eca_stream_n1", "eca_cl", "se_res", "se_res_n1",
-                                  "se_res_cl_n3", "eca_res_stream_n1", "eca_res_cl"])
+@pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "se_tiles", "eca_stream_n1", "eca_cl", "se_res",
+                                  "se_res_n1", "se_res_cl_n3", "eca_res_stream_n1", "eca_res_cl"])
 def test_deterministic_and_thread_independent(case):
     """Bitwise equal run to run and with 1 thread vs the default: every reduction has one owner and a
-    fixed order. (The forward's batched-GEMM excitation, used above N*C*R >= 2^20, is excluded: ATen's
-    GEMM does not promise that.) The residual cases (out_act silu) include grad_shortcut."""
-    shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "se_cl_n3": (3, 40, 5, 5), "eca_stream_n1": (1, 40, 16, 16),
-             "eca_cl": (3, 40, 5, 5)}[case.replace("_res", "")]
+    fixed order. (The forward's GEMM path for W2 h, many samples and a short R, is excluded: ATen's GEMM
+    does not promise that.) se_tiles: the batched excitation's products (small_gemm.h) split over several
+    tasks each. The residual cases (out_act silu) include grad_shortcut."""
+    shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "se_cl_n3": (3, 40, 5, 5), "se_tiles": (9, 512, 2, 2),
+             "eca_stream_n1": (1, 40, 16, 16), "eca_cl": (3, 40, 5, 5)}[case.replace("_res", "")]
     x = _x(shape, channels_last=case.endswith("cl") or "_cl_" in case).detach()
     params = [p.detach() for p in _se_params(shape[1], 8)]
     taps = torch.randn(5)

@@ -9,8 +9,8 @@
 //   grad_x = gy * s + dp / HW;  grad_W2 = dz^T h;  grad_b2 = sum_n dz;  grad_W1 = da^T pooled; grad_b1 = sum_n da
 // se_residual (the SE-ResNet block tail): y = out_act(x * s + shortcut); its backward runs the above with
 // gy' = gy * out_act'(x * s + shortcut) in place of gy and returns grad_shortcut = gy' (gate_driver.h epilogues).
-// The hidden layer is recomputed from pooled in the backward. Parameter gradients are batch sums done
-// by one task per output row in sample order: deterministic, independent of the thread count.
+// The hidden layer is recomputed from pooled in the backward. Parameter gradients are batch sums, each
+// output summed over the samples in order by one task (small_gemm.h): independent of the thread count.
 // Bytes: forward reads x once from memory (+ once from cache) and writes y; backward reads gy and x,
 // then gy again (from cache on the per-sample schedule), and writes grad_x. se_residual: the forward also
 // reads the shortcut once; the backward reads gy, x and the shortcut twice (the second time from cache on

@@ -9,18 +9,19 @@
 //
 // Why not ATen's GEMM: for a batch of 1..~64 rows MKL packs the whole weight matrix on every call (a copy as
 // large as the weights, `sgemm_scopy` in a profile), which at SE-ResNet-50's 2048x128 FCs costs more than the
-// products. These register tiles of 4 rows x 4 weight rows (linear_rows) or 4 rows x 4 vectors of columns
-// (matmul_rows) read every weight element once per 4 rows, straight from the caller's matrix. Measured on the
-// 2-core AMD EPYC VM (AVX512, fp32, torch.utils.benchmark medians, 16 rows, C = 2048, R = 128): W1 product
-// 40 us vs MKL addmm 98-117 us, W2 57-65 vs 89-135 us, backward dz.W2 25-32 vs ~102 us, da.W1 35-55 vs
-// ~110 us; MKL keeps its edge only for linear_rows with a short k (R <= 64) and many rows, where se_cpu.cpp
-// still calls it (forward only).
+// products. These register tiles of 4 rows x 4 weight rows (linear_rows; 2 below AVX512) or 4 rows x 4 vectors
+// of columns (matmul_rows) read every weight element once per 4 rows, straight from the caller's matrix.
+// Measured on the 2-core AMD EPYC VM (AVX512, fp32, torch.utils.benchmark medians, 16 rows, C = 2048,
+// R = 128): W1 product 40 us vs MKL addmm 98-117 us, W2 57-65 vs 89-135 us, backward dz.W2 25-32 vs
+// ~102 us, da.W1 35-55 vs ~110 us. MKL keeps its edge for linear_rows with a short k and many rows
+// (measured: k = R = 16..64 with N >= 16..64); se_cpu.cpp's use_gemm still calls it, forward only, for W2 h
+// when N > max(8, R/2) and N*C*R >= 2^20.
 //
 // Determinism: every output is summed by one task in a fixed order -- linear_rows: a vector accumulator over
 // k (V::size() interleaved partial sums, the k % V::size() tail as a zero-filled partial vector), then its
-// lanes; matmul_rows / outer_rows: sequentially over rows / samples -- whatever the thread count, the tiling (a tail tile computes
-// each of its outputs exactly as a full tile would) and the buffers' alignment (unaligned loads): the
-// backward's results are bitwise reproducible.
+// lanes; matmul_rows / outer_rows: sequentially over rows / samples -- whatever the thread count, the tiling
+// (a tail tile computes each of its outputs exactly as a full tile would) and the buffers' alignment
+// (unaligned loads): the backward's results are bitwise reproducible.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -35,7 +36,15 @@ namespace cpu {
 namespace small_gemm {
 
 constexpr int kRows = 4;  // rows (samples) per tile
-constexpr int kCols = 4;  // weight rows (linear_rows) or column vectors (matmul_rows) per tile
+constexpr int kCols = 4;  // column vectors per matmul_rows tile
+// Weight rows per linear_rows tile: its 4 x kLinearCols accumulators + kLinearCols weight vectors + 1 input vector
+// fit AVX512's 32 vector registers at 4; AVX2 has 16 (measured, AVX2 build on the EPYC VM, 16 rows, C 2048,
+// R 128: W2 product 69 us at 2 vs 86 us at 4; W1 60 vs 61).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kLinearCols = 4;
+#else
+constexpr int kLinearCols = 2;
+#endif
 
 inline int64_t tile_grain(int64_t fmas_per_tile) {  // ~32K multiply-adds per task
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, fmas_per_tile));
@@ -117,7 +126,7 @@ inline void with_jb(int jb, Args&&... args) {
 
 template <template <int, int> class F, typename... Args>
 inline void with_tile(int nb, int jb, Args&&... args) {
-  static_assert(kRows == 4 && kCols == 4, "with_tile dispatches tiles of up to 4 x 4");
+  static_assert(kRows == 4 && kCols <= 4 && kLinearCols <= 4, "with_tile dispatches tiles of up to 4 x 4");
   switch (nb) {
     case 1: with_jb<F, 1>(jb, args...); break;
     case 2: with_jb<F, 2>(jb, args...); break;
@@ -154,12 +163,12 @@ struct Matmul {
 template <typename A>
 void linear_rows(const A* in, int64_t nn, int64_t k, const A* w, const A* b, int64_t cols, A* out) {
   using namespace small_gemm;
-  const int64_t row_tiles = (nn + kRows - 1) / kRows, col_tiles = (cols + kCols - 1) / kCols;
-  at::parallel_for(0, row_tiles * col_tiles, tile_grain(kRows * kCols * k), [&](int64_t t0, int64_t t1) {
+  const int64_t row_tiles = (nn + kRows - 1) / kRows, col_tiles = (cols + kLinearCols - 1) / kLinearCols;
+  at::parallel_for(0, row_tiles * col_tiles, tile_grain(kRows * kLinearCols * k), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = (t % row_tiles) * kRows, j0 = (t / row_tiles) * kCols;
+      const int64_t n0 = (t % row_tiles) * kRows, j0 = (t / row_tiles) * kLinearCols;
       const int nb = static_cast<int>(std::min<int64_t>(kRows, nn - n0));
-      const int jb = static_cast<int>(std::min<int64_t>(kCols, cols - j0));
+      const int jb = static_cast<int>(std::min<int64_t>(kLinearCols, cols - j0));
       with_tile<Linear<A>::template Tile>(nb, jb, in + n0 * k, w + j0 * k, b ? b + j0 : nullptr, k,
                                           out + n0 * cols + j0, cols);
     }

@@ -455,15 +455,17 @@ def test_gradcheck_eca(circular):
     gradcheck(lambda x_, w_: ext.eca(x_, w_, circular), [x, torch.randn(7).requires_grad_()])
 
 
-@pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "se_tiles", "eca_stream_n1", "eca_cl", "se_res",
-                                  "se_res_n1", "se_res_cl_n3", "eca_res_stream_n1", "eca_res_cl"])
+@pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "se_tiles", "se_ps_n3", "eca_stream_n1", "eca_cl",
+                                  "se_res", "se_res_n1", "se_res_cl_n3", "eca_res_stream_n1", "eca_res_cl"])
 def test_deterministic_and_thread_independent(case):
     """Bitwise equal run to run and with 1 thread vs the default: every reduction has one owner and a
     fixed order. (The forward's GEMM path for W2 h, many samples and a short R, is excluded: ATen's GEMM
     does not promise that.) se_tiles: the batched excitation's products (small_gemm.h) split over several
-    tasks each. The residual cases (out_act silu) include grad_shortcut."""
+    tasks each. se_ps_n3: one sample per task on 1 thread, the phased schedule (one batched excitation, tiles
+    of several samples) on 2 or more. The residual cases (out_act silu) include grad_shortcut."""
     shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "se_cl_n3": (3, 40, 5, 5), "se_tiles": (9, 512, 2, 2),
-             "eca_stream_n1": (1, 40, 16, 16), "eca_cl": (3, 40, 5, 5)}[case.replace("_res", "")]
+             "se_ps_n3": (3, 16, 16, 16), "eca_stream_n1": (1, 40, 16, 16),
+             "eca_cl": (3, 40, 5, 5)}[case.replace("_res", "")]
     x = _x(shape, channels_last=case.endswith("cl") or "_cl_" in case).detach()
     params = [p.detach() for p in _se_params(shape[1], 8)]
     taps = torch.randn(5)

@@ -13,12 +13,14 @@ a 32-bit index) and size 3, so index 2 lands 2.7·10^9 elements in. x, shortcut 
 an op reads) are such views, all in the same allocation; outputs are dense (``empty_like`` of a
 non-dense view), so their offsets stay small — they use the same index variables as the inputs.
 
-A wrapped offset usually segfaults, which would end the whole pytest run: the cases run in one child
-process (``python -m tests.ops.test_int64_offsets``), which reports case by case; a case that kills
-the child fails with the signal and the child's stderr, and a new child runs the cases after it.
+A wrapped offset usually segfaults, which would end the whole pytest run: a backend's cases run in a child
+process (``python -m tests.ops.test_int64_offsets CASE...``), which reports case by case; a case that kills
+the child fails with the signal and the child's stderr, and a new child runs the cases after it. On a GPU,
+test_gpu_dense_past_2_31_elements also runs a real 4 GiB tensor, so the outputs are written past 2^31 too.
 """
 import json
 import os
+import zlib
 import subprocess
 import sys
 from pathlib import Path
@@ -41,18 +43,11 @@ OPS = ("se", "ese", "se_residual", "eca", "eca_residual", "cbam", "dmk_eca", "bi
 _OP_OF = {"ese": "se"}  # functional op (and backend table row) behind each case
 
 
-def _cases():
-    cases = []
-    for op in OPS:
-        for backend in ("triton", "cpu", "cuda"):
-            if backend not in _backend._IMPLS[_OP_OF.get(op, op)]:
-                continue
-            for dim in SHAPES:
-                cases.append(f"{op}-{backend}-{dim}")
-    return cases
-
-
-CASES = _cases()
+def _cases(backend: str):
+    """op-backend-dim for every op the backend implements. Triton on a GPU: dim n only -- each case compiles its
+    own kernels there, and the interpreter in CI runs all three dims of the same Triton code."""
+    dims = ("n",) if backend == "triton" and _device(backend) == "cuda" else SHAPES
+    return [f"{op}-{backend}-{dim}" for op in OPS if backend in _backend._IMPLS[_OP_OF.get(op, op)] for dim in dims]
 
 
 def _device(backend: str) -> str:
@@ -106,9 +101,14 @@ def run_case(case: str) -> None:
     shape, strides = SHAPES[dim]
     residual = op.endswith("_residual")
     span = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
-    try:
-        storage = torch.empty(span + 3 * SLOT, dtype=torch.float16, device=device)  # untouched: virtual only
-    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+    torch.manual_seed(zlib.crc32(case.encode()))  # fresh per case, the same on every run (a failure replays)
+    try:  # on the CPU virtual only (pages untouched); on a GPU ~5 GiB of real memory
+        storage = torch.empty(span + 3 * SLOT, dtype=torch.float16, device=device)
+    except torch.OutOfMemoryError as exc:
+        raise _NoRoom(str(exc)[:300]) from exc
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc):  # the CPU allocator's words; any other error is a failure
+            raise
         raise _NoRoom(str(exc)[:300]) from exc
 
     def sparse(slot: int, values: torch.Tensor) -> torch.Tensor:
@@ -139,29 +139,25 @@ def _child_main(cases) -> None:
             print(f"@@ SKIP {case} {json.dumps(str(exc))}", flush=True)
         except Exception as exc:  # an AssertionError from check_parity, or any other error: the case fails
             print(f"@@ FAIL {case} {json.dumps(f'{type(exc).__name__}: {exc}')}", flush=True)
+            if _device(case.split("-")[1]) == "cuda":  # the CUDA context may be broken (illegal address):
+                os._exit(3)  # the parent starts a fresh child for the cases after this one
         else:
             print(f"@@ PASS {case}", flush=True)
 
 
-# ---- the parent: one child for all cases, a test per case ---------------------------------------------
-def _runnable(case: str):
-    """None, or why the case cannot run here."""
-    _, backend, _ = case.split("-")
-    if _device(backend) == "cuda" and not torch.cuda.is_available():
-        return "needs a CUDA device"
-    return _backend.unavailable_reason(backend, _device(backend))
-
-
+# ---- the parent: a test per backend, its cases in a child process ------------------------------------------
 def _run_child(cases, env):
-    """Runs the cases in one child: {case: (status, detail)} for those it reported, and the case it died in
-    (None if it finished) with the exit code and stderr."""
+    """Runs the cases in one child: ({case: (status, detail)} for those it reported, the case it was in when it
+    ended (None if between cases), its exit code, its stderr)."""
+    timeout = 120 + 30 * len(cases)  # a few seconds per case at most (GPU: its kernels' compilation)
     try:
         proc = subprocess.run([sys.executable, "-m", "tests.ops.test_int64_offsets", *cases], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=timeout)
         stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:
-        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        stderr, rc = "timed out after 600 s", "timeout"
+        def text(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        stdout, stderr, rc = text(exc.stdout), text(exc.stderr) + f"\n[timed out after {timeout} s]", "timeout"
     results, started = {}, None
     for line in stdout.splitlines():
         if line.startswith("@@ "):
@@ -174,36 +170,46 @@ def _run_child(cases, env):
     return results, started, rc, stderr
 
 
-@pytest.fixture(scope="module")
-def child_report():
-    """Every runnable case's (status, detail): a child that dies in a case is restarted after it."""
-    todo = [c for c in CASES if _runnable(c) is None]
+def _run_cases(cases):
+    """Every case's (status, detail). A child that ends early -- killed in a case, or exiting after a failed
+    GPU case -- is followed by a fresh one for the cases it did not report; one that reports nothing stops it."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    report = {}
+    report, todo = {}, list(cases)
     while todo:
         results, died_in, rc, stderr = _run_child(todo, env)
         report.update(results)
-        if died_in is None:
-            for case in todo:
-                report.setdefault(case, ("CRASH", f"not reported: the child exited {rc}; stderr tail:\n"
-                                                  f"{stderr[-2000:]}"))
-            break
-        report[died_in] = ("CRASH", f"the child process died in this case (exit {rc}); stderr tail:\n"
-                                    f"{stderr[-3000:]}")
-        todo = todo[todo.index(died_in) + 1:]
+        if died_in is not None:
+            report[died_in] = ("CRASH", f"the child process died in this case (exit {rc}); stderr tail:\n"
+                                        f"{stderr[-3000:]}")
+        left = [case for case in todo if case not in report]
+        if left and not results and died_in is None:  # nothing ran: the child cannot start (import error, ...)
+            for case in left:
+                report[case] = ("CRASH", f"not run: the child exited {rc} before any case; stderr tail:\n"
+                                         f"{stderr[-2000:]}")
+            left = []
+        todo = left
     return report
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_past_2_31_elements(case, child_report):
-    reason = _runnable(case)
+@pytest.mark.parametrize("backend", ["triton", "cpu", "cuda"])
+def test_past_2_31_elements(backend):
+    """Every op of the backend on sparse views (see the module docstring); one failure message lists every
+    failing case (op-backend-dim) with its mismatch or crash."""
+    if _device(backend) == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    reason = _backend.unavailable_reason(backend, _device(backend))
     if reason is not None:
         pytest.skip(reason)
-    status, detail = child_report[case]
-    if status == "SKIP":
-        pytest.skip(f"no room for the sparse views' {S * 2 * 2 / 2**30:.1f} GiB virtual allocation: {detail}")
-    if status != "PASS":
-        pytest.fail(f"{status}: {detail}")
+    cases = _cases(backend)
+    report = _run_cases(cases)
+    failures = [f"{case}: {status}: {detail}" for case, (status, detail) in report.items()
+                if status not in ("PASS", "SKIP")]
+    if failures:
+        pytest.fail(f"{len(failures)} of {len(cases)} cases failed:\n\n" + "\n\n".join(failures))
+    no_room = [detail for status, detail in report.values() if status == "SKIP"]
+    if no_room:
+        pytest.skip(f"{len(no_room)} of {len(cases)} cases had no room for the sparse views' "
+                    f"{S * 2 * 2 / 2**30:.1f} GiB virtual allocation: {no_room[0]}")
 
 
 # ---- on a GPU: a real tensor past 2^31 elements (the outputs' offsets too) --------------------------------
@@ -211,50 +217,65 @@ def test_past_2_31_elements(case, child_report):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("op", ["se", "eca"])
 def test_gpu_dense_past_2_31_elements(op, backend):
-    """x fp16 (2, 4, 2^28 + 1): 2^31 + 8 elements (4 GiB), so y and grad_x are written past 2^31 as well.
-    Forward and grad_x against float64 gates computed from float64 pooled means (autograd through the
-    excitation only: grad_x = grad_y·s + (∂L/∂pooled)/HW, ∂L/∂s = Σ_hw grad_y·x), to keep memory ~40 GB."""
+    """x fp16 (2, 4, 2^28 + 2^26): 2.7·10^9 elements (5 GiB); sample 1's last two channels lie wholly past
+    2^31, so pooling, Σ grad_y·x, y and grad_x all address there. x and grad_y get per-channel means so the
+    gate depends on the pooled means and grad_x's ∂L/∂pooled / HW term is O(0.1) -- a wrong reduction shows.
+    Forward and grad_x against float64 references built per channel (autograd through the excitation only:
+    grad_x = grad_y·s + (∂L/∂pooled)/HW, ∂L/∂s = Σ_hw grad_y·x); peak ~35 GB of device memory."""
     reason = _backend.unavailable_reason(backend, "cuda")
     if reason is not None:
         pytest.skip(reason)
-    n, c, hw = 2, 4, 2 ** 28 + 1
+    n, c, hw = 2, 4, 2 ** 28 + 2 ** 26
+    if torch.cuda.mem_get_info()[0] < 40 * 2 ** 30:
+        pytest.skip("needs 40 GiB of free GPU memory")
     try:
-        x = torch.randn(n, c, hw, device="cuda", dtype=torch.float16)
-        grad_y = torch.randn_like(x)
-    except torch.OutOfMemoryError:
-        pytest.skip("no room on this GPU for two 4 GiB tensors")
-    assert x.numel() > 2 ** 31
-    if op == "se":
-        params = [torch.randn(1, c, device="cuda") * 0.5, torch.rand(1, device="cuda") + 0.5,
-                  torch.randn(c, 1, device="cuda") * 0.5, torch.randn(c, device="cuda") * 0.5]
-        excite = lambda pooled: reference.se_excitation(pooled, *params)  # noqa: E731
-        fused = lambda x_: functional.se(x_, *params, backend=backend)  # noqa: E731
-    else:
-        taps = torch.randn(3, device="cuda") * 0.5
-        excite = lambda pooled: reference.eca_gate(pooled, taps)  # noqa: E731
-        fused = lambda x_: functional.eca(x_, taps, backend=backend)  # noqa: E731
-    pooled = torch.stack([x[i].double().mean(-1) for i in range(n)]).requires_grad_()
-    s = excite(pooled)
-    g = torch.stack([(grad_y[i].double() * x[i].double()).sum(-1) for i in range(n)])  # ∂L/∂s
-    (d_pooled,) = torch.autograd.grad(s, pooled, g)
-    s, d_pooled = s.detach().float(), d_pooled.float()
+        mu_x, mu_g = torch.randn(n, c, 1, device="cuda"), torch.randn(n, c, 1, device="cuda")
+        x = (torch.randn(n, c, hw, device="cuda", dtype=torch.float16) + mu_x.half())
+        grad_y = (torch.randn(n, c, hw, device="cuda", dtype=torch.float16) + mu_g.half())
+        assert x.numel() > 2 ** 31 + 2 * hw  # sample 1, channels 2 and 3: past 2^31
+        if op == "se":
+            params = [torch.randn(1, c, device="cuda"), torch.rand(1, device="cuda") + 0.5,
+                      torch.randn(c, 1, device="cuda"), torch.randn(c, device="cuda") * 0.5]
+            excite = lambda pooled: reference.se_excitation(pooled, *params)  # noqa: E731
+            fused = lambda x_: functional.se(x_, *params, backend=backend)  # noqa: E731
+        else:
+            taps = torch.randn(3, device="cuda")
+            excite = lambda pooled: reference.eca_gate(pooled, taps)  # noqa: E731
+            fused = lambda x_: functional.eca(x_, taps, backend=backend)  # noqa: E731
+        rows = [(i, j) for i in range(n) for j in range(c)]  # float64 temporaries one channel (2.7 GB) at a time
+        pooled = torch.zeros(n, c, dtype=torch.float64, device="cuda")
+        g = torch.zeros(n, c, dtype=torch.float64, device="cuda")  # ∂L/∂s
+        for i, j in rows:
+            x64 = x[i, j].double()
+            pooled[i, j] = x64.mean()
+            g[i, j] = (grad_y[i, j].double() * x64).sum()
+            del x64
+        pooled.requires_grad_()
+        s = excite(pooled)
+        (d_pooled,) = torch.autograd.grad(s, pooled, g)
+        s, d_pooled = s.detach(), d_pooled.detach()
 
-    x_in = x.clone().requires_grad_()
-    y = fused(x_in)
-    (grad_x,) = torch.autograd.grad(y, x_in, grad_y)
-    atol, rtol = tolerances(torch.float16)
-    for i in range(n):  # on the GPU, per sample (assert_close would copy 2^30 elements to the host as float64)
-        for name, got, want in [("y", y[i], x[i].float() * s[i, :, None]),
-                                ("grad_x", grad_x[i], grad_y[i].float() * s[i, :, None] + d_pooled[i, :, None] / hw)]:
-            bad = ((got.float() - want).abs() > atol + rtol * want.abs()) | ~torch.isfinite(got)
-            if bad.any():
-                first = tuple(int(j) for j in torch.nonzero(bad)[0])
-                around = (first[0], slice(max(first[1] - 4, 0), first[1] + 4))
-                assert_close(got[around], want[around], atol=atol, rtol=rtol,
-                             name=f"{name}[{i}]: {int(bad.sum())} elements off, first at {(i, *first)}; around it")
-    # the last elements sit past 2^31 in y and grad_x: shown on failure like any mismatch
-    assert_close(y[-1, -1, -8:], x[-1, -1, -8:].float() * s[-1, -1], atol=atol, rtol=rtol, name="y tail")
+        x_in = x.clone().requires_grad_()
+        y = fused(x_in)
+        (grad_x,) = torch.autograd.grad(y, x_in, grad_y)
+        atol, rtol = tolerances(torch.float16)
+        for i, j in rows:  # on the GPU (assert_close would copy 3·10^8 elements to the host as float64)
+            for name, got, want in [
+                    ("y", y[i, j], x[i, j].float() * s[i, j].float()),
+                    ("grad_x", grad_x[i, j], grad_y[i, j].float() * s[i, j].float() + float(d_pooled[i, j]) / hw)]:
+                bad = ((got.float() - want).abs() > atol + rtol * want.abs()) | ~torch.isfinite(got)
+                if bad.any():
+                    first = int(torch.nonzero(bad)[0])
+                    around = slice(max(first - 4, 0), first + 4)
+                    assert_close(got[around], want[around], atol=atol, rtol=rtol,
+                                 name=f"{name}[{i}, {j}]: {int(bad.sum())} elements off, first at {first}; around it")
+                    pytest.fail(f"{name}[{i}, {j}]: {int(bad.sum())} elements off, first at {first} "
+                                f"(got {float(got[first])}, want {float(want[first])})")
+        # the last elements of the tensor, past 2^31 in x, y, grad_y and grad_x: shown on failure like any mismatch
+        assert_close(y[-1, -1, -8:], x[-1, -1, -8:].float() * s[-1, -1].float(), atol=atol, rtol=rtol, name="y tail")
+    finally:
+        torch.cuda.empty_cache()  # ~30 GB back for the tests that follow
 
 
-if __name__ == "__main__":
-    _child_main(sys.argv[1:] or CASES)
+if __name__ == "__main__":  # python -m tests.ops.test_int64_offsets [CASE ...] (default: every CPU-runnable case)
+    _child_main(sys.argv[1:] or [case for backend in ("triton", "cpu") for case in _cases(backend)])

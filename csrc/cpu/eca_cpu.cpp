@@ -36,27 +36,45 @@ inline int64_t tap_index(int64_t c, int64_t j, int64_t half, int64_t channels, b
   return (i >= 0 && i < channels) ? i : -1;
 }
 
+// dst[ch] = sum_j taps[j] * src[ch + sign * (j - half)] over ch in [0, c), zero-padded or circular: the conv
+// across channels (sign +1) or its transpose (sign -1, the backward's gather). The interior channels, whose
+// taps all land inside [0, c) -- identical for both paddings -- run V::size() channels per step; the k/2
+// channels at each edge go through tap_index. Each output is summed over j in order.
+template <typename A>
+void conv_channels(const A* taps, int64_t k, bool circular, int64_t c, int64_t sign, const A* src, A* dst) {
+  using V = at::vec::Vectorized<A>;
+  constexpr int64_t W = V::size();
+  const int64_t half = k / 2;
+  const int64_t lo = std::min(half, c), hi = std::max(lo, c - half);  // interior [lo, hi)
+  auto edge = [&](int64_t ch) {
+    A acc = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t src_ch = tap_index(ch, sign * (j - half) + half, half, c, circular);
+      if (src_ch >= 0) acc += taps[j] * src[src_ch];
+    }
+    dst[ch] = acc;
+  };
+  for (int64_t ch = 0; ch < lo; ++ch) edge(ch);
+  int64_t ch = lo;
+  for (; ch + W <= hi; ch += W) {
+    V acc(A(0));
+    for (int64_t j = 0; j < k; ++j) acc = at::vec::fmadd(V(taps[j]), V::loadu(src + ch + sign * (j - half)), acc);
+    acc.store(dst + ch);
+  }
+  for (; ch < hi; ++ch) {
+    A acc = 0;
+    for (int64_t j = 0; j < k; ++j) acc += taps[j] * src[ch + sign * (j - half)];
+    dst[ch] = acc;
+  }
+  for (ch = hi; ch < c; ++ch) edge(ch);
+}
+
 template <typename A>
 void eca_excite(const A* taps, int64_t k, bool circular, int64_t c, const A* pooled, A* s, int64_t n0, int64_t n1) {
-  const int64_t half = k / 2;
   at::parallel_for(n0, n1, 1, [&](int64_t na, int64_t nb) {
     for (int64_t n = na; n < nb; ++n) {
-      const A* p = pooled + n * c;
-      A* z = s + n * c;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        A acc = 0;
-        if (!circular && ch >= half && ch + half < c) {  // interior: no bounds checks
-          const A* w = p + ch - half;
-          for (int64_t j = 0; j < k; ++j) acc += taps[j] * w[j];
-        } else {
-          for (int64_t j = 0; j < k; ++j) {
-            const int64_t src = tap_index(ch, j, half, c, circular);
-            if (src >= 0) acc += taps[j] * p[src];
-          }
-        }
-        z[ch] = acc;
-      }
-      cpu::sigmoid_inplace<A>(z, c);
+      conv_channels<A>(taps, k, circular, c, 1, pooled + n * c, s + n * c);  // logits into s
+      cpu::sigmoid_inplace<A>(s + n * c, c);
     }
   });
 }
@@ -68,32 +86,32 @@ void eca_excite_bwd(const A* taps, int64_t k, bool circular, int64_t c, const A*
   at::parallel_for(n0 * c, n1 * c, grain_for(1), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) dz[i] = ds[i] * s[i] * (A(1) - s[i]);
   });
-  at::parallel_for(n0 * c, n1 * c, grain_for(k), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t n = i / c, ch = i % c;
-      A acc = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        // dz index d with tap_index(d, j) == ch: d = ch - j + half (mod C when circular)
-        int64_t d = ch - j + half;
-        if (circular) {
-          d = ((d % c) + c) % c;
-        } else if (d < 0 || d >= c) {
-          continue;
-        }
-        acc += taps[j] * dz[n * c + d];
-      }
-      dp[i] = acc;
-    }
+  at::parallel_for(n0, n1, 1, [&](int64_t na, int64_t nb) {
+    for (int64_t n = na; n < nb; ++n) conv_channels<A>(taps, k, circular, c, -1, dz + n * c, dp + n * c);
   });
+  // dtap[n, j] = sum_ch dz[n, ch] * pooled[n, ch + j - half]: the edge channels through tap_index, the interior
+  // (every tap inside [0, c)) as a vector dot product; a fixed order per output.
+  using V = at::vec::Vectorized<A>;
+  constexpr int64_t W = V::size();
+  const int64_t lo = std::min(half, c), hi = std::max(lo, c - half);
   at::parallel_for(n0 * k, n1 * k, grain_for(c), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / k, j = i % k;
-      A acc = 0;
-      for (int64_t ch = 0; ch < c; ++ch) {
+      const A* d = dz + n * c;
+      const A* p = pooled + n * c;
+      A edges = 0;
+      auto edge = [&](int64_t ch) {
         const int64_t src = tap_index(ch, j, half, c, circular);
-        if (src >= 0) acc += dz[n * c + ch] * pooled[n * c + src];
-      }
-      dtap[i] = acc;
+        if (src >= 0) edges += d[ch] * p[src];
+      };
+      for (int64_t ch = 0; ch < lo; ++ch) edge(ch);
+      for (int64_t ch = hi; ch < c; ++ch) edge(ch);
+      V vacc(A(0));
+      int64_t ch = lo;
+      for (; ch + W <= hi; ch += W) vacc = at::vec::fmadd(V::loadu(d + ch), V::loadu(p + ch + j - half), vacc);
+      A acc = at::vec::vec_reduce_all<A>([](V& a, V& b) { return a + b; }, vacc);
+      for (; ch < hi; ++ch) acc += d[ch] * p[ch + j - half];
+      dtap[i] = acc + edges;
     }
   });
 }

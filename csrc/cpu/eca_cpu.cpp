@@ -4,7 +4,7 @@
 // with zero padding (ECA) or indices modulo C (CECA, circular; defined for any k, also k > C).
 // Backward: dz = ds * s (1 - s) with ds = sum_hw gy * x;
 //   dp[c] = sum_j t[j] * dz[c - j + k/2]  (the transposed conv, gathered: each dp by one task)
-//   grad_t[j] = sum_n sum_c dz[n, c] * pooled[n, c + j - k/2]  (per-sample partials, summed in order)
+//   grad_t[j] = sum_n sum_c dz[n, c] * pooled[n, c + j - k/2]  (per-sample partials in a fixed order; samples summed in order)
 //   grad_x = gy * s + dp / HW
 // eca_residual (the ECA-ResNet block tail): y = out_act(x * s + shortcut); its backward runs the above with
 // gy' = gy * out_act'(x * s + shortcut) in place of gy and returns grad_shortcut = gy' (gate_driver.h epilogues).
@@ -38,8 +38,8 @@ inline int64_t tap_index(int64_t c, int64_t j, int64_t half, int64_t channels, b
 
 // dst[ch] = sum_j taps[j] * src[ch + sign * (j - half)] over ch in [0, c), zero-padded or circular: the conv
 // across channels (sign +1) or its transpose (sign -1, the backward's gather). The interior channels, whose
-// taps all land inside [0, c) -- identical for both paddings -- run V::size() channels per step; the k/2
-// channels at each edge go through tap_index. Each output is summed over j in order.
+// taps all land inside [0, c) -- identical for both paddings -- run V::size() channels per step; the others
+// (k/2 at each edge; all of them when c < k) go through tap_index. Each output is summed over j in order.
 template <typename A>
 void conv_channels(const A* taps, int64_t k, bool circular, int64_t c, int64_t sign, const A* src, A* dst) {
   using V = at::vec::Vectorized<A>;

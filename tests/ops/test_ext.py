@@ -133,7 +133,7 @@ def _eca_eager(circular):
 @pytest.mark.parametrize("k", [1, 3, 5, 9, 31])  # 9 and 31 > C = 7 below
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_eca_parity(dtype, circular, k, channels_last):
-    c = 7 if k >= 9 else 40  # 40: interior channels span vector steps and a scalar remainder (conv_channels)
+    c = 7 if k >= 9 else 41  # 41: interior channels span vector steps and a scalar remainder (conv_channels)
     x = _x((3, c, 4, 5), channels_last=channels_last)
     w = (torch.randn(1, 1, k) * 0.5).requires_grad_()
     check_parity(_eca_fused(circular), _eca_eager(circular), [x, w], dtype=dtype, names={0: "x", 1: "weight"})
@@ -450,9 +450,10 @@ def test_gradcheck_se(act, gate):
 
 
 @pytest.mark.parametrize("circular", [False, True])
-def test_gradcheck_eca(circular):
-    x = torch.randn(2, 5, 3, 2).requires_grad_()
-    gradcheck(lambda x_, w_: ext.eca(x_, w_, circular), [x, torch.randn(7).requires_grad_()])
+@pytest.mark.parametrize("c,k", [(5, 7), (24, 3), (24, 5)])  # C < k: no interior; C = 24: float64 vector steps
+def test_gradcheck_eca(circular, c, k):
+    x = torch.randn(2, c, 3, 2).requires_grad_()
+    gradcheck(lambda x_, w_: ext.eca(x_, w_, circular), [x, torch.randn(k).requires_grad_()])
 
 
 @pytest.mark.parametrize("case", ["se", "se_n1", "se_cl_n3", "se_tiles", "se_ps_n3", "eca_stream_n1", "eca_cl",

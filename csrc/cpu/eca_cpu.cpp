@@ -4,7 +4,8 @@
 // with zero padding (ECA) or indices modulo C (CECA, circular; defined for any k, also k > C).
 // Backward: dz = ds * s (1 - s) with ds = sum_hw gy * x;
 //   dp[c] = sum_j t[j] * dz[c - j + k/2]  (the transposed conv, gathered: each dp by one task)
-//   grad_t[j] = sum_n sum_c dz[n, c] * pooled[n, c + j - k/2]  (per-sample partials in a fixed order; samples summed in order)
+//   grad_t[j] = sum_n sum_c dz[n, c] * pooled[n, c + j - k/2]  (per-sample partials in a fixed order,
+//               samples summed in order)
 //   grad_x = gy * s + dp / HW
 // eca_residual (the ECA-ResNet block tail): y = out_act(x * s + shortcut); its backward runs the above with
 // gy' = gy * out_act'(x * s + shortcut) in place of gy and returns grad_shortcut = gy' (gate_driver.h epilogues).

@@ -239,12 +239,10 @@ def resolve_for(op: str, x, backend: Optional[str], *tensors, variant: Optional[
         except Exception as exc:  # a broken table must not break auto: say so once, fixed order
             _warn_table(exc)
             choice = None
-        if choice is not None and choice in _IMPLS[op]:
-            impl = _resolved.get((op, choice, device_type))
-            if impl is None:
-                impl = _resolved[(op, choice, device_type)] = _resolve_uncached(op, choice, device_type)
-            if not isinstance(impl, BackendUnavailableError):
-                return impl
+        # preload() resolved every (op, backend, cpu / cuda): a choice is a lookup (None: not a backend here)
+        impl = _resolved.get((op, choice, device_type)) if choice is not None else None
+        if impl is not None and not isinstance(impl, BackendUnavailableError):
+            return impl
     return resolve(op, device_type, name)
 
 

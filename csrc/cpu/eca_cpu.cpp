@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "../glue.h"
@@ -37,6 +38,12 @@ inline int64_t tap_index(int64_t c, int64_t j, int64_t half, int64_t channels, b
   return (i >= 0 && i < channels) ? i : -1;
 }
 
+// [lo, hi): the channels whose k taps all land inside [0, c) (empty when c < k).
+inline std::pair<int64_t, int64_t> interior_channels(int64_t half, int64_t c) {
+  const int64_t lo = std::min(half, c);
+  return {lo, std::max(lo, c - half)};
+}
+
 // dst[ch] = sum_j taps[j] * src[ch + sign * (j - half)] over ch in [0, c), zero-padded or circular: the conv
 // across channels (sign +1) or its transpose (sign -1, the backward's gather). The interior channels, whose
 // taps all land inside [0, c) -- identical for both paddings -- run V::size() channels per step; the others
@@ -46,7 +53,8 @@ void conv_channels(const A* taps, int64_t k, bool circular, int64_t c, int64_t s
   using V = at::vec::Vectorized<A>;
   constexpr int64_t W = V::size();
   const int64_t half = k / 2;
-  const int64_t lo = std::min(half, c), hi = std::max(lo, c - half);  // interior [lo, hi)
+  const auto interior = interior_channels(half, c);
+  const int64_t lo = interior.first, hi = interior.second;
   auto edge = [&](int64_t ch) {
     A acc = 0;
     for (int64_t j = 0; j < k; ++j) {
@@ -94,7 +102,8 @@ void eca_excite_bwd(const A* taps, int64_t k, bool circular, int64_t c, const A*
   // (every tap inside [0, c)) as a vector dot product; a fixed order per output.
   using V = at::vec::Vectorized<A>;
   constexpr int64_t W = V::size();
-  const int64_t lo = std::min(half, c), hi = std::max(lo, c - half);
+  const auto interior = interior_channels(half, c);
+  const int64_t lo = interior.first, hi = interior.second;
   at::parallel_for(n0 * k, n1 * k, grain_for(c), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / k, j = i % k;

@@ -31,6 +31,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "gate_driver.h"  // grain_for
+
 namespace attn_kernels {
 namespace cpu {
 namespace small_gemm {
@@ -45,10 +47,6 @@ constexpr int kLinearCols = 4;
 #else
 constexpr int kLinearCols = 2;
 #endif
-
-inline int64_t tile_grain(int64_t fmas_per_tile) {  // ~32K multiply-adds per task
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, fmas_per_tile));
-}
 
 // out[i * ldo + j] = in[i, :] . w[j, :] + b[j] for i < NB, j < JB (in, w with row stride k).
 template <typename A, int NB, int JB>
@@ -164,7 +162,7 @@ template <typename A>
 void linear_rows(const A* in, int64_t nn, int64_t k, const A* w, const A* b, int64_t cols, A* out) {
   using namespace small_gemm;
   const int64_t row_tiles = (nn + kRows - 1) / kRows, col_tiles = (cols + kLinearCols - 1) / kLinearCols;
-  at::parallel_for(0, row_tiles * col_tiles, tile_grain(kRows * kLinearCols * k), [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, row_tiles * col_tiles, grain_for(kRows * kLinearCols * k), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = (t % row_tiles) * kRows, j0 = (t / row_tiles) * kLinearCols;
       const int nb = static_cast<int>(std::min<int64_t>(kRows, nn - n0));
@@ -183,7 +181,7 @@ void matmul_strided(const A* g, int64_t g_row, int64_t g_k, int64_t nn, int64_t 
   using namespace small_gemm;
   constexpr int64_t W = at::vec::Vectorized<A>::size();
   const int64_t row_tiles = (nn + kRows - 1) / kRows, span = kCols * W, col_tiles = (cols + span - 1) / span;
-  at::parallel_for(0, row_tiles * col_tiles, tile_grain(kRows * span * k), [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, row_tiles * col_tiles, grain_for(kRows * span * k), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = (t % row_tiles) * kRows, c0 = (t / row_tiles) * span;
       const int nb = static_cast<int>(std::min<int64_t>(kRows, nn - n0));

@@ -119,10 +119,10 @@ def eca_case(dtype, shape, k, circular=False, residual=False, out_act="none", cl
     E.eca_backward(torch.randn_like(x), x, sc, w, p, s, circular, out_act)
 
 
-def cbam_case(dtype, shape, k, cl=False):
+def cbam_case(dtype, shape, k, cl=False, r=4):
     x = _x(shape, dtype, cl)
     c, rank = shape[1], len(shape) - 2
-    w1, w2 = torch.randn(4, c), torch.randn(c, 4)
+    w1, w2 = torch.randn(r, c), torch.randn(c, r)
     sw = torch.randn((1, 2) + (k,) * rank)
     out = CB.cbam_forward(x, w1, w2, sw)
     CB.cbam_backward(torch.randn_like(x), x, w1, w2, sw, *out[1:])
@@ -137,12 +137,12 @@ def dmk_case(dtype, cl=False, bias=True, shape=(2, 1100, 6, 6)):
     D.dmk_eca_backward(torch.randn_like(x), x, fw, *taps, p, s, blend)
 
 
-def bi_case(dtype, cl=False, bias=True, shape=(2, 1100, 6, 6)):
+def bi_case(dtype, cl=False, bias=True, shape=(2, 1100, 6, 6), r=8):
     x = _x(shape, dtype, cl)
     c = shape[1]
     wf, wb = torch.randn(1, 1, 5), torch.randn(1, 1, 3)
-    w1, w2 = torch.randn(8, c), torch.randn(2, 8)
-    b1, b2 = (torch.randn(8), torch.randn(2)) if bias else (None, None)
+    w1, w2 = torch.randn(r, c), torch.randn(2, r)
+    b1, b2 = (torch.randn(r), torch.randn(2)) if bias else (None, None)
     y, p, s, h, blend = D.bi_eca_forward(x, wf, wb, w1, b1, w2, b2)
     D.bi_eca_backward(torch.randn_like(x), x, wf, wb, w1, w2, p, s, h, blend)
 
@@ -173,7 +173,12 @@ def cases():
             (f"se 64x2048x7x7 grouped{tag}", lambda: se_case(torch.bfloat16, shape=(64, 2048, 7, 7), r=128), multi),
             (f"se ese 16x512x7x7 channels_last{tag}",
              lambda: se_case(torch.float32, ese=True, shape=(16, 512, 7, 7), cl=True), multi),
+            # BiECA at stage 4, N = 64: 16 samples per program (no SMs), 8 with 132 SMs
+            (f"bi 64x2048x7x7 grouped{tag}", lambda: bi_case(torch.bfloat16, shape=(64, 2048, 7, 7), r=128), multi),
             (f"cbam 1d{tag}", lambda: cbam_case(torch.float32, (2, 600, 20), 3), multi),
+            # CBAM at stage 4, N = 64: 16 samples per program (no SMs), 8 with 132 SMs
+            (f"cbam 64x2048x7x7 grouped{tag}", lambda: cbam_case(torch.bfloat16, (64, 2048, 7, 7), 7, cl=True, r=128),
+             multi),
             (f"cbam 3d{tag}", lambda: cbam_case(torch.float32, (2, 600, 3, 5, 5), 3), multi),
         ]
     for dt in DTYPES:  # ECA has no cross-program schedule: one pass per dtype, resident and streamed tiles

@@ -303,7 +303,7 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
             for dtype_name, cl in variants:
                 lay = "channels_last" if cl else "nchw"
 
-                def run(fused=fused, eager=eager, block_k=block_k, param_shapes=param_shapes, names=names,
+                def run(op=op, fused=fused, eager=eager, block_k=block_k, param_shapes=param_shapes, names=names,
                         schedule=schedule, dtype_name=dtype_name, cl=cl):
                     os.environ["ATTN_KERNELS_SE_SCHEDULE"] = schedule
                     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -312,8 +312,13 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
                         x = x.contiguous(memory_format=torch.channels_last)
                     params = [(torch.randn(*s, device=dev) * sc).to(dtype) for s, sc in param_shapes]
                     hw = shape[2] * shape[3]
-                    cfg = (CB._launch_cfg(shape[0], c, r, hw, 18, x.device) if block_k is None else
-                           D._launch_cfg(shape[0], c, hw, x.stride(1), block_k, x.device))
+                    if op == "cbam":
+                        cfg = CB._launch_cfg(shape[0], c, r, hw, 18, x.device, **CB._sizes(x, params[0], params[1]))
+                    elif op == "bi_eca":
+                        cfg = D._bi_launch_cfg(shape[0], c, hw, r, x.stride(1), block_k, x.device,
+                                               **D._bi_sizes(x, params[2]))
+                    else:
+                        cfg = dict(D._launch_cfg(shape[0], c, hw, x.stride(1), block_k, x.device), GROUP=1)
                     leaves = [t.detach().requires_grad_() for t in [x] + params]
                     gy = torch.randn_like(x)
                     y = fused(*leaves, backend="triton")
@@ -321,7 +326,7 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
                     sync()
                     y_ref, grads_ref = cpu_reference(eager, [x] + params, gy)
                     pairs = [("y", y, y_ref)] + [(n, t.grad, g) for n, t, g in zip(names, leaves, grads_ref)]
-                    return f"MULTI={cfg['MULTI']} P={cfg['P']}; " + check(pairs, dtype_name)
+                    return f"MULTI={cfg['MULTI']} P={cfg['P']} GROUP={cfg['GROUP']}; " + check(pairs, dtype_name)
                 report.case(f"triton {op} {schedule} {dtype_name} {lay}", run)
     os.environ.pop("ATTN_KERNELS_SE_SCHEDULE", None)
 

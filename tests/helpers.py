@@ -142,16 +142,18 @@ def gradcheck(fn: Callable, inputs: Sequence, **kwargs) -> None:
     assert torch.autograd.gradcheck(fn, ins, **kwargs)
 
 
-def short_spin_split(monkeypatch, op_module=None, split: int = 3) -> list:
+def short_spin_split(monkeypatch, op_module=None, split: int = 3, cfg_name: str = "_launch_cfg") -> list:
     """Schedule (b)'s MULTI=1 code under the interpreter (programs run one after another): a 3-iteration
-    wait, so programs before the last of each sample time out; ``op_module._launch_cfg`` (if given) forced to
-    ``split`` programs per sample with MULTI=1. Returns the list every launch's counter buffer is appended to."""
+    wait, so programs before the last of each sample (group) time out; ``op_module.<cfg_name>`` (if given)
+    forced to ``split`` programs per sample (group) with MULTI=1. Returns the list every launch's counter
+    buffer is appended to."""
     from attn_kernels.ops import _split
 
     if op_module is not None:
-        launch_cfg = op_module._launch_cfg
-        monkeypatch.setattr(op_module, "_launch_cfg",
-                            lambda n, c, *a: dict(_split.emulate_split(launch_cfg(n, c, *a), c, split), MULTI=1))
+        launch_cfg = getattr(op_module, cfg_name)
+        monkeypatch.setattr(op_module, cfg_name,
+                            lambda n, c, *a, **k: dict(_split.emulate_split(launch_cfg(n, c, *a, **k), c, split),
+                                                       MULTI=1))
     monkeypatch.setattr(_split, "MAX_SPIN", 3)
     syncs = []
     sync_buffer = _split.sync_buffer

@@ -9,19 +9,31 @@
 Channel attention has SE's global dependency (no channel's ca before every channel is pooled), spatial
 attention another one across channels (d of a pixel needs every channel) and a k×k pixel halo. The
 kernels run on SE's two schedules (ops/_split.py), chosen per call and passed as the constexpr ``MULTI``:
-(a) one program per sample (P = 1): no cross-program communication; the schedule under
-    ``TRITON_INTERPRET=1``. Stages hand vectors to the next through small fp32 buffers read back
-    after ``tl.debug_barrier()`` (same program, other threads).
-(b) GPU, small batch: P programs per sample (``split_plan`` on the channel tiles, N·P ≤ SMs / 2). Program
-    j owns a channel slice (whole BLOCK_C tiles) and a pixel slice (whole tiles of the pixel passes;
-    see "Pixel slices"). The passes alternate between the two kinds of slice, so the sample's programs
-    meet at its counter between them (``sample_sync``; the k-th meeting waits for k·P arrivals), and a
-    program reads what its peers published with ``.cg`` loads (past L1). Forward 2 meetings, backward 3.
+(a) one program per sample (per group of samples, below; P = 1): no cross-program communication; the
+    schedule under ``TRITON_INTERPRET=1``. Stages hand vectors to the next through small fp32 buffers
+    read back after ``tl.debug_barrier()`` (same program, other threads).
+(b) GPU, small batch: P programs per sample group (``split_plan`` on the channel tiles, groups·P ≤ SMs
+    / 2). Program j owns a channel slice (whole BLOCK_C tiles) and a pixel slice (whole tiles of the
+    pixel passes; see "Pixel slices"). The passes alternate between the two kinds of slice, so the
+    group's programs meet at its counter between them (``sample_sync``; the k-th meeting waits for k·P
+    arrivals), and a program reads what its peers published with ``.cg`` loads (past L1). Meetings
+    (``meetings(GROUP)``): forward 1 + one per sample, backward two per sample + 1 — 2 and 3 for one
+    sample.
+
+Sample groups: a program serves GROUP consecutive samples (``_split.sample_group`` on the bytes of W1 +
+W2, which every program reads whole, against a sample of x: as SE, ≤ 16, on a GPU ≤ N·#tiles / SMs). It
+pools all of them, runs the shared MLP for all of them at once on [GROUP, FC_R, FC_C] tiles (each weight
+tile read once for the avg and max branches of every sample: ``_pair_matvec``), then runs the pixel
+passes and scaling sample after sample; the backward likewise runs passes 1-3 sample after sample, the
+MLP backward and W1ᵀ for the group, then pass 4 sample after sample. Without it every sample reads the
+MLP weights from L2: at the 7×7 stage (C = 2048, R = 128) 2 MB of fp32 weights against 200 KB of bf16
+x. The price: a sample's x is pooled GROUP samples before its descriptor pass re-reads it (L2 reuse
+distance GROUP slabs, as in SE). Not measured: no GPU has run CBAM.
 
 Forward, one launch: pass A (channel slice) pools avg / max per channel → meet → the MLP in every
-program, from the whole pooled vectors: hidden pre-activations pa = W1·avg, pm = W1·max, and ca for
-all C (identical bits in every program, each into its own scratch row that it alone reads back; the
-first program stores the per-sample outputs) → pass B (pixel slice) the channel mean / max of x·ca
+program, from the whole pooled vectors: hidden pre-activations pa = W1·avg, pm = W1·max, h = relu(pa) +
+relu(pm), and ca for all C (identical bits in every program, each into its own scratch rows [h | ca]
+that it alone reads back; the first program stores the per-sample outputs) → pass B (pixel slice) the channel mean / max of x·ca
 per pixel → d (fp32, saved) → meet → pass C (pixel slice) the k×k conv of d (a [pixels, ≤ 256 taps]
 gather tile, looped; the k//2 halo of d from the peers' pixels) → sa, then y = x·ca·sa. Why every
 program computes all of ca rather than its channel slice: pass B needs ca of every channel, so
@@ -39,7 +51,8 @@ In schedule (a) each meeting is a ``tl.debug_barrier()``. In (b) a program whose
 the error flag (``ATTN_KERNELS_SE_CHECK=1`` makes the launcher raise), adds NaN to everything it stores
 afterwards, and arrives at no later meeting: the counter is shared by the meetings, so its later
 arrivals would otherwise stand in for a missing peer's and let a peer pass early on unpublished data.
-With that, and every program reading back only its own MLP rows, each stored element is exact or NaN.
+With that, and every program reading back only its own MLP rows (and its own channels of the pooled
+vectors' grads), each stored element is exact or NaN.
 Weight gradients: per-sample fp32 pieces (dz (N, C), hidden grads (N, R) ×2, taps (N, 2·k^rank)) reduced
 by torch (three GEMMs and a sum): deterministic, no atomics.
 
@@ -52,7 +65,7 @@ BLOCK_HW-wide slices one program would own all 49 or 196 pixels); the channel pa
 Launches per call: forward 1 (Triton), nothing else in schedule (a); backward 1 (Triton) + ~8 small
 torch ops for the weight gradients (2 relus + 1 add of the saved (N, R) pre-activations, 3 matmuls +
 1 add, 1 sum over N of the (N, 2k²) tap partials) — none touches an (N, C, HW) tensor. Schedule (b)
-adds one ``torch.zeros`` fill of the (N + 1,) counters per launch. The Triton counts are asserted in
+adds one ``torch.zeros`` fill of the (groups + 1,) counters per launch. The Triton counts are asserted in
 tests/ops/test_cbam.py by wrapping the kernel launchers (no GPU profiler run yet; bench/bench_eca.py
 counts all device kernels with torch.profiler on a GPU).
 
@@ -61,11 +74,13 @@ decided on the fp32 values x (spatial max of a channel) and x·ca in fp32 (chann
 eager decides them in x's dtype, so for bf16/fp16 inputs with exact ties the split can differ.
 
 Bytes (E = N·C·HW·|x|): forward reads x 3× (pool, descriptor, scale; the 2nd/3rd from L2 only when the
-slabs in flight fit) and writes y: 4E (floor 2E) + O(N·(C + HW)) fp32. Backward reads grad_y and x in
-passes 1, 3 and 4 and writes grad_x: 7E (floor 3E). Schedule (b) moves the same x traffic, split over
-P programs, and adds per program: forward W1 and W2 (2·R·C, from L2 after the first program) and the
-pooled vectors (2C) for the MLP, the d halo (k//2 map rows each side, 2 channels); backward W2 (R·C)
-and dz (C) for the MLP backward, the dz_s halo, its tap row (2·k^rank, the first program reads all P).
+slabs in flight fit) and writes y: 4E (floor 2E) + O(N·(C + HW)) fp32, plus W1 and W2 (2·R·C, from L2
+after the first program) once per group of samples. Backward reads grad_y and x in passes 1, 3 and 4
+and writes grad_x: 7E (floor 3E), plus W2 and W1's columns of the program's channels once per group.
+Schedule (b) moves the same x traffic, split over P programs, and adds per program: forward W1 and W2
+and the pooled vectors (2·GROUP·C) for the MLP, the d halo (k//2 map rows each side, 2 channels);
+backward W2 (R·C) and dz (GROUP·C) for the MLP backward, the dz_s halo, its tap rows (2·k^rank per
+sample, the first program reads all P).
 
 Status: schedule (b) has run only under the interpreter (the emulated partition, and the MULTI=1 code
 with a tiny spin bound; tests/ops/test_cbam.py) and been compiled for sm_90 / sm_80 without a GPU
@@ -87,8 +102,9 @@ import triton.language as tl
 from .. import _alloc
 from ._layout import cdiv as _cdiv, next_pow2 as _next_pow2
 from ._split import device_sms as _device_sms, launch as _launch, sample_sync as _sample_sync
-from ._split import schedule_mode as _schedule_mode, split_plan as _split_plan
+from ._split import group_plan as _group_plan, schedule_mode as _schedule_mode
 from .eca import _acc_dtype, _as_flat, _check_x, _out_like, _sigmoid, _tl_acc
+from .se import _group_matvec
 
 __all__ = ["cbam", "cbam_forward", "cbam_backward", "LAUNCHES"]
 
@@ -97,7 +113,13 @@ _MAX_BLOCK_HW = 256
 _MAX_BLOCK_T = 256
 _MIN_PX_TILE = 16  # schedule (b): pixel-pass tiles no narrower than this (see "Pixel slices")
 LAUNCHES = {"forward": 1, "backward": 1}  # Triton launches per call (see the module docstring)
-MEETINGS = {"forward": 2, "backward": 3}  # schedule (b): counter meetings per launch
+
+
+def meetings(group: int = 1) -> dict:
+    """Schedule (b): counter meetings per launch of programs serving ``group`` samples — forward: one
+    after pooling, then one per sample (between its descriptor and conv passes); backward: two per
+    sample (after its dz_s, after its grad d), then one before the MLP backward."""
+    return {"forward": 1 + group, "backward": 2 * group + 1}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,6 +155,22 @@ def _x1_grad(gy, x1, sa, dmean, dmax, cmax, cnt, C):
 
 
 @triton.jit
+def _x1_grad_tile(x_base, gy_base, offs_c, offs_hw, m, mp, ca, sa_row, dd_base, d_base, cnt_row, HW, C,
+                  sxc, sxhw, sgc, sghw, ACC: tl.constexpr):
+    """(x, grad x1) of a [channels, pixels] tile in passes 3 and 4 of the backward: x1 = x·ca, through
+    y = x1·sa and the channel mean / max of x1 (grad d and the channel-max ties of every pixel, the
+    peers' too: .cg)."""
+    x = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
+    gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
+    dx1 = _x1_grad(gy, x * ca[:, None], tl.load(sa_row + offs_hw, mask=mp, other=0.0),
+                   tl.load(dd_base + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
+                   tl.load(dd_base + HW + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
+                   tl.load(d_base + HW + offs_hw, mask=mp, other=0.0),
+                   tl.load(cnt_row + offs_hw, mask=mp, other=1.0, cache_modifier=".cg"), C)
+    return x, dx1
+
+
+@triton.jit
 def _meet(sync_ptr, n, P, target, max_spin, poison, MULTI: tl.constexpr):
     """Between two passes on different slices; returns the poison for what the program computes next.
 
@@ -151,6 +189,28 @@ def _meet(sync_ptr, n, P, target, max_spin, poison, MULTI: tl.constexpr):
     return tl.where(failed, float("nan"), 0.0)
 
 
+@triton.jit
+def _pair_matvec(w_ptr, so, sk, u_ptr, v_ptr, ldv, offs_g, mask_g, offs_o, mask_o, K, ACC: tl.constexpr,
+                 GROUP: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
+    """([GROUP, BLOCK_O], [GROUP, BLOCK_O]): Σ_{k < K} W[o, k] · u[g, k] and Σ_k W[o, k] · v[g, k] for the
+    group's samples (rows offs_g of u and v, row stride ldv) and the outputs offs_o, W[o, k] at
+    w_ptr + o·so + k·sk. Each weight tile is read once for both vectors (CBAM's avg and max branches
+    share the MLP) and all GROUP samples. ``.cg`` loads: u and v may be the peers' stores."""
+    acc_u = tl.zeros([GROUP, BLOCK_O], dtype=ACC)
+    acc_v = tl.zeros([GROUP, BLOCK_O], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = offs_k < K
+        m = mask_g[:, None] & mask_k[None, :]
+        u = tl.load(u_ptr + offs_g[:, None] * ldv + offs_k[None, :], mask=m, other=0.0, cache_modifier=".cg")
+        v = tl.load(v_ptr + offs_g[:, None] * ldv + offs_k[None, :], mask=m, other=0.0, cache_modifier=".cg")
+        w = tl.load(w_ptr + offs_o[:, None] * so + offs_k[None, :] * sk, mask=mask_o[:, None] & mask_k[None, :],
+                    other=0.0).to(ACC)
+        acc_u += tl.sum(u[:, None, :] * w[None, :, :], axis=2)
+        acc_v += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
+    return acc_u, acc_v
+
+
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
@@ -166,122 +226,126 @@ def _cbam_fwd_kernel(
     ca_ptr,  # (N, C) ACC (out, saved): channel attention
     d_ptr,  # (N, 2, HW) ACC (out, saved): channel mean / max of x·ca
     sa_ptr,  # (N, HW) ACC (out, saved): spatial attention
-    own_ptr,  # (N·P, 2·R + C) ACC scratch: each program's own [pa | pm | ca], read back by it alone
-    sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
-    C, R, D, H, W, KD, KH, KW,
+    own_ptr,  # (P·N, R + C) ACC scratch: row j·N + n, program j's own [h | ca] of sample n, read back by it alone
+    sync_ptr,  # (groups + 1,) int32: per-group arrival counters, then the error flag (MULTI only)
+    N, C, R, D, H, W, KD, KH, KW,
     P, chan_per_prog, px_per_prog, max_spin,
     sxn, sxc, sxhw, syn, syc, syhw,
-    MULTI: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_PX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
+    MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_PX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
 ):
-    """Program (n, j) of P per sample (P = 1 in schedule (a)): channels [j·chan_per_prog, +chan_per_prog)
-    in pass A, pixels [j·px_per_prog, +px_per_prog) in passes B and C. Reads x three times (pool; descriptor;
-    scale) and writes y once: 4·C·HW·|x| bytes per sample over its P programs, plus per program w1, w2
-    (2·R·C), 2·k² taps and O(C + R) fp32 vectors, the d halo of its pixels."""
+    """Program (g, j) of P per group of GROUP samples (P = 1 in schedule (a)): samples [g·GROUP, +GROUP),
+    channels [j·chan_per_prog, +chan_per_prog) in pass A, pixels [j·px_per_prog, +px_per_prog) in passes B
+    and C. Reads x three times (pool; descriptor; scale) and writes y once: 4·C·HW·|x| bytes per sample
+    over its P programs, plus per program w1 and w2 (2·R·C) once for its GROUP samples, 2·k² taps,
+    O(GROUP·(C + R)) fp32 vectors and the d halo of its pixels."""
     pid = tl.program_id(0).to(tl.int64)
-    n = pid // P
+    grp = pid // P
+    n0 = grp * GROUP
     j = (pid % P).to(tl.int32)  # int32 slice bounds: the tile loops' counters keep one type
     HW = D * H * W
     c_lo = j * chan_per_prog
     c_hi = tl.minimum(c_lo + chan_per_prog, C)
     p_lo = j * px_per_prog
     p_hi = tl.minimum(p_lo + px_per_prog, HW)
-    x_base = x_ptr + n * sxn
-    y_base = y_ptr + n * syn
-    own = own_ptr + pid * (2 * R + C)
-    first = j == 0  # the per-sample outputs (pa, pm, ca) are stored by the sample's first program
-    # pass A (channel slice): avg / max over HW per channel
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mc = offs_c < c_hi
-        acc = tl.zeros([BLOCK_C], dtype=ACC)
-        mxv = tl.full([BLOCK_C], float("-inf"), ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-            m = mc[:, None] & (offs_hw < HW)[None, :]
-            v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
-            acc += tl.sum(v, axis=1)
-            mxv = tl.maximum(mxv, tl.max(tl.where(m, v, float("-inf")), axis=1))
-        tl.store(avg_ptr + n * C + offs_c, acc / HW, mask=mc)
-        tl.store(mx_ptr + n * C + offs_c, mxv, mask=mc)
-    poison = _meet(sync_ptr, n, P, P, max_spin, 0.0, MULTI)  # 1st meeting: every channel pooled
-    # shared MLP (every program, whole pooled vectors — .cg: the peers' slices): hidden pre-activations,
-    # into the program's own row (a peer that timed out cannot overwrite what this program reads back)
-    for r0 in range(0, R, BLOCK_R):
-        offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
+    offs_g = n0 + tl.arange(0, GROUP).to(tl.int64)
+    mask_g = offs_g < N
+    ld = R + C
+    own = own_ptr + j.to(tl.int64) * N * ld  # this program's rows, indexed by sample
+    first = j == 0  # the per-sample outputs (pa, pm, ca) are stored by the group's first program
+    # pass A (channel slice), each sample of the group: avg / max over HW per channel
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        x_base = x_ptr + n * sxn
+        for c0 in range(c_lo, c_hi, BLOCK_C):
+            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+            mc = (offs_c < c_hi) & (n < N)
+            acc = tl.zeros([BLOCK_C], dtype=ACC)
+            mxv = tl.full([BLOCK_C], float("-inf"), ACC)
+            for hw0 in range(0, HW, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                m = mc[:, None] & (offs_hw < HW)[None, :]
+                v = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
+                acc += tl.sum(v, axis=1)
+                mxv = tl.maximum(mxv, tl.max(tl.where(m, v, float("-inf")), axis=1))
+            tl.store(avg_ptr + n * C + offs_c, acc / HW, mask=mc)
+            tl.store(mx_ptr + n * C + offs_c, mxv, mask=mc)
+    poison = _meet(sync_ptr, grp, P, P, max_spin, 0.0, MULTI)  # 1st meeting: every channel pooled
+    # shared MLP of the group (every program, whole pooled vectors; each weight tile read once for the
+    # group): hidden pre-activations pa = W1·avg, pm = W1·max, h = relu(pa) + relu(pm) into the program's
+    # own rows (a peer that timed out cannot overwrite what this program reads back)
+    for r0 in range(0, R, FC_R):
+        offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
         mr = offs_r < R
-        ha = tl.zeros([BLOCK_R], dtype=ACC)
-        hm = tl.zeros([BLOCK_R], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mc = offs_c < C
-            w1 = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :], mask=mr[:, None] & mc[None, :],
-                         other=0.0).to(ACC)
-            ha += tl.sum(w1 * tl.load(avg_ptr + n * C + offs_c, mask=mc, other=0.0, cache_modifier=".cg")[None, :],
-                         axis=1)
-            hm += tl.sum(w1 * tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0, cache_modifier=".cg")[None, :],
-                         axis=1)
-        tl.store(own + offs_r, ha + poison, mask=mr)
-        tl.store(own + R + offs_r, hm + poison, mask=mr)
-        tl.store(pa_ptr + n * R + offs_r, ha + poison, mask=mr & first)
-        tl.store(pm_ptr + n * R + offs_r, hm + poison, mask=mr & first)
+        ha, hm = _pair_matvec(w1_ptr, C, 1, avg_ptr, mx_ptr, C, offs_g, mask_g, offs_r, mr, C, ACC, GROUP, FC_R,
+                              FC_C)
+        m = mask_g[:, None] & mr[None, :]
+        # poisoned after the relus: relu (fmax on a GPU) would drop a NaN
+        tl.store(own + offs_g[:, None] * ld + offs_r[None, :], tl.maximum(ha, 0.0) + tl.maximum(hm, 0.0) + poison,
+                 mask=m)
+        tl.store(pa_ptr + offs_g[:, None] * R + offs_r[None, :], ha + poison, mask=m & first)
+        tl.store(pm_ptr + offs_g[:, None] * R + offs_r[None, :], hm + poison, mask=m & first)
     tl.debug_barrier()
-    # ca for every channel (pass B needs them all; see the module docstring)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+    # ca for every channel (pass B needs them all; see the module docstring), for the group
+    for c0 in range(0, C, FC_C):
+        offs_c = (c0 + tl.arange(0, FC_C)).to(tl.int64)
         mc = offs_c < C
-        z = tl.zeros([BLOCK_C], dtype=ACC)
-        for r0 in range(0, R, BLOCK_R):
-            offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-            mr = offs_r < R
-            h = (tl.maximum(tl.load(own + offs_r, mask=mr, other=0.0), 0.0)
-                 + tl.maximum(tl.load(own + R + offs_r, mask=mr, other=0.0), 0.0))
-            w2 = tl.load(w2_ptr + offs_c[:, None] * R + offs_r[None, :], mask=mc[:, None] & mr[None, :],
-                         other=0.0).to(ACC)
-            z += tl.sum(w2 * h[None, :], axis=1)
-        ca = _sigmoid(z) + poison  # poisoned again: relu (fmax on a GPU) drops the NaN of pa / pm
-        tl.store(own + 2 * R + offs_c, ca, mask=mc)
-        tl.store(ca_ptr + n * C + offs_c, ca, mask=mc & first)
+        z = _group_matvec(w2_ptr, R, 1, own, ld, offs_g, mask_g, offs_c, mc, 0, R, 0, 0, ACC, GROUP, FC_C, FC_R)
+        ca = _sigmoid(z) + poison
+        m = mask_g[:, None] & mc[None, :]
+        tl.store(own + offs_g[:, None] * ld + R + offs_c[None, :], ca, mask=m)
+        tl.store(ca_ptr + offs_g[:, None] * C + offs_c[None, :], ca, mask=m & first)
     tl.debug_barrier()
-    # pass B (pixel slice): descriptor d = [mean_c, max_c] of x·ca per pixel
-    for hw0 in range(p_lo, p_hi, BLOCK_PX):
-        offs_hw = (hw0 + tl.arange(0, BLOCK_PX)).to(tl.int64)
-        mp = offs_hw < p_hi
-        dsum = tl.zeros([BLOCK_PX], dtype=ACC)
-        dmax = tl.full([BLOCK_PX], float("-inf"), ACC)
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mc = offs_c < C
-            m = mc[:, None] & mp[None, :]
-            ca = tl.load(own + 2 * R + offs_c, mask=mc, other=0.0)
-            x1 = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
-                         other=0.0).to(ACC) * ca[:, None]
-            dsum += tl.sum(x1, axis=0)
-            dmax = tl.maximum(dmax, tl.max(tl.where(m, x1, float("-inf")), axis=0))
-        tl.store(d_ptr + n * 2 * HW + offs_hw, dsum / C + poison, mask=mp)
-        tl.store(d_ptr + n * 2 * HW + HW + offs_hw, dmax + poison, mask=mp)
-    poison = _meet(sync_ptr, n, P, 2 * P, max_spin, poison, MULTI)  # 2nd meeting: d of every pixel (conv halo)
-    # pass C (pixel slice): sa = σ(conv(d)) per pixel tile, then y = x·ca·sa
+    # passes B and C, one sample of the group after the other (so the second and third reads of its x
+    # follow each other; in schedule (b) a meeting per sample between them)
     T = 2 * KD * KH * KW
     offs_t = tl.arange(0, BLOCK_T)
-    for p0 in range(p_lo, p_hi, BLOCK_P):
-        offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        mp = offs_p < p_hi
-        zs = tl.zeros([BLOCK_P], dtype=ACC)
-        for t0 in range(0, T, BLOCK_T):
-            tt = t0 + offs_t
-            sw = tl.load(sw_ptr + tt, mask=tt < T, other=0.0).to(ACC)
-            zs += tl.sum(_win(d_ptr + n * 2 * HW, offs_p, tt, D, H, W, KD, KH, KW, T, HW, 1) * sw[None, :], axis=1)
-        sa = _sigmoid(zs) + poison
-        tl.store(sa_ptr + n * HW + offs_p, sa, mask=mp)
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mc = offs_c < C
-            m = mc[:, None] & mp[None, :]
-            ca = tl.load(own + 2 * R + offs_c, mask=mc, other=0.0)
-            v = tl.load(x_base + offs_c[:, None] * sxc + offs_p[None, :] * sxhw, mask=m, other=0.0).to(ACC)
-            out = v * ca[:, None] * sa[None, :]
-            tl.store(y_base + offs_c[:, None] * syc + offs_p[None, :] * syhw, out.to(y_ptr.dtype.element_ty), mask=m)
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        if n < N:  # the last group may be ragged
+            x_base = x_ptr + n * sxn
+            y_base = y_ptr + n * syn
+            ca_row = own + n * ld + R
+            # pass B (pixel slice): descriptor d = [mean_c, max_c] of x·ca per pixel
+            for hw0 in range(p_lo, p_hi, BLOCK_PX):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_PX)).to(tl.int64)
+                mp = offs_hw < p_hi
+                dsum = tl.zeros([BLOCK_PX], dtype=ACC)
+                dmax = tl.full([BLOCK_PX], float("-inf"), ACC)
+                for c0 in range(0, C, BLOCK_C):
+                    offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                    mc = offs_c < C
+                    m = mc[:, None] & mp[None, :]
+                    ca = tl.load(ca_row + offs_c, mask=mc, other=0.0)
+                    x1 = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
+                                 other=0.0).to(ACC) * ca[:, None]
+                    dsum += tl.sum(x1, axis=0)
+                    dmax = tl.maximum(dmax, tl.max(tl.where(m, x1, float("-inf")), axis=0))
+                tl.store(d_ptr + n * 2 * HW + offs_hw, dsum / C + poison, mask=mp)
+                tl.store(d_ptr + n * 2 * HW + HW + offs_hw, dmax + poison, mask=mp)
+            # (2 + gi)-th meeting: d of every pixel of sample n (the conv halo)
+            poison = _meet(sync_ptr, grp, P, (2 + gi) * P, max_spin, poison, MULTI)
+            # pass C (pixel slice): sa = σ(conv(d)) per pixel tile, then y = x·ca·sa
+            for p0 in range(p_lo, p_hi, BLOCK_P):
+                offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
+                mp = offs_p < p_hi
+                zs = tl.zeros([BLOCK_P], dtype=ACC)
+                for t0 in range(0, T, BLOCK_T):
+                    tt = t0 + offs_t
+                    sw = tl.load(sw_ptr + tt, mask=tt < T, other=0.0).to(ACC)
+                    zs += tl.sum(_win(d_ptr + n * 2 * HW, offs_p, tt, D, H, W, KD, KH, KW, T, HW, 1) * sw[None, :],
+                                 axis=1)
+                sa = _sigmoid(zs) + poison
+                tl.store(sa_ptr + n * HW + offs_p, sa, mask=mp)
+                for c0 in range(0, C, BLOCK_C):
+                    offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                    mc = offs_c < C
+                    m = mc[:, None] & mp[None, :]
+                    ca = tl.load(ca_row + offs_c, mask=mc, other=0.0)
+                    v = tl.load(x_base + offs_c[:, None] * sxc + offs_p[None, :] * sxhw, mask=m, other=0.0).to(ACC)
+                    out = v * ca[:, None] * sa[None, :]
+                    tl.store(y_base + offs_c[:, None] * syc + offs_p[None, :] * syhw, out.to(y_ptr.dtype.element_ty),
+                             mask=m)
 
 
 @triton.jit
@@ -296,172 +360,183 @@ def _cbam_bwd_kernel(
     dzs_ptr, cnt_ptr,  # (N, HW) ACC scratch: grad of the conv output; channels tied at the channel max
     dd_ptr,  # (N, 2, HW) ACC scratch: grad of the descriptor
     cntc_ptr,  # (N, C) ACC scratch: pixels tied at each channel's spatial max
-    gpart_ptr,  # (N·P, 2·KD·KH·KW) ACC scratch: each program's part of the spatial-tap gradient
-    own_ptr,  # (N·P, 2·R) ACC scratch: each program's own [dpa | dpm], read back by it alone
+    gpart_ptr,  # (groups·P·GROUP, 2·KD·KH·KW) ACC scratch: row pid·GROUP + gi, the program's part of the
+                # spatial-tap gradient of the group's sample gi
+    own_ptr,  # (P·N, 2·R) ACC scratch: row j·N + n, program j's own [dpa | dpm] of sample n, read back by it alone
+    dpool_ptr,  # (2, N, C) ACC scratch: W1ᵀ dpa, W1ᵀ dpm (the grads of avg and max before /HW and /ties)
     dz_ptr,  # (N, C) ACC (out): grad of the channel-attention logits
     dpa_ptr, dpm_ptr,  # (N, R) ACC (out): grads of the hidden pre-activations
     gsw_ptr,  # (N, 2·KH·KW) ACC (out): per-sample spatial-tap gradient
-    sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
-    C, R, D, H, W, KD, KH, KW,
+    sync_ptr,  # (groups + 1,) int32 counters + error flag (MULTI only)
+    N, C, R, D, H, W, KD, KH, KW,
     P, chan_per_prog, px_per_prog, max_spin,
     sgn, sgc, sghw, sxn, sxc, sxhw, sdn, sdc, sdhw,
-    MULTI: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_PX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
+    MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_PX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
 ):
-    """Program (n, j) as in the forward: pixels [j·px_per_prog, +px_per_prog) in passes 1 and 2, channels
+    """Program (g, j) as in the forward: pixels [j·px_per_prog, +px_per_prog) in passes 1 and 2, channels
     [j·chan_per_prog, +chan_per_prog) in passes 3 and 4. Reads grad_y and x in passes 1, 3 and 4 and
     writes grad_x: 7·C·HW·|x| bytes per sample over its P programs, plus per program w2 (whole) and
-    w1 (its channels), the taps, O(C + R) vectors, the dz_s halo of its pixels, its tap row (the first
-    program: all P), and per channel tile of passes 3 and 4 the per-pixel fp32 vectors of every pixel
-    (sa, channel max, grad d, ties: 5·HW, from L2)."""
+    w1 (its channels) once for its GROUP samples, the taps, O(GROUP·(C + R)) vectors, the dz_s halo of
+    its pixels, its tap rows (the first program: all P), and per channel tile of passes 3 and 4 the
+    per-pixel fp32 vectors of every pixel (sa, channel max, grad d, ties: 5·HW, from L2)."""
     pid = tl.program_id(0).to(tl.int64)
-    n = pid // P
+    grp = pid // P
+    n0 = grp * GROUP
     j = (pid % P).to(tl.int32)  # int32 slice bounds: the tile loops' counters keep one type
     HW = D * H * W
     c_lo = j * chan_per_prog
     c_hi = tl.minimum(c_lo + chan_per_prog, C)
     p_lo = j * px_per_prog
     p_hi = tl.minimum(p_lo + px_per_prog, HW)
-    gy_base = gy_ptr + n * sgn
-    x_base = x_ptr + n * sxn
-    d_base = d_ptr + n * 2 * HW
-    dd_base = dd_ptr + n * 2 * HW
-    own = own_ptr + pid * 2 * R
-    first = j == 0  # the per-sample outputs (tap grads, dpa, dpm) are stored by the sample's first program
-    # pass 1 (pixel slice): per pixel Σ_c grad_y·x1 → dz_s; ties at the channel max
-    for hw0 in range(p_lo, p_hi, BLOCK_PX):
-        offs_hw = (hw0 + tl.arange(0, BLOCK_PX)).to(tl.int64)
-        mp = offs_hw < p_hi
-        cmax = tl.load(d_base + HW + offs_hw, mask=mp, other=0.0)
-        g = tl.zeros([BLOCK_PX], dtype=ACC)
-        cnt = tl.zeros([BLOCK_PX], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mc = offs_c < C
-            m = mc[:, None] & mp[None, :]
-            ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
-            x1 = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
-                         other=0.0).to(ACC) * ca[:, None]
-            gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
-            g += tl.sum(gy * x1, axis=0)
-            cnt += tl.sum(tl.where(m & (x1 == cmax[None, :]), 1.0, 0.0), axis=0)
-        sa = tl.load(sa_ptr + n * HW + offs_hw, mask=mp, other=0.0)
-        tl.store(dzs_ptr + n * HW + offs_hw, g * sa * (1.0 - sa), mask=mp)
-        tl.store(cnt_ptr + n * HW + offs_hw, tl.maximum(cnt, 1.0), mask=mp)
-    poison = _meet(sync_ptr, n, P, P, max_spin, 0.0, MULTI)  # 1st meeting: dz_s of every pixel (convᵀ halo)
-    # pass 2 (pixel slice): the spatial taps' grad G_t = Σ_p dz_s[p] · d[ch_t, p + off_t] over this
-    # program's pixels, published as its row of gpart; grad d = convᵀ(dz_s)
+    offs_g = n0 + tl.arange(0, GROUP).to(tl.int64)
+    mask_g = offs_g < N
+    own = own_ptr + j.to(tl.int64) * N * 2 * R  # this program's rows, indexed by sample
+    first = j == 0  # the per-sample outputs (tap grads, dpa, dpm) are stored by the group's first program
     T = 2 * KD * KH * KW
     kk = KD * KH * KW
     offs_t = tl.arange(0, BLOCK_T)
-    for t0 in range(0, T, BLOCK_T):
-        tt = t0 + offs_t
-        gt = tl.zeros([BLOCK_T], dtype=ACC)
-        for p0 in range(p_lo, p_hi, BLOCK_P):
-            offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-            dzs = tl.load(dzs_ptr + n * HW + offs_p, mask=offs_p < p_hi, other=0.0)
-            gt += tl.sum(dzs[:, None] * _win(d_base, offs_p, tt, D, H, W, KD, KH, KW, T, HW, 1), axis=0)
-        tl.store(gpart_ptr + pid * T + tt, gt, mask=tt < T)
-    for p0 in range(p_lo, p_hi, BLOCK_P):
-        offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
-        mp = offs_p < p_hi
-        g0 = tl.zeros([BLOCK_P], dtype=ACC)
-        g1 = tl.zeros([BLOCK_P], dtype=ACC)
-        for t0 in range(0, T, BLOCK_T):
-            tt = t0 + offs_t
-            sw = tl.load(sw_ptr + tt, mask=tt < T, other=0.0).to(ACC)
-            prod = _win(dzs_ptr + n * HW, offs_p, tt, D, H, W, KD, KH, KW, T, 0, -1) * sw[None, :]
-            g0 += tl.sum(tl.where((tt < kk)[None, :], prod, 0.0), axis=1)
-            g1 += tl.sum(tl.where((tt >= kk)[None, :], prod, 0.0), axis=1)
-        tl.store(dd_base + offs_p, g0 + poison, mask=mp)
-        tl.store(dd_base + HW + offs_p, g1 + poison, mask=mp)
-    poison = _meet(sync_ptr, n, P, 2 * P, max_spin, poison, MULTI)  # 2nd: grad d of every pixel, all tap rows
-    # the sample's tap gradient: its P rows summed in program order, by the first program
-    if first:
-        for t0 in range(0, T, BLOCK_T):
-            tt = t0 + offs_t
-            gt = tl.zeros([BLOCK_T], dtype=ACC) + poison
-            for q in range(0, P):
-                gt += tl.load(gpart_ptr + (n * P + q) * T + tt, mask=tt < T, other=0.0, cache_modifier=".cg")
-            tl.store(gsw_ptr + n * T + tt, gt, mask=tt < T)
-    # pass 3 (channel slice): grad ca[c] = Σ_hw grad_x1 · x over every pixel (grad d and the channel-max
-    # ties of the peers' pixels: .cg); pixels tied at each channel's spatial max
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mc = offs_c < c_hi
-        ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
-        smax = tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0)
-        dca = tl.zeros([BLOCK_C], dtype=ACC)
-        cntc = tl.zeros([BLOCK_C], dtype=ACC)
-        for hw0 in range(0, HW, BLOCK_HW):
-            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-            mp = offs_hw < HW
-            m = mc[:, None] & mp[None, :]
-            x = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
-            gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
-            dx1 = _x1_grad(gy, x * ca[:, None], tl.load(sa_ptr + n * HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(dd_base + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
-                           tl.load(dd_base + HW + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
-                           tl.load(d_base + HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(cnt_ptr + n * HW + offs_hw, mask=mp, other=1.0, cache_modifier=".cg"), C)
-            dca += tl.sum(tl.where(m, dx1 * x, 0.0), axis=1)
-            cntc += tl.sum(tl.where(m & (x == smax[:, None]), 1.0, 0.0), axis=1)
-        tl.store(dz_ptr + n * C + offs_c, dca * ca * (1.0 - ca) + poison, mask=mc)
-        tl.store(cntc_ptr + n * C + offs_c, tl.maximum(cntc, 1.0), mask=mc)
-    poison = _meet(sync_ptr, n, P, 3 * P, max_spin, poison, MULTI)  # 3rd meeting: dz of every channel
-    # MLP backward (every program, from the whole dz — .cg: the peers' slices): dh = W2ᵀ dz; grads of the
-    # two relu'd pre-activations, into the program's own row (read back in pass 4)
-    for r0 in range(0, R, BLOCK_R):
-        offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
+    poison = tl.where(pid < 0, float("nan"), 0.0)  # 0: the type _meet returns, carried through the sample loop
+    # passes 1-3, one sample of the group after the other (two meetings per sample in schedule (b))
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        if n < N:  # the last group may be ragged
+            gy_base = gy_ptr + n * sgn
+            x_base = x_ptr + n * sxn
+            d_base = d_ptr + n * 2 * HW
+            dd_base = dd_ptr + n * 2 * HW
+            # pass 1 (pixel slice): per pixel Σ_c grad_y·x1 → dz_s; ties at the channel max
+            for hw0 in range(p_lo, p_hi, BLOCK_PX):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_PX)).to(tl.int64)
+                mp = offs_hw < p_hi
+                cmax = tl.load(d_base + HW + offs_hw, mask=mp, other=0.0)
+                g = tl.zeros([BLOCK_PX], dtype=ACC)
+                cnt = tl.zeros([BLOCK_PX], dtype=ACC)
+                for c0 in range(0, C, BLOCK_C):
+                    offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                    mc = offs_c < C
+                    m = mc[:, None] & mp[None, :]
+                    ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
+                    x1 = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
+                                 other=0.0).to(ACC) * ca[:, None]
+                    gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m,
+                                 other=0.0).to(ACC)
+                    g += tl.sum(gy * x1, axis=0)
+                    cnt += tl.sum(tl.where(m & (x1 == cmax[None, :]), 1.0, 0.0), axis=0)
+                sa = tl.load(sa_ptr + n * HW + offs_hw, mask=mp, other=0.0)
+                tl.store(dzs_ptr + n * HW + offs_hw, g * sa * (1.0 - sa), mask=mp)
+                tl.store(cnt_ptr + n * HW + offs_hw, tl.maximum(cnt, 1.0), mask=mp)
+            # meeting 2·gi + 1: dz_s of every pixel (convᵀ halo)
+            poison = _meet(sync_ptr, grp, P, (2 * gi + 1) * P, max_spin, poison, MULTI)
+            # pass 2 (pixel slice): the spatial taps' grad G_t = Σ_p dz_s[p] · d[ch_t, p + off_t] over this
+            # program's pixels, published as its row of gpart; grad d = convᵀ(dz_s)
+            row = gpart_ptr + (pid * GROUP + gi) * T
+            for t0 in range(0, T, BLOCK_T):
+                tt = t0 + offs_t
+                gt = tl.zeros([BLOCK_T], dtype=ACC)
+                for p0 in range(p_lo, p_hi, BLOCK_P):
+                    offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
+                    dzs = tl.load(dzs_ptr + n * HW + offs_p, mask=offs_p < p_hi, other=0.0)
+                    gt += tl.sum(dzs[:, None] * _win(d_base, offs_p, tt, D, H, W, KD, KH, KW, T, HW, 1), axis=0)
+                tl.store(row + tt, gt, mask=tt < T)
+            for p0 in range(p_lo, p_hi, BLOCK_P):
+                offs_p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
+                mp = offs_p < p_hi
+                g0 = tl.zeros([BLOCK_P], dtype=ACC)
+                g1 = tl.zeros([BLOCK_P], dtype=ACC)
+                for t0 in range(0, T, BLOCK_T):
+                    tt = t0 + offs_t
+                    sw = tl.load(sw_ptr + tt, mask=tt < T, other=0.0).to(ACC)
+                    prod = _win(dzs_ptr + n * HW, offs_p, tt, D, H, W, KD, KH, KW, T, 0, -1) * sw[None, :]
+                    g0 += tl.sum(tl.where((tt < kk)[None, :], prod, 0.0), axis=1)
+                    g1 += tl.sum(tl.where((tt >= kk)[None, :], prod, 0.0), axis=1)
+                tl.store(dd_base + offs_p, g0 + poison, mask=mp)
+                tl.store(dd_base + HW + offs_p, g1 + poison, mask=mp)
+            # meeting 2·gi + 2: grad d of every pixel, all tap rows of sample n
+            poison = _meet(sync_ptr, grp, P, (2 * gi + 2) * P, max_spin, poison, MULTI)
+            # the sample's tap gradient: its P rows summed in program order, by the first program
+            if first:
+                for t0 in range(0, T, BLOCK_T):
+                    tt = t0 + offs_t
+                    gt = tl.zeros([BLOCK_T], dtype=ACC) + poison
+                    for q in range(0, P):
+                        gt += tl.load(gpart_ptr + ((grp * P + q) * GROUP + gi) * T + tt, mask=tt < T, other=0.0,
+                                      cache_modifier=".cg")
+                    tl.store(gsw_ptr + n * T + tt, gt, mask=tt < T)
+            # pass 3 (channel slice): grad ca[c] = Σ_hw grad_x1 · x over every pixel; pixels tied at each
+            # channel's spatial max
+            for c0 in range(c_lo, c_hi, BLOCK_C):
+                offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                mc = offs_c < c_hi
+                ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
+                smax = tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0)
+                dca = tl.zeros([BLOCK_C], dtype=ACC)
+                cntc = tl.zeros([BLOCK_C], dtype=ACC)
+                for hw0 in range(0, HW, BLOCK_HW):
+                    offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                    mp = offs_hw < HW
+                    m = mc[:, None] & mp[None, :]
+                    x, dx1 = _x1_grad_tile(x_base, gy_base, offs_c, offs_hw, m, mp, ca, sa_ptr + n * HW, dd_base,
+                                           d_base, cnt_ptr + n * HW, HW, C, sxc, sxhw, sgc, sghw, ACC)
+                    dca += tl.sum(tl.where(m, dx1 * x, 0.0), axis=1)
+                    cntc += tl.sum(tl.where(m & (x == smax[:, None]), 1.0, 0.0), axis=1)
+                tl.store(dz_ptr + n * C + offs_c, dca * ca * (1.0 - ca) + poison, mask=mc)
+                tl.store(cntc_ptr + n * C + offs_c, tl.maximum(cntc, 1.0), mask=mc)
+    # last meeting (2·samples + 1): dz of every channel of every sample of the group
+    poison = _meet(sync_ptr, grp, P, (2 * tl.minimum(N - n0, GROUP) + 1) * P, max_spin, poison, MULTI)
+    # MLP backward of the group (every program, from the whole dz — .cg: the peers' slices; each W2 tile
+    # read once for the group): dh = W2ᵀ dz; grads of the two relu'd pre-activations into the program's
+    # own rows
+    for r0 in range(0, R, FC_R):
+        offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
         mr = offs_r < R
-        dh = tl.zeros([BLOCK_R], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mc = offs_c < C
-            w2 = tl.load(w2_ptr + offs_c[None, :] * R + offs_r[:, None], mask=mr[:, None] & mc[None, :],
-                         other=0.0).to(ACC)
-            dh += tl.sum(w2 * tl.load(dz_ptr + n * C + offs_c, mask=mc, other=0.0, cache_modifier=".cg")[None, :],
-                         axis=1)
-        pa = tl.load(pa_ptr + n * R + offs_r, mask=mr, other=0.0)
-        pm = tl.load(pm_ptr + n * R + offs_r, mask=mr, other=0.0)
+        dh = _group_matvec(w2_ptr, 1, R, dz_ptr, C, offs_g, mask_g, offs_r, mr, 0, C, 0, 0, ACC, GROUP, FC_R, FC_C)
+        m = mask_g[:, None] & mr[None, :]
+        pa = tl.load(pa_ptr + offs_g[:, None] * R + offs_r[None, :], mask=m, other=0.0)
+        pm = tl.load(pm_ptr + offs_g[:, None] * R + offs_r[None, :], mask=m, other=0.0)
         dpa = tl.where(pa > 0.0, dh, 0.0) + poison
         dpm = tl.where(pm > 0.0, dh, 0.0) + poison
-        tl.store(own + offs_r, dpa, mask=mr)
-        tl.store(own + R + offs_r, dpm, mask=mr)
-        tl.store(dpa_ptr + n * R + offs_r, dpa, mask=mr & first)
-        tl.store(dpm_ptr + n * R + offs_r, dpm, mask=mr & first)
+        tl.store(own + offs_g[:, None] * 2 * R + offs_r[None, :], dpa, mask=m)
+        tl.store(own + offs_g[:, None] * 2 * R + R + offs_r[None, :], dpm, mask=m)
+        tl.store(dpa_ptr + offs_g[:, None] * R + offs_r[None, :], dpa, mask=m & first)
+        tl.store(dpm_ptr + offs_g[:, None] * R + offs_r[None, :], dpm, mask=m & first)
     tl.debug_barrier()
-    # pass 4 (channel slice): grad_x = grad_x1·ca + grad_avg/HW + grad_max·[x = max]/ties
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+    # the pooled vectors' grads W1ᵀ dpa, W1ᵀ dpm for this program's channels of the group (each W1 tile
+    # read once for both and for the group); read back by this program alone in pass 4
+    for c0 in range(c_lo, c_hi, FC_C):
+        offs_c = (c0 + tl.arange(0, FC_C)).to(tl.int64)
         mc = offs_c < c_hi
-        davg = tl.zeros([BLOCK_C], dtype=ACC)
-        dmx = tl.zeros([BLOCK_C], dtype=ACC)
-        for r0 in range(0, R, BLOCK_R):
-            offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-            mr = offs_r < R
-            w1 = tl.load(w1_ptr + offs_r[None, :] * C + offs_c[:, None], mask=mc[:, None] & mr[None, :],
-                         other=0.0).to(ACC)
-            davg += tl.sum(w1 * tl.load(own + offs_r, mask=mr, other=0.0)[None, :], axis=1)
-            dmx += tl.sum(w1 * tl.load(own + R + offs_r, mask=mr, other=0.0)[None, :], axis=1)
-        ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
-        smax = tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0)
-        dmx = dmx / tl.load(cntc_ptr + n * C + offs_c, mask=mc, other=1.0)
-        davg = davg / HW + poison
-        for hw0 in range(0, HW, BLOCK_HW):
-            offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-            mp = offs_hw < HW
-            m = mc[:, None] & mp[None, :]
-            x = tl.load(x_base + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
-            gy = tl.load(gy_base + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m, other=0.0).to(ACC)
-            dx1 = _x1_grad(gy, x * ca[:, None], tl.load(sa_ptr + n * HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(dd_base + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
-                           tl.load(dd_base + HW + offs_hw, mask=mp, other=0.0, cache_modifier=".cg"),
-                           tl.load(d_base + HW + offs_hw, mask=mp, other=0.0),
-                           tl.load(cnt_ptr + n * HW + offs_hw, mask=mp, other=1.0, cache_modifier=".cg"), C)
-            gx = dx1 * ca[:, None] + davg[:, None] + tl.where(x == smax[:, None], dmx[:, None], 0.0)
-            tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw,
-                     gx.to(gx_ptr.dtype.element_ty), mask=m)
+        davg, dmx = _pair_matvec(w1_ptr, 1, C, own, own + R, 2 * R, offs_g, mask_g, offs_c, mc, R, ACC, GROUP,
+                                 FC_C, FC_R)
+        m = mask_g[:, None] & mc[None, :]
+        tl.store(dpool_ptr + offs_g[:, None] * C + offs_c[None, :], davg, mask=m)
+        tl.store(dpool_ptr + N * C + offs_g[:, None] * C + offs_c[None, :], dmx, mask=m)
+    tl.debug_barrier()
+    # pass 4 (channel slice), each sample of the group: grad_x = grad_x1·ca + grad_avg/HW + grad_max·[x = max]/ties
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        if n < N:
+            gy_base = gy_ptr + n * sgn
+            x_base = x_ptr + n * sxn
+            d_base = d_ptr + n * 2 * HW
+            dd_base = dd_ptr + n * 2 * HW
+            for c0 in range(c_lo, c_hi, BLOCK_C):
+                offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                mc = offs_c < c_hi
+                ca = tl.load(ca_ptr + n * C + offs_c, mask=mc, other=0.0)
+                smax = tl.load(mx_ptr + n * C + offs_c, mask=mc, other=0.0)
+                dmx = (tl.load(dpool_ptr + N * C + n * C + offs_c, mask=mc, other=0.0)
+                       / tl.load(cntc_ptr + n * C + offs_c, mask=mc, other=1.0))
+                davg = tl.load(dpool_ptr + n * C + offs_c, mask=mc, other=0.0) / HW + poison
+                for hw0 in range(0, HW, BLOCK_HW):
+                    offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                    mp = offs_hw < HW
+                    m = mc[:, None] & mp[None, :]
+                    x, dx1 = _x1_grad_tile(x_base, gy_base, offs_c, offs_hw, m, mp, ca, sa_ptr + n * HW, dd_base,
+                                           d_base, cnt_ptr + n * HW, HW, C, sxc, sxhw, sgc, sghw, ACC)
+                    gx = dx1 * ca[:, None] + davg[:, None] + tl.where(x == smax[:, None], dmx[:, None], 0.0)
+                    tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw,
+                             gx.to(gx_ptr.dtype.element_ty), mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,19 +547,30 @@ def _settings(c: int, r: int, hw: int, taps: int) -> dict:
     gather tiles of ≤ _TILE elements (BLOCK_T ≤ _MAX_BLOCK_T taps per chunk)."""
     block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
     block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
-    block_r = max(1, min(_next_pow2(r), _TILE // block_c))
     block_t = min(_next_pow2(taps), _MAX_BLOCK_T)
     block_p = max(1, min(_next_pow2(hw), _TILE // block_t))
-    return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_T=block_t, num_warps=4)
+    # 8 warps for full tiles: at 4 the sm_90 builds of both kernels spilled (ptxas: 255 registers plus
+    # 80-1000 bytes of stack per thread at every dtype); at 8 only the float64 backward does
+    full = max(block_c * block_hw, block_p * block_t) >= _TILE
+    return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_P=block_p, BLOCK_T=block_t, num_warps=8 if full else 4)
 
 
-def _launch_cfg(n: int, c: int, r: int, hw: int, taps: int, device: torch.device) -> dict:
-    """Tiles (``_settings``) and the schedule: (b) with P programs per sample on a GPU when the batch is
-    small and a sample has ≥ 2 channel tiles (ops/_split.py), else (a). The pixel slices follow from P
-    at launch (``_pixel_plan``)."""
+def _launch_cfg(n: int, c: int, r: int, hw: int, taps: int, device: torch.device, x_bytes: int = 0,
+                w_bytes: int = 0) -> dict:
+    """Tiles (``_settings``), GROUP samples per program (``_split.sample_group`` on the bytes of a sample
+    of x and of W1 + W2, which every program reads whole; none without the byte counts), the MLP's
+    [GROUP, FC_R, FC_C] tiles (≤ _TILE elements, FC_R ≤ 32 hidden units) and the schedule over the
+    groups: (b) with P programs per group on a GPU when the groups are few and a sample has ≥ 2 channel
+    tiles (ops/_split.py), else (a). The pixel slices follow from P at launch (``_pixel_plan``)."""
     cfg = _settings(c, r, hw, taps)
-    multi, p, per = _split_plan(n, c, cfg["BLOCK_C"], _device_sms(device), _schedule_mode())
-    return dict(cfg, MULTI=multi, P=p, chan_per_prog=per)
+    return dict(cfg, **_group_plan(n, c, cfg["BLOCK_C"], r, _device_sms(device), _schedule_mode(), x_bytes, w_bytes,
+                                   _TILE))
+
+
+def _sizes(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> dict:
+    """The byte counts CBAM groups samples by: one sample of x, and the shared MLP's weights."""
+    x_bytes = x.shape[1] * int(torch.Size(x.shape[2:]).numel()) * x.element_size()
+    return dict(x_bytes=x_bytes, w_bytes=w1.numel() * w1.element_size() + w2.numel() * w2.element_size())
 
 
 def _pixel_plan(hw: int, p: int, cfg: dict) -> Tuple[int, int, int]:
@@ -537,14 +623,14 @@ def cbam_forward(x, w1, w2, spatial_weight, *, _split: int = 0):
     if n == 0:
         return y, avg, mx, pa, pm, ca, d, sa
     xk, sx = _as_flat(x)
-    cfg = _launch_cfg(n, c, r, hw, taps, dev)
-    p_max = _split or cfg["P"]  # programs per sample (the emulated split's P ≤ _split)
-    own, = _scratch(acc, dev, (n * p_max, 2 * r + c))
+    cfg = _launch_cfg(n, c, r, hw, taps, dev, **_sizes(x, w1, w2))
+    p_max = _split or cfg["P"]  # programs per group (the emulated split's P ≤ _split)
+    own, = _scratch(acc, dev, (p_max * n, r + c))
     w1c, w2c, swc = w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous()
-    _launch(_cbam_fwd_kernel, xk, n, c, cfg,
+    _launch(_cbam_fwd_kernel, xk, _cdiv(n, cfg["GROUP"]), c, cfg,
             lambda sync, p, per, spin: (xk, y_buf, w1c, w2c, swc, avg, mx, pa, pm, ca, d, sa, own, sync,
-                                        c, r, *dhw, *ks, p, per, _pixel_plan(hw, p, cfg)[2], spin, *sx, *sy),
-            _pixel_meta(hw, cfg, acc), "CBAM", _split, (y_buf, pa, pm, ca, sa), MEETINGS["forward"])
+                                        n, c, r, *dhw, *ks, p, per, _pixel_plan(hw, p, cfg)[2], spin, *sx, *sy),
+            _pixel_meta(hw, cfg, acc), "CBAM", _split, (y_buf, pa, pm, ca, sa), meetings(cfg["GROUP"])["forward"])
     if y_buf is not y:
         y.copy_(y_buf)
     return y, avg, mx, pa, pm, ca, d, sa
@@ -571,16 +657,19 @@ def cbam_backward(grad_y, x, w1, w2, spatial_weight, avg, mx, pa, pm, ca, d, sa,
         return gx, torch.zeros_like(w1), torch.zeros_like(w2), torch.zeros_like(spatial_weight)
     xk, sx = _as_flat(x)
     gyk, sg = _as_flat(grad_y)
-    cfg = _launch_cfg(n, c, r, hw, taps, dev)
-    p_max = _split or cfg["P"]  # programs per sample (the emulated split's P ≤ _split)
-    # dz_s, channel-max ties, grad d, spatial-max ties, the tap rows and the MLP-grad rows of every program
-    scratch = _scratch(acc, dev, (n, hw), (n, hw), (n, 2, hw), (n, c), (n * p_max, taps), (n * p_max, 2 * r))
+    cfg = _launch_cfg(n, c, r, hw, taps, dev, **_sizes(x, w1, w2))
+    groups = _cdiv(n, cfg["GROUP"])
+    p_max = _split or cfg["P"]  # programs per group (the emulated split's P ≤ _split)
+    # dz_s, channel-max ties, grad d, spatial-max ties, the tap rows (per program and sample), the MLP-grad
+    # rows of every program, the pooled vectors' grads
+    scratch = _scratch(acc, dev, (n, hw), (n, hw), (n, 2, hw), (n, c), (groups * p_max * cfg["GROUP"], taps),
+                       (p_max * n, 2 * r), (2, n, c))
     w1c, w2c, swc = w1.contiguous(), w2.contiguous(), spatial_weight.reshape(-1).contiguous()
-    _launch(_cbam_bwd_kernel, gyk, n, c, cfg,
+    _launch(_cbam_bwd_kernel, gyk, groups, c, cfg,
             lambda sync, p, per, spin: (gyk, xk, gx_buf, w1c, w2c, swc, mx, pa, pm, ca, d, sa, *scratch,
-                                        dz, dpa, dpm, gsw, sync, c, r, *dhw, *ks, p, per,
+                                        dz, dpa, dpm, gsw, sync, n, c, r, *dhw, *ks, p, per,
                                         _pixel_plan(hw, p, cfg)[2], spin, *sg, *sx, *sd),
-            _pixel_meta(hw, cfg, acc), "CBAM", _split, (gx_buf, dpa, dpm, gsw), MEETINGS["backward"])
+            _pixel_meta(hw, cfg, acc), "CBAM", _split, (gx_buf, dpa, dpm, gsw), meetings(cfg["GROUP"])["backward"])
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     hidden = torch.relu(pa) + torch.relu(pm)

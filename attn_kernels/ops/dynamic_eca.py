@@ -4,8 +4,9 @@ Both blend their 1-D convs across channels with weights computed from the *whole
 p = mean_spatial(x) (N, C): a softmax over fc(p) (DMK) or over a small MLP of p (BiECA). That is
 SE's global dependency — no channel's gate is known before every channel is pooled — so they run
 on SE's two schedules (ops/_split.py), one launch forward, one launch backward:
-(a) one program per sample: pools every channel, computes the blend, then gates and scales its
-    sample. No cross-program synchronisation: the schedule under ``TRITON_INTERPRET=1``.
+(a) one program per sample (BiECA: per group of samples, below): pools every channel, computes the
+    blend, then gates and scales its sample. No cross-program synchronisation: the schedule under
+    ``TRITON_INTERPRET=1``.
 (b) GPU, small batch: P programs per sample, each on a slice of whole channel tiles. Forward: pool
     the slice into the (N, C) pooled buffer, meet the sample's other programs, compute the blend
     (DMK: 3 logits; BiECA: the R-wide MLP) from the whole pooled vector — every program, identical
@@ -46,17 +47,27 @@ flatten is written to a contiguous buffer and copied (both only in those rare la
 Bytes per pass (|x| = element size; N·C·HW elements):
     forward   reads x twice (pool, then scale) + writes y once = 3·N·C·HW·|x|
     backward  reads grad_y, x (Σ_hw grad_y·x), grad_y again, writes grad_x = 4·N·C·HW·|x|
-plus O(N·C) fp32 vectors (pooled, gate, dz) and the parameters once per program. Why two reads: the
-gate of any channel needs the blend, which needs every channel pooled, and a sample's slab is too big
-to keep in registers; the second read of a sample's slab comes from L2 when it fits (one program
-works on one sample, so the slabs of the samples in flight must fit together). The compulsory floor
+plus O(N·C) fp32 vectors (pooled, gate, dz) and the parameters once per program (BiECA's W1: once per
+group of samples, below). Why two reads: the gate of any channel needs the blend, which needs every
+channel pooled, and a sample's slab is too big to keep in registers; the second read of a sample's
+slab comes from L2 when it fits (a program works on one sample at a time, so the slabs of the samples
+in flight must fit together). The compulsory floor
 is 2·N·C·HW·|x| forward (read x, write y) and 3·N·C·HW·|x| backward.
 Launches: forward 1; backward 1 kernel + the batch reductions of the parameter grads in torch (tap
 sums, one GEMM per FC weight, bias sums; O(N·(C + R)) work).
-Grid: N programs in schedule (a), N·P ≤ half the SM count in (b) (chosen as for SE: 4·N ≤ SMs and ≥ 2
-channel tiles). Schedule (b) adds per program: the pooled vector (C fp32) and, for BiECA, W1 (R·C) read from
-L2, and P rows of partial sums. It has run only under the interpreter (emulated partition; MULTI=1
-code with a tiny spin bound) — never on a GPU yet.
+Sample groups (BiECA, as SE): a program serves GROUP consecutive samples (``_split.sample_group``: the
+smallest power of two with |W1| / GROUP ≤ a sample's x bytes / 4, ≤ 16, and on a GPU ≤ N·#tiles / SMs).
+It pools, gates and scales its channel slice of each of them one after another, but runs the gate MLP
+for all of them at once on [GROUP, FC_R, FC_C] tiles, so W1 (R·C, read whole by every program in the
+forward, its slice's columns in the backward for W1ᵀ dh) is read once per group instead of once per
+sample: at the 7×7 stage (C = 2048, R = 128) that is 1 MB of fp32 weights against 200 KB of bf16 x per
+sample. In (b) the meeting, the counters and the published rows are per group. DMK's FC weights are
+3·C: no grouping.
+Grid: groups (N for DMK) programs in schedule (a), groups·P ≤ half the SM count in (b) (chosen as for
+SE: 4·groups ≤ SMs and ≥ 2 channel tiles). Schedule (b) adds per program: the pooled vectors (GROUP·C
+fp32) and, for BiECA, W1 (R·C) read from L2, and P rows of partial sums per sample. It has run only
+under the interpreter (emulated partition; MULTI=1 code with a tiny spin bound) — never on a GPU yet,
+so GROUP has no measured figure either.
 
 Entry points: ``dmk_eca(x, fc_weight, fc_bias, taps3, taps5, taps7)`` and
 ``bi_eca(x, w_fwd, w_bwd, w1, b1, w2, b2)``, the ``triton`` backend of ``attn_kernels.functional``;
@@ -71,16 +82,17 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, flat_strides as _flat_strides
+from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
-from ._split import schedule_mode as _schedule_mode, split_plan as _split_plan
+from ._split import group_plan as _group_plan, schedule_mode as _schedule_mode, split_plan as _split_plan
+from .se import _group_matvec, _program_slice
 
 __all__ = ["dmk_eca", "bi_eca", "dmk_eca_forward", "dmk_eca_backward", "bi_eca_forward", "bi_eca_backward"]
 
 _X_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TILE = 4096  # elements of x per [BLOCK_C, BLOCK_HW] tile
-_TILE_K = 4096  # elements of a [BLOCK_C, BLOCK_K] or [BLOCK_R, BLOCK_C] vector tile
+_TILE_K = 4096  # elements of a [BLOCK_C, BLOCK_K] vector tile or a [GROUP, FC_R, FC_C] MLP tile
 _MAX_BLOCK_HW = 1024
 
 
@@ -369,75 +381,76 @@ def _bi_eca_fwd_kernel(
     s_ptr,  # (N, C) ACC (out, saved): the gate
     hid_ptr,  # (N, R) ACC (out, saved): relu(W1 p + b1)
     a_ptr,  # (N, 2) ACC (out, saved): the branch blend softmax(W2 h + b2)
-    sync_ptr,  # (N + 1,) int32: per-sample arrival counters, then the error flag (MULTI only)
-    C, HW, R, kf, kb, half,  # half = max(kf, kb) // 2
+    sync_ptr,  # (groups + 1,) int32: per-group arrival counters, then the error flag (MULTI only)
+    N, C, HW, R, kf, kb, half,  # half = max(kf, kb) // 2
     P, chan_per_prog, max_spin,
     sxn, sxc, sxhw, syn, syc, syhw,
-    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
 ):
-    """Program (n, j) of P per sample (P = 1 in schedule (a)) on channels [j·chan_per_prog, +chan_per_prog).
-    Reads its x slice twice (pool; then scale, from L2 when the slabs in flight fit) and writes y
-    once: 3·C·HW·|x| bytes per sample, plus the gate MLP's R·C weights (every program; shared by all,
-    so from L2 after the first) and O(C + R) vectors."""
-    pid = tl.program_id(0).to(tl.int64)
-    n = pid // P
-    j = pid % P
-    c_lo = j * chan_per_prog
-    c_hi = tl.minimum(c_lo + chan_per_prog, C)
-    x_base = x_ptr + n * sxn
-    y_base = y_ptr + n * syn
-    p_base = pooled_ptr + n * C
-    s_base = s_ptr + n * C
-    # pass 1: pool this program's channels, meet (a timed-out program's hidden / blend are NaN)
-    poison = _pool_and_meet(x_base, p_base, c_lo, c_hi, HW, sxc, sxhw, sync_ptr, n, P, max_spin,
-                            MULTI, ACC, BLOCK_C, BLOCK_HW)
-    first = j == 0  # the per-sample outputs (hidden, blend) are stored by the sample's first program
-    # gate MLP over R chunks (every program, from the whole pooled vector): h = relu(W1 p + b1) (saved),
-    # logits = W2 h + b2
-    la = tl.zeros([BLOCK_R], dtype=ACC)
-    lb = tl.zeros([BLOCK_R], dtype=ACC)
-    for r0 in range(0, R, BLOCK_R):
-        offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-        mask_r = offs_r < R
-        acc = tl.zeros([BLOCK_R], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
+    """Program (g, j) of P per group of GROUP samples (P = 1 in schedule (a)): samples [g·GROUP, +GROUP),
+    channels [j·chan_per_prog, +chan_per_prog). Reads its x slice of each sample twice (pool; then
+    scale, from L2 when the slabs in flight fit) and writes y once: 3·C·HW·|x| bytes per sample, plus
+    the gate MLP's R·C weights once for its GROUP samples (every program of the group computes the
+    MLP; from L2 after the first) and O(GROUP·(C + R)) vectors."""
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
+    first = pid % P == 0  # the per-sample outputs (hidden, blend) are stored by the group's first program
+    # pass 1: pool this program's channels of each sample of the group, meet (a timed-out program's hidden
+    # and blend are NaN)
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        for c0 in range(c_lo, c_hi, BLOCK_C):
             offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mask_c = offs_c < C
-            p = tl.load(p_base + offs_c, mask=mask_c, other=0.0, cache_modifier=".cg")
-            w = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :],
-                        mask=mask_r[:, None] & mask_c[None, :], other=0.0).to(ACC)
-            acc += tl.sum(w * p[None, :], axis=1)
+            mask_c = (offs_c < c_hi) & (n < N)
+            p = _pool_tile(x_ptr + n * sxn, offs_c, mask_c, HW, sxc, sxhw, ACC, BLOCK_C, BLOCK_HW) / HW
+            tl.store(pooled_ptr + n * C + offs_c, p, mask=mask_c)
+    poison = _meet(sync_ptr, grp, P, P, max_spin, MULTI)
+    # gate MLP of the group's samples over R chunks (every program, from the whole pooled vectors; each W1
+    # tile read once for the group): h = relu(W1 p + b1) (saved), logits = W2 h + b2
+    la = tl.zeros([GROUP, FC_R], dtype=ACC)
+    lb = tl.zeros([GROUP, FC_R], dtype=ACC)
+    for r0 in range(0, R, FC_R):
+        offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
+        mask_r = offs_r < R
+        h = _group_matvec(w1_ptr, C, 1, pooled_ptr, C, offs_g, mask_g, offs_r, mask_r, 0, C, 0, 0, ACC,
+                          GROUP, FC_R, FC_C)
         if HAS_B1:
-            acc += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
-        h = tl.maximum(acc, 0.0) + poison
-        tl.store(hid_ptr + n * R + offs_r, h, mask=mask_r & first)
-        la += h * tl.load(w2_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
-        lb += h * tl.load(w2_ptr + R + offs_r, mask=mask_r, other=0.0).to(ACC)
-    z0 = tl.sum(la, axis=0) + poison  # (R = 0 cannot happen: reference requires a hidden width >= 1)
-    z1 = tl.sum(lb, axis=0) + poison
+            h += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)[None, :]
+        h = tl.maximum(h, 0.0) + poison
+        tl.store(hid_ptr + offs_g[:, None] * R + offs_r[None, :], h, mask=mask_g[:, None] & mask_r[None, :] & first)
+        la += h * tl.load(w2_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)[None, :]
+        lb += h * tl.load(w2_ptr + R + offs_r, mask=mask_r, other=0.0).to(ACC)[None, :]
+    z0 = tl.sum(la, axis=1) + poison  # [GROUP] (R = 0 cannot happen: the reference requires a hidden width >= 1)
+    z1 = tl.sum(lb, axis=1) + poison
     if HAS_B2:
         z0 += tl.load(b2_ptr).to(ACC)
         z1 += tl.load(b2_ptr + 1).to(ACC)
     a0 = _sigmoid(z0 - z1)  # softmax of two logits
     a1 = _sigmoid(z1 - z0)
-    tl.store(a_ptr + n * 2, a0, mask=first)
-    tl.store(a_ptr + n * 2 + 1, a1, mask=first)
+    tl.store(a_ptr + offs_g * 2, a0, mask=mask_g & first)
+    tl.store(a_ptr + offs_g * 2 + 1, a1, mask=mask_g & first)
     # window position j ↔ offset j − half. Forward branch: wf[j − (half − hf)]. Backward branch
     # Σ_j wb_j p_{c+hb−j}: offset j' − half = hb − j  →  wb[half + hb − j'] (reversed taps).
     offs_k = tl.arange(0, BLOCK_K)
     tf = _taps_at(wf_ptr, offs_k - (half - kf // 2), kf, ACC)
     tb = _taps_at(wb_ptr, half + kb // 2 - offs_k, kb, ACC)
-    # pass 2: gate and scale this program's channels
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < c_hi
-        win = _shifted(p_base, offs_c, offs_k, half, C, 2 * half + 1, 1)
-        f = _sigmoid(tl.sum(win * tf[None, :], axis=1))
-        b = _sigmoid(tl.sum(win * tb[None, :], axis=1))
-        s = _sigmoid(a0 * f + a1 * b)
-        tl.store(s_base + offs_c, s, mask=mask_c)
-        _scale_tile(x_base, y_base, s, offs_c, mask_c, HW, sxc, sxhw, syc, syhw, ACC, BLOCK_HW)
+    # pass 2: gate and scale this program's channels of each sample of the group
+    offs_gi = tl.arange(0, GROUP)
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        if n < N:  # the last group may be ragged (the conv window below is masked to [0, C) only)
+            a0n = tl.sum(tl.where(offs_gi == gi, a0, 0.0), axis=0)
+            a1n = tl.sum(tl.where(offs_gi == gi, a1, 0.0), axis=0)
+            for c0 in range(c_lo, c_hi, BLOCK_C):
+                offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                mask_c = offs_c < c_hi
+                win = _shifted(pooled_ptr + n * C, offs_c, offs_k, half, C, 2 * half + 1, 1)
+                f = _sigmoid(tl.sum(win * tf[None, :], axis=1))
+                b = _sigmoid(tl.sum(win * tb[None, :], axis=1))
+                s = _sigmoid(a0n * f + a1n * b)
+                tl.store(s_ptr + n * C + offs_c, s, mask=mask_c)
+                _scale_tile(x_ptr + n * sxn, y_ptr + n * syn, s, offs_c, mask_c, HW, sxc, sxhw, syc, syhw, ACC,
+                            BLOCK_HW)
 
 
 @triton.jit
@@ -452,114 +465,123 @@ def _bi_eca_bwd_kernel(
     hid_ptr,  # (N, R) ACC, saved
     a_ptr,  # (N, 2) ACC, saved
     dzf_ptr, dzb_ptr,  # (N, C) ACC scratch: grads of the two branches' conv outputs
-    part_ptr,  # (N·P, 2·BLOCK_K + 2) ACC scratch: each program's parts of the two tap correlations and da
+    dp_ptr,  # (N, C) ACC scratch: W1ᵀ dh, the MLP's part of the pooled gradient
+    part_ptr,  # (groups·P·GROUP, 2·BLOCK_K + 2) ACC scratch: per program and sample, its parts of the two tap
+               # correlations and of da
     gtf_ptr, gtb_ptr,  # (N, kf), (N, kb) ACC (out): per-sample tap grads
     dl_ptr,  # (N, 2) ACC (out): grad of the blend logits
     dh_ptr,  # (N, R) ACC (out): grad of the hidden pre-activation
-    sync_ptr,  # (N + 1,) int32 counters + error flag (MULTI only)
-    C, HW, R, kf, kb, half,
+    sync_ptr,  # (groups + 1,) int32 counters + error flag (MULTI only)
+    N, C, HW, R, kf, kb, half,
     P, chan_per_prog, max_spin,
     sgn, sgc, sghw, sxn, sxc, sxhw, sdn, sdc, sdhw,
-    MULTI: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_K: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
 ):
-    """Program (n, j) as in the forward. Pass 1 reads grad_y and x of its slice, pass 2 reads grad_y
-    again and writes grad_x: 4·C·HW·|x| bytes per sample, plus W1's columns of its slice, P partial
-    rows and O(C + R) vectors."""
-    pid = tl.program_id(0).to(tl.int64)
-    n = pid // P
-    j = pid % P
-    c_lo = j * chan_per_prog
-    c_hi = tl.minimum(c_lo + chan_per_prog, C)
-    gy_base = gy_ptr + n * sgn
-    x_base = x_ptr + n * sxn
-    gx_base = gx_ptr + n * sdn
-    p_base = pooled_ptr + n * C
-    s_base = s_ptr + n * C
-    dzf_base = dzf_ptr + n * C
-    dzb_base = dzb_ptr + n * C
+    """Program (g, j) as in the forward. Pass 1 reads grad_y and x of its slice, pass 2 reads grad_y
+    again and writes grad_x: 4·C·HW·|x| bytes per sample, plus W1's columns of its slice once for its
+    GROUP samples, P partial rows per sample and O(GROUP·(C + R)) vectors."""
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
+    first = pid % P == 0  # the per-sample outputs (tap and blend grads) are stored by the group's first program
     kw = 2 * half + 1
     offs_k = tl.arange(0, BLOCK_K)
     posf = offs_k - (half - kf // 2)
     posb = half + kb // 2 - offs_k
     tf = _taps_at(wf_ptr, posf, kf, ACC)
     tb = _taps_at(wb_ptr, posb, kb, ACC)
-    a0 = tl.load(a_ptr + n * 2)
-    a1 = tl.load(a_ptr + n * 2 + 1)
-    # pass 1: du = (Σ_hw grad_y·x) s(1−s); recompute f, b from p; branch and blend grads over this
-    # program's channels, published as its row of part: [gf (BLOCK_K), gb (BLOCK_K), da0, da1]
-    gf = tl.zeros([BLOCK_K], dtype=ACC)
-    gb = tl.zeros([BLOCK_K], dtype=ACC)
-    da0 = tl.zeros([BLOCK_C], dtype=ACC)
-    da1 = tl.zeros([BLOCK_C], dtype=ACC)
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-        mask_c = offs_c < c_hi
-        g = _dot_tile(gy_base, x_base, offs_c, mask_c, HW, sgc, sghw, sxc, sxhw, ACC, BLOCK_C, BLOCK_HW)
-        s = tl.load(s_base + offs_c, mask=mask_c, other=0.0)
-        du = g * s * (1.0 - s)
-        win = _shifted(p_base, offs_c, offs_k, half, C, kw, 1)
-        f = _sigmoid(tl.sum(win * tf[None, :], axis=1))
-        b = _sigmoid(tl.sum(win * tb[None, :], axis=1))
-        da0 += du * f  # masked channels: du = 0
-        da1 += du * b
-        dzf = du * a0 * f * (1.0 - f)
-        dzb = du * a1 * b * (1.0 - b)
-        tl.store(dzf_base + offs_c, dzf, mask=mask_c)
-        tl.store(dzb_base + offs_c, dzb, mask=mask_c)
-        gf += tl.sum(dzf[:, None] * win, axis=0)
-        gb += tl.sum(dzb[:, None] * win, axis=0)
     row = 2 * BLOCK_K + 2
-    tl.store(part_ptr + pid * row + offs_k, gf)
-    tl.store(part_ptr + pid * row + BLOCK_K + offs_k, gb)
-    tl.store(part_ptr + pid * row + 2 * BLOCK_K, tl.sum(da0, axis=0))
-    tl.store(part_ptr + pid * row + 2 * BLOCK_K + 1, tl.sum(da1, axis=0))
-    # dzf, dzb and the part row stored by every thread are read back below
-    poison = _meet(sync_ptr, n, P, P, max_spin, MULTI)
-    # the sample's sums: its P rows in program order (every program: identical bits)
-    gf = tl.zeros([BLOCK_K], dtype=ACC) + poison
-    gb = tl.zeros([BLOCK_K], dtype=ACC) + poison
-    g0 = tl.sum(gf, axis=0) * 0.0  # an ACC-typed 0 (NaN when poisoned): loop-carried types must not change
-    g1 = g0
-    for q in range(0, P):
-        base = part_ptr + (n * P + q) * row
-        gf += tl.load(base + offs_k, cache_modifier=".cg")
-        gb += tl.load(base + BLOCK_K + offs_k, cache_modifier=".cg")
-        g0 += tl.load(base + 2 * BLOCK_K, cache_modifier=".cg")
-        g1 += tl.load(base + 2 * BLOCK_K + 1, cache_modifier=".cg")
-    first = j == 0
-    tl.store(gtf_ptr + n * kf + posf, gf, mask=(posf >= 0) & (posf < kf) & first)
-    tl.store(gtb_ptr + n * kb + posb, gb, mask=(posb >= 0) & (posb < kb) & first)
-    dot = a0 * g0 + a1 * g1
-    dl0 = a0 * (g0 - dot)
-    dl1 = a1 * (g1 - dot)
-    tl.store(dl_ptr + n * 2, dl0, mask=first)
-    tl.store(dl_ptr + n * 2 + 1, dl1, mask=first)
-    # hidden: dh = (W2ᵀ dl) · [h > 0] (ReLU backward), stored for dW1/db1 and for dp below (every
-    # program stores the same bits; a timed-out one stores NaN)
-    for r0 in range(0, R, BLOCK_R):
-        offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-        mask_r = offs_r < R
-        h = tl.load(hid_ptr + n * R + offs_r, mask=mask_r, other=0.0)
-        dh = (dl0 * tl.load(w2_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
-              + dl1 * tl.load(w2_ptr + R + offs_r, mask=mask_r, other=0.0).to(ACC))
-        tl.store(dh_ptr + n * R + offs_r, tl.where(h > 0, dh, 0.0), mask=mask_r)
+    # pass 1, each sample of the group: du = (Σ_hw grad_y·x) s(1−s); recompute f, b from p; branch and
+    # blend grads over this program's channels, published as its row of part for the sample:
+    # [gf (BLOCK_K), gb (BLOCK_K), da0, da1]
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        if n < N:
+            a0 = tl.load(a_ptr + n * 2)
+            a1 = tl.load(a_ptr + n * 2 + 1)
+            gf = tl.zeros([BLOCK_K], dtype=ACC)
+            gb = tl.zeros([BLOCK_K], dtype=ACC)
+            da0 = tl.zeros([BLOCK_C], dtype=ACC)
+            da1 = tl.zeros([BLOCK_C], dtype=ACC)
+            for c0 in range(c_lo, c_hi, BLOCK_C):
+                offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                mask_c = offs_c < c_hi
+                g = _dot_tile(gy_ptr + n * sgn, x_ptr + n * sxn, offs_c, mask_c, HW, sgc, sghw, sxc, sxhw, ACC,
+                              BLOCK_C, BLOCK_HW)
+                s = tl.load(s_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+                du = g * s * (1.0 - s)
+                win = _shifted(pooled_ptr + n * C, offs_c, offs_k, half, C, kw, 1)
+                f = _sigmoid(tl.sum(win * tf[None, :], axis=1))
+                b = _sigmoid(tl.sum(win * tb[None, :], axis=1))
+                da0 += du * f  # masked channels: du = 0
+                da1 += du * b
+                dzf = du * a0 * f * (1.0 - f)
+                dzb = du * a1 * b * (1.0 - b)
+                tl.store(dzf_ptr + n * C + offs_c, dzf, mask=mask_c)
+                tl.store(dzb_ptr + n * C + offs_c, dzb, mask=mask_c)
+                gf += tl.sum(dzf[:, None] * win, axis=0)
+                gb += tl.sum(dzb[:, None] * win, axis=0)
+            part = part_ptr + (pid * GROUP + gi) * row
+            tl.store(part + offs_k, gf)
+            tl.store(part + BLOCK_K + offs_k, gb)
+            tl.store(part + 2 * BLOCK_K, tl.sum(da0, axis=0))
+            tl.store(part + 2 * BLOCK_K + 1, tl.sum(da1, axis=0))
+    # dzf, dzb and the part rows stored by every thread are read back below
+    poison = _meet(sync_ptr, grp, P, P, max_spin, MULTI)
+    # each sample's sums: its P rows in program order (every program: identical bits); the blend-logit
+    # grads; the hidden grads dh = (W2ᵀ dl) · [h > 0] (ReLU backward), stored for dW1/db1 and for dp below
+    # (every program stores the same bits; a timed-out one stores NaN)
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        if n < N:
+            gf = tl.zeros([BLOCK_K], dtype=ACC) + poison
+            gb = tl.zeros([BLOCK_K], dtype=ACC) + poison
+            g0 = tl.sum(gf, axis=0) * 0.0  # an ACC-typed 0 (NaN when poisoned): loop-carried types must not change
+            g1 = g0
+            for q in range(0, P):
+                base = part_ptr + ((grp * P + q) * GROUP + gi) * row
+                gf += tl.load(base + offs_k, cache_modifier=".cg")
+                gb += tl.load(base + BLOCK_K + offs_k, cache_modifier=".cg")
+                g0 += tl.load(base + 2 * BLOCK_K, cache_modifier=".cg")
+                g1 += tl.load(base + 2 * BLOCK_K + 1, cache_modifier=".cg")
+            tl.store(gtf_ptr + n * kf + posf, gf, mask=(posf >= 0) & (posf < kf) & first)
+            tl.store(gtb_ptr + n * kb + posb, gb, mask=(posb >= 0) & (posb < kb) & first)
+            a0 = tl.load(a_ptr + n * 2)
+            a1 = tl.load(a_ptr + n * 2 + 1)
+            dot = a0 * g0 + a1 * g1
+            dl0 = a0 * (g0 - dot)
+            dl1 = a1 * (g1 - dot)
+            tl.store(dl_ptr + n * 2, dl0, mask=first)
+            tl.store(dl_ptr + n * 2 + 1, dl1, mask=first)
+            for r0 in range(0, R, FC_R):
+                offs_r = (r0 + tl.arange(0, FC_R)).to(tl.int64)
+                mask_r = offs_r < R
+                h = tl.load(hid_ptr + n * R + offs_r, mask=mask_r, other=0.0)
+                dh = (dl0 * tl.load(w2_ptr + offs_r, mask=mask_r, other=0.0).to(ACC)
+                      + dl1 * tl.load(w2_ptr + R + offs_r, mask=mask_r, other=0.0).to(ACC))
+                tl.store(dh_ptr + n * R + offs_r, tl.where(h > 0, dh, 0.0), mask=mask_r)
     tl.debug_barrier()  # dh stored by every thread is read back below
-    # pass 2: dp = convᵀ_f(dzf) + convᵀ_b(dzb) + W1ᵀ dh; grad_x = grad_y · s + dp / HW, own channels
-    for c0 in range(c_lo, c_hi, BLOCK_C):
-        offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+    # the MLP's part of the pooled gradient, W1ᵀ dh, for this program's channels of the group's samples
+    # (each W1 tile read once for the group); the program reads it back alone, in pass 2
+    for c0 in range(c_lo, c_hi, FC_C):
+        offs_c = (c0 + tl.arange(0, FC_C)).to(tl.int64)
         mask_c = offs_c < c_hi
-        dp = tl.sum(_shifted(dzf_base, offs_c, offs_k, half, C, kw, -1) * tf[None, :], axis=1)
-        dp += tl.sum(_shifted(dzb_base, offs_c, offs_k, half, C, kw, -1) * tb[None, :], axis=1)
-        for r0 in range(0, R, BLOCK_R):
-            offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-            mask_r = offs_r < R
-            dh = tl.load(dh_ptr + n * R + offs_r, mask=mask_r, other=0.0, cache_modifier=".cg")
-            w = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :],
-                        mask=mask_r[:, None] & mask_c[None, :], other=0.0).to(ACC)
-            dp += tl.sum(w * dh[:, None], axis=0)
-        s = tl.load(s_base + offs_c, mask=mask_c, other=0.0)
-        _grad_x_tile(gy_base, gx_base, s, dp + poison, offs_c, mask_c, HW, sgc, sghw, sdc, sdhw, ACC, BLOCK_HW)
+        dpm = _group_matvec(w1_ptr, 1, C, dh_ptr, R, offs_g, mask_g, offs_c, mask_c, 0, R, 0, 0, ACC,
+                            GROUP, FC_C, FC_R)
+        tl.store(dp_ptr + offs_g[:, None] * C + offs_c[None, :], dpm, mask=mask_g[:, None] & mask_c[None, :])
+    tl.debug_barrier()  # dp stored by every thread is read back below
+    # pass 2, each sample of the group: dp = convᵀ_f(dzf) + convᵀ_b(dzb) + W1ᵀ dh; grad_x = grad_y · s + dp / HW
+    for gi in range(0, GROUP):
+        n = n0 + gi
+        if n < N:
+            for c0 in range(c_lo, c_hi, BLOCK_C):
+                offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+                mask_c = offs_c < c_hi
+                dp = tl.sum(_shifted(dzf_ptr + n * C, offs_c, offs_k, half, C, kw, -1) * tf[None, :], axis=1)
+                dp += tl.sum(_shifted(dzb_ptr + n * C, offs_c, offs_k, half, C, kw, -1) * tb[None, :], axis=1)
+                dp += tl.load(dp_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+                s = tl.load(s_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+                _grad_x_tile(gy_ptr + n * sgn, gx_ptr + n * sdn, s, dp + poison, offs_c, mask_c, HW, sgc, sghw, sdc,
+                             sdhw, ACC, BLOCK_HW)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,6 +613,22 @@ def _launch_cfg(n: int, channels: int, hw: int, stride_c: int, block_k: int, dev
     cfg = _settings(channels, hw, stride_c, block_k)
     multi, p, per = _split_plan(n, channels, cfg["BLOCK_C"], _device_sms(device), _schedule_mode())
     return dict(cfg, MULTI=multi, P=p, chan_per_prog=per)
+
+
+def _bi_launch_cfg(n: int, channels: int, hw: int, r: int, stride_c: int, block_k: int, device: torch.device,
+                   x_bytes: int, w_bytes: int) -> dict:
+    """BiECA's launch: ``_launch_cfg``'s tiles, then ``_split.group_plan``: GROUP samples per program (on
+    the bytes of a sample of x and of W1, which every program reads whole), the schedule over the
+    groups, and the [GROUP, FC_R, FC_C] tiles of the MLP (≤ _TILE_K elements)."""
+    cfg = _settings(channels, hw, stride_c, block_k)
+    return dict(cfg, **_group_plan(n, channels, cfg["BLOCK_C"], r, _device_sms(device), _schedule_mode(), x_bytes,
+                                   w_bytes, _TILE_K))
+
+
+def _bi_sizes(x: torch.Tensor, w1: torch.Tensor) -> dict:
+    """The byte counts BiECA groups samples by: one sample of x, and W1 (W2 is 2·R: negligible)."""
+    x_bytes = x.shape[1] * int(torch.Size(x.shape[2:]).numel()) * x.element_size()
+    return dict(x_bytes=x_bytes, w_bytes=w1.numel() * w1.element_size())
 
 
 def _check_x(x: torch.Tensor) -> None:
@@ -704,16 +742,15 @@ def bi_eca_forward(x, w_fwd, w_bwd, w1, b1, w2, b2, *, _split: int = 0):
     tf, tb = _taps_vec(w_fwd), _taps_vec(w_bwd)
     kf, kb = tf.numel(), tb.numel()
     half = max(kf, kb) // 2
-    cfg = _launch_cfg(n, c, hw, sx[1], _next_pow2(2 * half + 1), x.device)
-    block_r = max(1, min(_next_pow2(r), _TILE_K // cfg["BLOCK_C"]))
+    cfg = _bi_launch_cfg(n, c, hw, r, sx[1], _next_pow2(2 * half + 1), x.device, **_bi_sizes(x, w1))
     w1c, w2c = w1.contiguous(), w2.contiguous()
     b1c = b1.contiguous() if b1 is not None else w1c  # the kernel reads the biases at unit stride
     b2c = b2.contiguous() if b2 is not None else w2c
-    _launch(_bi_eca_fwd_kernel, xk, n, c, cfg,
+    _launch(_bi_eca_fwd_kernel, xk, _cdiv(n, cfg["GROUP"]), c, cfg,
             lambda sync, p, per, spin: (xk, y_buf, tf, tb, w1c, b1c, w2c, b2c, pooled, s, hidden, blend, sync,
-                                        c, hw, r, kf, kb, half, p, per, spin, *sx, *sy),
+                                        n, c, hw, r, kf, kb, half, p, per, spin, *sx, *sy),
             dict(HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
-                 ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r),
+                 ACC=tl.float64 if acc == torch.float64 else tl.float32),
             "BidirectionalECA", _split, (y_buf, s, hidden, blend))
     if y_buf is not y:
         y.copy_(y_buf)
@@ -741,18 +778,19 @@ def bi_eca_backward(grad_y, x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend, *
         xk, sx = _as_flat(x)
         gyk, sg = _as_flat(grad_y)
         half = max(kf, kb) // 2
-        cfg = _launch_cfg(n, c, hw, sx[1], _next_pow2(2 * half + 1), x.device)
-        block_r = max(1, min(_next_pow2(r), _TILE_K // cfg["BLOCK_C"]))
+        cfg = _bi_launch_cfg(n, c, hw, r, sx[1], _next_pow2(2 * half + 1), x.device, **_bi_sizes(x, w1))
+        groups = _cdiv(n, cfg["GROUP"])
         p_max = _split or cfg["P"]
         dzf = _alloc.empty((n, c), dtype=acc, device=x.device)
         dzb = _alloc.empty((n, c), dtype=acc, device=x.device)
-        part = _alloc.empty((n * p_max, 2 * cfg["BLOCK_K"] + 2), dtype=acc, device=x.device)
+        dp = _alloc.empty((n, c), dtype=acc, device=x.device)
+        part = _alloc.empty((groups * p_max * cfg["GROUP"], 2 * cfg["BLOCK_K"] + 2), dtype=acc, device=x.device)
         w1c, w2c = w1.contiguous(), w2.contiguous()
-        _launch(_bi_eca_bwd_kernel, gyk, n, c, cfg,
+        _launch(_bi_eca_bwd_kernel, gyk, groups, c, cfg,
                 lambda sync, p, per, spin: (gyk, xk, gx_buf, tf, tb, w1c, w2c, pooled, s, hidden, blend,
-                                            dzf, dzb, part, gtf, gtb, dl, dh, sync, c, hw, r, kf, kb, half,
+                                            dzf, dzb, dp, part, gtf, gtb, dl, dh, sync, n, c, hw, r, kf, kb, half,
                                             p, per, spin, *sg, *sx, *sd),
-                dict(ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_R=block_r),
+                dict(ACC=tl.float64 if acc == torch.float64 else tl.float32),
                 "BidirectionalECA", _split, (gx_buf, gtf, gtb, dl, dh))
         if gx_buf is not gx:
             gx.copy_(gx_buf)

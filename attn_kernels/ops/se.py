@@ -92,7 +92,7 @@ from .. import _alloc
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
-from ._split import schedule_mode as _schedule_mode, split_plan as _split_plan
+from ._split import group_plan as _group_plan, schedule_mode as _schedule_mode
 
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
@@ -453,11 +453,9 @@ def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.
     side of a ≤ 4096-element [BLOCK_C, BLOCK_HW] x tile (powers of two). Warps: 8 for a full
     4096-element tile, 4 below.
     Groups: a program serves GROUP samples so that the FC weights, read from L2 once per program
-    rather than once per sample, stay a small fraction of the x traffic: the smallest power of two
-    with w_bytes / GROUP ≤ x_bytes / 4 (≤ 16). At the 7×7 stage of SE-ResNet-50 (C = 2048, R = 128,
-    fp32 weights: 2 MB against 200 KB of bf16 x per sample) ungrouped programs would read ten times
-    more weight bytes from L2 than x bytes from DRAM. On a GPU GROUP is also capped so that the
-    (sample-group, channel-tile) work still fills the SMs: GROUP ≤ N·#tiles / SMs.
+    rather than once per sample, stay a small fraction of the x traffic (_split.sample_group, shared
+    with BiECA and CBAM: the smallest power of two with w_bytes / GROUP ≤ x_bytes / 4, ≤ 16; on a GPU
+    also GROUP ≤ N·#tiles / SMs).
     FC tiles [GROUP, FC_C, FC_R] ≤ 4096 elements (FC_R ≤ 32 hidden units; k = R, or C for eSE).
     Schedule: (b) MULTI only on a real GPU (never under the interpreter) when the groups are few
     (4·groups ≤ SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, (SMs // 2) // groups) programs
@@ -467,9 +465,6 @@ def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.
     """
     return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_mode(), _device_sms(device), x_bytes,
                                w_bytes))
-
-
-_MAX_GROUP = 16
 
 
 @functools.lru_cache(maxsize=4096)
@@ -482,22 +477,8 @@ def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: st
     else:
         block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
         block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
-    tiles = _cdiv(c, block_c)
-    group = 1
-    if w_bytes and x_bytes:
-        group = min(_next_pow2(_cdiv(4 * w_bytes, x_bytes)), _MAX_GROUP, _next_pow2(n))
-        if sms:
-            group = min(group, max(1, _prev_pow2(n * tiles // sms)))
-    groups = _cdiv(n, group)
-    multi, p, per = _split_plan(groups, c, block_c, sms, mode)
-    fc_r = max(1, min(_next_pow2(k), 32))
-    fc_c = max(1, min(block_c, _TILE // (group * fc_r)))
-    return dict(GROUP=group, BLOCK_C=block_c, BLOCK_HW=block_hw, FC_C=fc_c, FC_R=fc_r,
-                num_warps=8 if block_c * block_hw >= _TILE else 4, MULTI=multi, P=p, chan_per_prog=per)
-
-
-def _prev_pow2(v: int) -> int:
-    return 1 << (v.bit_length() - 1) if v >= 1 else 0
+    return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=8 if block_c * block_hw >= _TILE else 4,
+                **_group_plan(n, c, block_c, k, sms, mode, x_bytes, w_bytes, _TILE))
 
 
 def _sizes(x: torch.Tensor, w1, w2) -> dict:

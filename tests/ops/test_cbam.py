@@ -161,7 +161,7 @@ SPLIT_CASES = {  # shape, k, rd: 11 channels → tiles of 4/4/3 (one per program
 
 
 def _shrink(monkeypatch):
-    """Tiles small enough for a 3-way split at tiny shapes: BLOCK_C = 4, BLOCK_HW = 4, BLOCK_R = 4 (two R
+    """Tiles small enough for a 3-way split at tiny shapes: BLOCK_C = 4, BLOCK_HW = 4, FC_R = 4 (two R
     chunks at rd = 5), BLOCK_T = 8 (several tap chunks), BLOCK_P = 2; pixel tiles down to 1 pixel."""
     monkeypatch.setattr(CB, "_TILE", 16)
     monkeypatch.setattr(CB, "_MAX_BLOCK_HW", 4)
@@ -209,14 +209,66 @@ def test_split_partition_emulated(case, layout, device, monkeypatch):
         assert_close(a, b, name=name)
 
 
+def _forced_group(monkeypatch, group):
+    """Make the launchers serve ``group`` samples per program (the MLP tiles shrunk to stay ≤ _TILE)."""
+    launch_cfg = CB._launch_cfg
+
+    def cfg(*a, **k):
+        base = launch_cfg(*a, **k)
+        return dict(base, GROUP=group, FC_C=max(1, min(base["BLOCK_C"], CB._TILE // (group * base["FC_R"]))))
+    monkeypatch.setattr(CB, "_launch_cfg", cfg)
+
+
+@pytest.mark.parametrize("group", [2, 4, 8])
+@pytest.mark.parametrize("case", ["2d", "2d channels_last", "1d", "3d"])
+def test_sample_groups(group, case, device, monkeypatch):
+    """Programs serving GROUP samples (the MLP weights read once per group, forward and backward): 5
+    samples, so the last group is ragged (for GROUP = 8 the only group), a hidden width of 5 over FC_R
+    chunks of 4 (shrunken tiles), against the float64 reference, output and every grad."""
+    _shrink(monkeypatch)
+    _forced_group(monkeypatch, group)
+    seen = []
+    launch = CB._launch
+    monkeypatch.setattr(CB, "_launch", lambda kernel, like, n, c, cfg, *a: seen.append((n, cfg["GROUP"]))
+                        or launch(kernel, like, n, c, cfg, *a))
+    shape = {"1d": (5, 11, 10), "3d": (5, 6, 2, 2, 3)}.get(case, (5, 11, 2, 5))
+    ins = inputs(shape, 3, 5, device)
+    if case.endswith("channels_last"):
+        ins[0] = ins[0].detach().to(memory_format=torch.channels_last).requires_grad_()
+    check_parity(fused, reference.cbam, ins, dtype=torch.float32, names=NAMES)
+    assert seen and all(v == (-(-5 // group), group) for v in seen)  # grid over the groups
+
+
+def test_group_choice():
+    """GROUP from the byte counts (_split.sample_group on W1 + W2): the weight-heavy 7×7 stage groups,
+    the 56×56 stage does not; on a GPU the (sample-group, channel-tile) work still fills the SMs."""
+    def cfg(n, c, hw, sms):
+        x, w1, w2 = torch.empty(1, c, hw, dtype=torch.bfloat16), torch.empty(c // 16, c), torch.empty(c, c // 16)
+        sizes = CB._sizes(x, w1, w2)
+        monkey = CB._device_sms
+        try:
+            CB._device_sms = lambda device: sms
+            return CB._launch_cfg(n, c, c // 16, hw, 2 * 49, x.device, **sizes)
+        finally:
+            CB._device_sms = monkey
+    assert cfg(64, 2048, 49, 0)["GROUP"] == 16  # 2 MB of fp32 weights against 200 KB of bf16 x per sample
+    big = cfg(64, 2048, 49, 132)
+    assert big["GROUP"] == 8 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= CB._TILE
+    assert cfg(64, 256, 3136, 132)["GROUP"] == 1
+    assert cfg(1, 2048, 49, 0)["GROUP"] == 1
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: a Python stand-in wait")
 @pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
-def test_multi_schedule_meetings_emulated(monkeypatch):
+@pytest.mark.parametrize("group", [1, 2])
+def test_multi_schedule_meetings_emulated(group, monkeypatch):
     """The MULTI=1 code itself on schedule (b)'s partition, its waits replaced by a stand-in that records
     the target and reports success (launched meetings + 1 times, as the emulation): equal to schedule
-    (a), and every program meets at k·P for k = 1, 2 forward and 1, 2, 3 backward. (The emulated
-    partition test runs the MULTI=0 code; the timeout test gets past one meeting only.)"""
+    (a), and every program meets at k·P for k = 1 … 1 + v forward and 1 … 2·v + 1 backward, v = the
+    samples of its group (GROUP = 2 over 3 samples: groups of 2 and 1). (The emulated partition test
+    runs the MULTI=0 code; the timeout test gets past one meeting only.)"""
     _shrink(monkeypatch)
+    _forced_group(monkeypatch, group)
     x, w1, w2, sw = _split_inputs("2d", "nchw", "cpu")
     targets = []
 
@@ -230,14 +282,18 @@ def test_multi_schedule_meetings_emulated(monkeypatch):
     monkeypatch.setattr(CB, "_sample_sync", wait_succeeds)
     emulate_split = _split.emulate_split
     monkeypatch.setattr(_split, "emulate_split", lambda *a: dict(emulate_split(*a), MULTI=1))
-    n = x.shape[0]
+    n, p = x.shape[0], 3
+    sizes = [min(group, n - n0) for n0 in range(0, n, group)]  # samples per group
+    meetings = CB.meetings(group)
     out3 = CB.cbam_forward(x, w1, w2, sw, _split=3)
-    assert targets == [3, 6] * (n * 3) * (CB.MEETINGS["forward"] + 1)
+    per_launch = [k * p for v in sizes for _ in range(p) for k in range(1, v + 2)]
+    assert targets == per_launch * (meetings["forward"] + 1)
     for a, b, name in zip(out3, out1, FWD_OUT):
         assert_close(a, b, name=name)
     targets.clear()
     g3 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:], _split=3)
-    assert targets == [3, 6, 9] * (n * 3) * (CB.MEETINGS["backward"] + 1)
+    per_launch = [k * p for v in sizes for _ in range(p) for k in range(1, 2 * v + 2)]
+    assert targets == per_launch * (meetings["backward"] + 1)
     for a, b, name in zip(g3, g1, BWD_OUT):
         assert_close(a, b, name=name)
 
@@ -263,6 +319,7 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
     tap rows) and what program 2 computes between meetings 1 and 2 (its MLP row, d of its pixels;
     grad d of its pixels). Everything else is NaN: every stored element is exact or NaN."""
     _shrink(monkeypatch)
+    _forced_group(monkeypatch, 1)  # one sample per program (test_split_sample_groups covers groups)
     shape, k = (2, 11, 6, 2), 3  # channels 4/4/3, pixels 4/4/4 (rows 0-1 / 2-3 / 4-5)
     x, w1, w2, sw = [t.detach() for t in inputs(shape, k, 5, "cpu")]
     r = w1.shape[0]
@@ -285,9 +342,10 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
         assert_close(out[i], out1[i], name=f"{FWD_OUT[i]} (timed-out forward)")
     for i in (0, 3, 4, 5, 7):  # y, pre_a, pre_m, ca (the first program's), sa (after meeting 2)
         assert torch.isnan(out[i]).all(), FWD_OUT[i]
-    own = kept[-1][0].view(n, 3, 2 * r + c)
-    assert torch.isnan(own[:, :2]).all()  # programs 0, 1: poisoned at meeting 1
-    assert_close(own[:, 2], torch.cat(out1[3:6], 1), name="the last program's MLP row [pa | pm | ca]")
+    own = kept[-1][0].view(3, n, r + c)  # row j·N + n: program j's [h | ca] of sample n
+    assert torch.isnan(own[:2]).all()  # programs 0, 1: poisoned at meeting 1
+    hidden = torch.relu(out1[3]) + torch.relu(out1[4])
+    assert_close(own[2], torch.cat([hidden, out1[5]], 1), name="the last program's MLP rows [h | ca]")
     assert torch.isnan(out[6][:, :, :p_lo]).all()
     assert_close(out[6][:, :, p_lo:], out1[6][:, :, p_lo:], name="d of the last program's pixels")
     for a, b, name in zip(out, out1, FWD_OUT):

@@ -181,6 +181,50 @@ def test_strided_biases(device):
     assert_close(bi_fused(x, wf, wb, w1, b1, w2, b2), reference.bi_eca(x, wf, wb, w1, b1, w2, b2), name="bi")
 
 
+@pytest.mark.parametrize("group", [2, 4, 8])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bi_sample_groups(group, layout, device, monkeypatch):
+    """BiECA programs serving GROUP samples (W1 read once per group, forward and backward): 5 samples, so
+    the last group is ragged (for GROUP = 8 the only group), a hidden width of 3 over FC_R = 2 chunks,
+    against the float64 reference, output and every grad; also without biases."""
+    bi_launch_cfg = D._bi_launch_cfg
+
+    def forced(*a, **k):
+        cfg = bi_launch_cfg(*a, **k)
+        return dict(cfg, GROUP=group, FC_R=2, FC_C=max(1, min(cfg["BLOCK_C"], 4096 // (group * 2))))
+    monkeypatch.setattr(D, "_bi_launch_cfg", forced)
+    seen = []
+    launch = D._launch
+    monkeypatch.setattr(D, "_launch", lambda kernel, like, n, c, cfg, *a, **k: seen.append((n, cfg["GROUP"]))
+                        or launch(kernel, like, n, c, cfg, *a, **k))
+    ins = bi_inputs((5, 12, 3, 3), kf=3, kb=5, rd=3, device=device)
+    if layout == "channels_last":
+        ins[0] = ins[0].detach().to(memory_format=torch.channels_last).requires_grad_()
+    check_parity(bi_fused, reference.bi_eca, ins, dtype=torch.float32, names=BI_NAMES)
+    assert seen and all(s == (-(-5 // group), group) for s in seen)  # grid over the groups
+    ins[4] = ins[6] = None
+    check_parity(bi_fused, reference.bi_eca, ins, dtype=torch.float32)
+
+
+def test_bi_group_choice():
+    """GROUP from the byte counts (_split.sample_group): weight-heavy late stages group, early stages do
+    not; on a GPU the (sample-group, channel-tile) work still fills the SMs."""
+    def cfg(n, c, hw, sms, dtype=torch.bfloat16):
+        x, w1 = torch.empty(1, c, hw, dtype=dtype), torch.empty(c // 16, c)
+        monkey = D._device_sms
+        try:
+            D._device_sms = lambda device: sms
+            return D._bi_launch_cfg(n, c, hw, c // 16, hw, 8, x.device, **D._bi_sizes(x, w1))
+        finally:
+            D._device_sms = monkey
+    # 7x7 stage: W1 (1 MB fp32) against 200 KB of bf16 x per sample -> 16 samples per program (CPU)
+    assert cfg(64, 2048, 49, 0)["GROUP"] == 16
+    big = cfg(64, 2048, 49, 132)  # 132 SMs: 64 samples x 32 channel tiles / 132 -> at most 8 per program
+    assert big["GROUP"] == 8 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= D._TILE_K
+    assert cfg(64, 256, 3136, 132)["GROUP"] == 1  # 56x56 stage: W1 is 1 % of a sample
+    assert cfg(1, 2048, 49, 0)["GROUP"] == 1  # one sample: nothing to share
+
+
 # ---------------------------------------------------------------------------------------------
 # The split-sample schedule (ops/_split.py): emulated partition and the MULTI=1 code under the
 # interpreter; the real cross-program schedule on a GPU
@@ -253,18 +297,24 @@ def test_multi_schedule_timeout_is_loud(op, monkeypatch):
     out1 = forward(ins)  # schedule (a): the expected values
     gy = torch.randn_like(ins[0])
     g1 = backward(gy, ins, out1[1:])
-    syncs = short_spin_split(monkeypatch, D)
-    cfg = D._launch_cfg(2, 37, 15, 15, _BLOCK_K[op], ins[0].device)
+    cfg_name = "_launch_cfg" if op == "dmk" else "_bi_launch_cfg"
+    syncs = short_spin_split(monkeypatch, D, cfg_name=cfg_name)
+    if op == "dmk":
+        cfg = D._launch_cfg(2, 37, 15, 15, _BLOCK_K[op], ins[0].device)
+    else:
+        cfg = D._bi_launch_cfg(2, 37, 15, 11, 15, _BLOCK_K[op], ins[0].device, **D._bi_sizes(ins[0], ins[3]))
     assert cfg["MULTI"] == 1 and cfg["P"] == 3
+    counters = [3] * (2 // cfg.get("GROUP", 1))  # one counter per sample group (BiECA: both samples in one)
+    assert op == "dmk" or cfg["GROUP"] == 2
     last = 2 * cfg["chan_per_prog"]  # program P-1 owns channels last .. 36
     out = forward(ins)
-    assert syncs[-1].tolist() == [3, 3, 1]  # every program arrived; the error flag is set
+    assert syncs[-1].tolist() == counters + [1]  # every program arrived; the error flag is set
     y, s = out[0], out[2]
     assert torch.isnan(y[:, :last]).all() and torch.isnan(s[:, :last]).all() and torch.isnan(out[-1]).all()
     assert_close(y[:, last:], out1[0][:, last:], name="y of the last program")
     assert_close(s[:, last:], out1[2][:, last:], name="gate of the last program")
     g = backward(gy, ins, out1[1:])
-    assert syncs[-1].tolist() == [3, 3, 1]
+    assert syncs[-1].tolist() == counters + [1]
     assert torch.isnan(g[0][:, :last]).all() and torch.isnan(g[-1]).all()  # grad_x; the last param grad
     assert_close(g[0][:, last:], g1[0][:, last:], name="grad_x of the last program")
     monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")

@@ -12,6 +12,8 @@ sanitizer instruments as few of torch's own kernels as possible):
 - ``triton_eca``: the Triton ECA forward + backward, both layouts;
 - ``triton_dynamic``: the Triton DynamicMultiKernelECA, BidirectionalECA and CBAM forward + backward on SE's two
   schedules (the same ``--se-schedules``), fp32 NCHW and bf16 channels_last (the dtypes asked for).
+  SE, CBAM and BiECA also run fp32 NCHW with both samples in one program (``forced_group``: at these
+  shapes a GPU's launch config would group none).
 
 Usage (bench/gpu_check.sh runs these):
 
@@ -30,6 +32,7 @@ CPU kernels, Triton under the interpreter): a dry run of this script, no check o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -112,11 +115,12 @@ def rel_err(out, ref) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def check(pairs, dtype_name: str) -> str:
-    """Raise when any (name, out, ref) is off by more than REL_TOL; else the worst error, as text."""
+def check(pairs, dtype_name: str, loose=()) -> str:
+    """Raise when any (name, out, ref) is off by more than REL_TOL (10x that for the names in ``loose``:
+    ill-conditioned gradients); else the worst error, as text."""
     tol = REL_TOL[dtype_name]
     errs = {name: rel_err(out, ref) for name, out, ref in pairs}
-    bad = {k: v for k, v in errs.items() if not v <= tol}
+    bad = {k: v for k, v in errs.items() if not v <= tol * (10 if k in loose else 1)}
     if bad:
         raise AssertionError("rel err over %g: %s" % (tol, ", ".join(f"{k}={v:.2e}" for k, v in bad.items())))
     name = max(errs, key=errs.get)
@@ -129,6 +133,27 @@ def cpu_reference(fn, inputs, grad_y):
     y = fn(*leaves)
     y.backward(grad_y.detach().double().cpu())
     return y, [None if t is None else t.grad for t in leaves]
+
+
+@contextlib.contextmanager
+def forced_group(module, name: str, group):
+    """Within the block, ``module.<name>`` (a Triton launch-config function) serves ``group`` samples per
+    program (None: its own choice). At these small shapes a GPU's config groups no samples (GROUP ≤
+    N·tiles / SMs), so without this the sanitizers would never see the grouped code paths; the tests
+    force groups the same way (tests/ops/test_se.py, test_cbam.py, test_dynamic_eca.py)."""
+    if group is None:
+        yield
+        return
+    launch_cfg = getattr(module, name)
+
+    def forced(*a, **k):
+        cfg = launch_cfg(*a, **k)
+        return dict(cfg, GROUP=group, FC_C=max(1, min(cfg["BLOCK_C"], 4096 // (group * cfg["FC_R"]))))
+    setattr(module, name, forced)
+    try:
+        yield
+    finally:
+        setattr(module, name, launch_cfg)
 
 
 def ext_cases(report, dtypes, dev):
@@ -221,12 +246,15 @@ def triton_se_cases(report, dtypes, dev, schedules=("single", "multi")):
     # (2, 520, 3, 3): three 256-channel tiles per sample in either layout, so ``multi`` (P = 3 programs
     # per sample, the counter sync) applies; ``single`` is the one-program-per-sample schedule.
     shape, r = (2, 520, 3, 3), 32
+    # + fp32 NCHW with both samples in one program (GROUP = 2, forced: see forced_group)
+    variants = [(d, cl, None) for d in dtypes for cl in (False, True)] + ([("fp32", False, 2)] if "fp32" in dtypes
+                                                                          else [])
     for schedule in schedules:
-        for dtype_name in dtypes:
-            for cl in (False, True):
-                lay = "channels_last" if cl else "nchw"
+        for dtype_name, cl, group in variants:
+            lay = ("channels_last" if cl else "nchw") + (f" group {group}" if group else "")
 
-                def run(schedule=schedule, dtype_name=dtype_name, cl=cl):
+            def run(schedule=schedule, dtype_name=dtype_name, cl=cl, group=group):
+                with forced_group(S, "launch_config", group):
                     os.environ["ATTN_KERNELS_SE_SCHEDULE"] = schedule
                     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
                     x = torch.randn(shape, device=dev, dtype=dtype)
@@ -246,7 +274,7 @@ def triton_se_cases(report, dtypes, dev, schedules=("single", "multi")):
                     names = ("grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2")
                     pairs = [("y", y, y_ref)] + [(n, t.grad, g) for n, t, g in zip(names, leaves, grads_ref)]
                     return f"MULTI={cfg['MULTI']} P={cfg['P']} GROUP={cfg['GROUP']}; " + check(pairs, dtype_name)
-                report.case(f"triton se {schedule} {dtype_name} {lay}", run)
+            report.case(f"triton se {schedule} {dtype_name} {lay}", run)
     os.environ.pop("ATTN_KERNELS_SE_SCHEDULE", None)
 
 
@@ -298,13 +326,16 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
                    ("grad_x", "grad_w_fwd", "grad_w_bwd", "grad_w1", "grad_b1", "grad_w2", "grad_b2")),
     }
     variants = [(d, cl) for d, cl in (("fp32", False), ("bf16", True)) if d in dtypes]
+    config_fn = {"cbam": (CB, "_launch_cfg"), "bi_eca": (D, "_bi_launch_cfg")}  # the ops that group samples
     for op, (fused, eager, block_k, param_shapes, names) in ops.items():
+        # + for CBAM and BiECA, fp32 NCHW with both samples in one program (GROUP = 2, forced: see forced_group)
+        grouped = [("fp32", False, 2)] if op in config_fn and "fp32" in dtypes else []
         for schedule in schedules:
-            for dtype_name, cl in variants:
-                lay = "channels_last" if cl else "nchw"
+            for dtype_name, cl, group in [(d, cl, None) for d, cl in variants] + grouped:
+                lay = ("channels_last" if cl else "nchw") + (f" group {group}" if group else "")
 
                 def run(op=op, fused=fused, eager=eager, block_k=block_k, param_shapes=param_shapes, names=names,
-                        schedule=schedule, dtype_name=dtype_name, cl=cl):
+                        schedule=schedule, dtype_name=dtype_name, cl=cl, group=group):
                     os.environ["ATTN_KERNELS_SE_SCHEDULE"] = schedule
                     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
                     x = torch.randn(shape, device=dev, dtype=dtype)
@@ -312,21 +343,27 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
                         x = x.contiguous(memory_format=torch.channels_last)
                     params = [(torch.randn(*s, device=dev) * sc).to(dtype) for s, sc in param_shapes]
                     hw = shape[2] * shape[3]
-                    if op == "cbam":
-                        cfg = CB._launch_cfg(shape[0], c, r, hw, 18, x.device, **CB._sizes(x, params[0], params[1]))
-                    elif op == "bi_eca":
-                        cfg = D._bi_launch_cfg(shape[0], c, hw, r, x.stride(1), block_k, x.device,
-                                               **D._bi_sizes(x, params[2]))
-                    else:
-                        cfg = dict(D._launch_cfg(shape[0], c, hw, x.stride(1), block_k, x.device), GROUP=1)
-                    leaves = [t.detach().requires_grad_() for t in [x] + params]
-                    gy = torch.randn_like(x)
-                    y = fused(*leaves, backend="triton")
-                    y.backward(gy)
-                    sync()
+                    with forced_group(*config_fn.get(op, (D, "_launch_cfg")), group):
+                        if op == "cbam":
+                            cfg = CB._launch_cfg(shape[0], c, r, hw, 18, x.device, **CB._sizes(x, params[0], params[1]))
+                        elif op == "bi_eca":
+                            cfg = D._bi_launch_cfg(shape[0], c, hw, r, x.stride(1), block_k, x.device,
+                                                   **D._bi_sizes(x, params[2]))
+                        else:
+                            cfg = dict(D._launch_cfg(shape[0], c, hw, x.stride(1), block_k, x.device), GROUP=1)
+                        leaves = [t.detach().requires_grad_() for t in [x] + params]
+                        gy = torch.randn_like(x)
+                        y = fused(*leaves, backend="triton")
+                        y.backward(gy)
+                        sync()
                     y_ref, grads_ref = cpu_reference(eager, [x] + params, gy)
                     pairs = [("y", y, y_ref)] + [(n, t.grad, g) for n, t, g in zip(names, leaves, grads_ref)]
-                    return f"MULTI={cfg['MULTI']} P={cfg['P']} GROUP={cfg['GROUP']}; " + check(pairs, dtype_name)
+                    # BiECA's blend-logit grads are dl = a0·a1·(g0 − g1) per sample: g0 and g1 (Σ over the channels
+                    # of du·f and du·b) cancel where the two branches agree, so fp32 rounding in them is
+                    # amplified (one draw here: 1.1e-4 relative, with identical bits for GROUP 1 and 2)
+                    loose = ("grad_w2", "grad_b2") if op == "bi_eca" else ()
+                    return f"MULTI={cfg['MULTI']} P={cfg['P']} GROUP={cfg['GROUP']}; " + check(pairs, dtype_name,
+                                                                                                  loose)
                 report.case(f"triton {op} {schedule} {dtype_name} {lay}", run)
     os.environ.pop("ATTN_KERNELS_SE_SCHEDULE", None)
 

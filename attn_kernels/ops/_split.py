@@ -21,8 +21,9 @@ every channel of the sample is pooled. Their kernels run in one of two schedules
 Switches (named after SE, the first op on this schedule; they govern every op above):
 ``ATTN_KERNELS_SE_SCHEDULE=auto|single|multi`` and ``ATTN_KERNELS_SE_CHECK=1``.
 
-Counters: a zeroed int32 (N + 1,) buffer per call (``torch.zeros``: one fill kernel, stream-ordered
-and capturable); entry N is the error flag. A kernel that meets twice waits for 2·P arrivals the
+Counters: a zeroed int32 (groups + 1,) buffer per call (``torch.zeros``: one fill kernel, stream-ordered
+and capturable), one counter per sample group (per sample when GROUP = 1); the last entry is the error
+flag. A kernel that meets twice waits for 2·P arrivals the
 second time (the counter only grows).
 
 Testing without a GPU: ``emulate_split`` gives the launcher schedule (b)'s channel partition with
@@ -73,10 +74,10 @@ def sample_sync(cnt_ptr, err_ptr, target, max_spin):
 
 @triton.jit
 def meet(sync_ptr, n, P, target, max_spin, MULTI: tl.constexpr):
-    """A meeting point of the kernels on both schedules. (b): ``sample_sync`` on sample n's counter
-    (``sync_ptr[n]``; the error flag after the N counters) until ``target`` arrivals (P; k·P at the
-    k-th meeting); returns the poison, NaN when the wait timed out, else 0. (a): a CTA barrier (the
-    program's threads read what the others stored); returns 0."""
+    """A meeting point of the kernels on both schedules. (b): ``sample_sync`` on counter n — sample n's,
+    or sample group n's (``sync_ptr[n]``; the error flag after the counters) — until ``target``
+    arrivals (P; k·P at the k-th meeting); returns the poison, NaN when the wait timed out, else 0.
+    (a): a CTA barrier (the program's threads read what the others stored); returns 0."""
     poison = 0.0
     if MULTI:
         failed = sample_sync(sync_ptr + n, sync_ptr + tl.num_programs(0) // P, target, max_spin)
@@ -131,13 +132,19 @@ def sample_group(n: int, tiles: int, sms: int, x_bytes: int, w_bytes: int) -> in
     one sample of x (C·HW·|x|); ``w_bytes``: the weights each program reads whole; 0 → no grouping.
     At the 7×7 stage of SE-ResNet-50 (C = 2048, R = 128, fp32 weights: 2 MB against 200 KB of bf16 x per
     sample) ungrouped programs read ten times more weight bytes from L2 than x bytes from DRAM. On a GPU
-    (``sms`` > 0) also GROUP ≤ N·tiles / SMs, so that the (sample group, channel tile) work still fills
-    the SMs. Not tuned on a GPU yet: the 1/4 ratio is reasoned from bytes, not measured."""
+    (``sms`` > 0) two caps keep the SMs busy: GROUP ≤ N·tiles / SMs, so that the (sample group, channel
+    tile) work of schedule (b) (few groups, P programs each) still fills them; and for N ≥ SMs, where the
+    groups are many and schedule (a) runs one program per group, GROUP ≤ ⌈N / SMs⌉, so that there are
+    about as many programs as SMs (without it N = 1024 at 2048×7×7 ran 64 programs of 16 samples on a
+    132-SM GPU: half of it idle). Not tuned on a GPU yet: the 1/4 ratio and both caps are reasoned
+    from bytes and SM counts, not measured."""
     if not (w_bytes and x_bytes) or n <= 1:
         return 1
     group = min(next_pow2(cdiv(4 * w_bytes, x_bytes)), MAX_GROUP, next_pow2(n))
     if sms:
         group = min(group, max(1, prev_pow2(n * tiles // sms)))
+        if n >= sms:
+            group = min(group, prev_pow2(cdiv(n, sms)))
     return group
 
 
@@ -182,7 +189,8 @@ def check_error(sync: torch.Tensor, multi: int, n: int, op: str) -> None:
 
 def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op: str, split: int = 0,
            refill=(), meetings: int = 1) -> None:
-    """Launch ``kernel`` on the N·P grid of ``cfg`` (keys MULTI, P, chan_per_prog + the kernel's meta-parameters);
+    """Launch ``kernel`` on the n·P grid of ``cfg`` (keys MULTI, P, chan_per_prog + the kernel's
+    meta-parameters; n: the samples, or the sample groups of a kernel that groups them);
     ``args(sync, P, chan_per_prog, max_spin)`` builds its positional arguments; ``meta``: the other
     meta-parameters, a dict or a function of P; ``like``: a tensor on the launch device.
     ``split`` (test hook): schedule (b)'s partition with P = ``split``, emulated with MULTI=0 — launched

@@ -27,7 +27,8 @@ tile read once for the avg and max branches of every sample: ``_pair_matvec``), 
 passes and scaling sample after sample; the backward likewise runs passes 1-3 sample after sample, the
 MLP backward and W1ᵀ for the group, then pass 4 sample after sample. Without it every sample reads the
 MLP weights from L2: at the 7×7 stage (C = 2048, R = 128) 2 MB of fp32 weights against 200 KB of bf16
-x. The price: a sample's x is pooled GROUP samples before its descriptor pass re-reads it (L2 reuse
+x. The price: a sample's x is pooled GROUP samples before its descriptor pass re-reads it, and in
+the backward its x and grad_y are read in pass 3 GROUP samples before pass 4 re-reads them (L2 reuse
 distance GROUP slabs, as in SE). Not measured: no GPU has run CBAM.
 
 Forward, one launch: pass A (channel slice) pools avg / max per channel → meet → the MLP in every
@@ -174,7 +175,7 @@ def _x1_grad_tile(x_base, gy_base, offs_c, offs_hw, m, mp, ca, sa_row, dd_base, 
 def _meet(sync_ptr, n, P, target, max_spin, poison, MULTI: tl.constexpr):
     """Between two passes on different slices; returns the poison for what the program computes next.
 
-    MULTI: arrive at sample n's counter and wait for ``target`` arrivals (k·P at the k-th meeting).
+    MULTI: arrive at counter n (sample group n's) and wait for ``target`` arrivals (k·P at the k-th meeting).
     NaN from the first timed-out wait on (``poison`` is the previous meeting's), else 0. A program
     that gave up once arrives at no later meeting: its arrivals cannot stand in for a peer's at the
     next one (the counter is shared by all meetings), so no program passes a meeting before every

@@ -50,8 +50,9 @@ Bytes per pass (|x| = element size; N·C·HW elements):
 plus O(N·C) fp32 vectors (pooled, gate, dz) and the parameters once per program (BiECA's W1: once per
 group of samples, below). Why two reads: the gate of any channel needs the blend, which needs every
 channel pooled, and a sample's slab is too big to keep in registers; the second read of a sample's
-slab comes from L2 when it fits (a program works on one sample at a time, so the slabs of the samples
-in flight must fit together). The compulsory floor
+slab comes from L2 when it fits (the slabs of the samples in flight must fit together: one per DMK
+program; a group's per BiECA program, which pools — backward: reduces grad_y·x over — all GROUP
+samples before it re-reads the first). The compulsory floor
 is 2·N·C·HW·|x| forward (read x, write y) and 3·N·C·HW·|x| backward.
 Launches: forward 1; backward 1 kernel + the batch reductions of the parameter grads in torch (tap
 sums, one GEMM per FC weight, bias sums; O(N·(C + R)) work).

@@ -28,10 +28,10 @@ sample. Two schedules, chosen per call by the launcher and passed as the constex
     of hanging. The launcher reads the flag (a host sync) only with ``ATTN_KERNELS_SE_CHECK=1`` — off
     by default so the launch path has no host sync and CUDA-graph capture works; the NaN poison
     makes a broken schedule loud without it.
-    Counters: a fresh zeroed int32 (N + 1,) buffer per call (``torch.zeros``: one fill kernel, stream
-    ordered and capturable, safe across streams and graph replays; the +1 is the error flag).
-    The counter wait, the split plan and the test hooks live in ops/_split.py (shared with
-    DynamicMultiKernelECA and BidirectionalECA). CI runs schedule (b)'s channel partition (emulated)
+    Counters: a fresh zeroed int32 (groups + 1,) buffer per call (``torch.zeros``: one fill kernel,
+    stream ordered and capturable, safe across streams and graph replays; the +1 is the error flag).
+    The counter wait, the split plan, the group rule and the test hooks live in ops/_split.py (shared
+    with DynamicMultiKernelECA, BidirectionalECA and CBAM). CI runs schedule (b)'s channel partition (emulated)
     and its MULTI=1 code with a tiny spin bound under the interpreter; the real schedule only a GPU runs.
 
 Sample groups (both schedules): a program serves GROUP consecutive samples (``GROUP`` constexpr, 1 … 16,

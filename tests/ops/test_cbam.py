@@ -161,12 +161,15 @@ SPLIT_CASES = {  # shape, k, rd: 11 channels → tiles of 4/4/3 (one per program
 
 
 def _shrink(monkeypatch):
-    """Tiles small enough for a 3-way split at tiny shapes: BLOCK_C = 4, BLOCK_HW = 4, FC_R = 4 (two R
-    chunks at rd = 5), BLOCK_T = 8 (several tap chunks), BLOCK_P = 2; pixel tiles down to 1 pixel."""
+    """Tiles small enough for a 3-way split at tiny shapes: BLOCK_C = 4, BLOCK_HW = 4, BLOCK_T = 8 (several
+    tap chunks), BLOCK_P = 2, pixel tiles down to 1 pixel; the MLP's FC_R = 4 (two chunks at rd = 5) and
+    FC_C ≤ 2 (several chunks over the channels)."""
     monkeypatch.setattr(CB, "_TILE", 16)
     monkeypatch.setattr(CB, "_MAX_BLOCK_HW", 4)
     monkeypatch.setattr(CB, "_MAX_BLOCK_T", 8)
     monkeypatch.setattr(CB, "_MIN_PX_TILE", 1)
+    launch_cfg = CB._launch_cfg
+    monkeypatch.setattr(CB, "_launch_cfg", lambda *a, **k: dict(launch_cfg(*a, **k), FC_R=4))
 
 
 def _split_inputs(case, layout, device):
@@ -254,6 +257,7 @@ def test_group_choice():
     assert cfg(64, 2048, 49, 0)["GROUP"] == 16  # 2 MB of fp32 weights against 200 KB of bf16 x per sample
     big = cfg(64, 2048, 49, 132)
     assert big["GROUP"] == 8 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= CB._TILE
+    assert cfg(1024, 2048, 49, 132)["GROUP"] == 8 and cfg(1024, 2048, 49, 132)["MULTI"] == 0  # ~1 program per SM
     assert cfg(64, 256, 3136, 132)["GROUP"] == 1
     assert cfg(1, 2048, 49, 0)["GROUP"] == 1
 
@@ -319,7 +323,7 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
     tap rows) and what program 2 computes between meetings 1 and 2 (its MLP row, d of its pixels;
     grad d of its pixels). Everything else is NaN: every stored element is exact or NaN."""
     _shrink(monkeypatch)
-    _forced_group(monkeypatch, 1)  # one sample per program (test_split_sample_groups covers groups)
+    _forced_group(monkeypatch, 1)  # one sample per program (test_sample_groups covers groups)
     shape, k = (2, 11, 6, 2), 3  # channels 4/4/3, pixels 4/4/4 (rows 0-1 / 2-3 / 4-5)
     x, w1, w2, sw = [t.detach() for t in inputs(shape, k, 5, "cpu")]
     r = w1.shape[0]

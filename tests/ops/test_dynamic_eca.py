@@ -221,6 +221,7 @@ def test_bi_group_choice():
     assert cfg(64, 2048, 49, 0)["GROUP"] == 16
     big = cfg(64, 2048, 49, 132)  # 132 SMs: 64 samples x 32 channel tiles / 132 -> at most 8 per program
     assert big["GROUP"] == 8 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= D._TILE_K
+    assert cfg(1024, 2048, 49, 132)["GROUP"] == 8  # large batch: about one program per SM (schedule (a))
     assert cfg(64, 256, 3136, 132)["GROUP"] == 1  # 56x56 stage: W1 is 1 % of a sample
     assert cfg(1, 2048, 49, 0)["GROUP"] == 1  # one sample: nothing to share
 

@@ -312,6 +312,15 @@ def test_group_choice():
     gpu = S._launch_config(64, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
     assert gpu["GROUP"] == 8 and gpu["MULTI"] == 1 and gpu["P"] == 8 and (64 // 8) * gpu["P"] <= 132 // 2
     assert gpu["GROUP"] * gpu["FC_C"] * gpu["FC_R"] <= 4096
+    # large batches run schedule (a), one program per group: about one program per SM (GROUP <=
+    # ceil(N / SMs)), not 64 programs of 16 samples at N = 1024; no batch leaves more than about half
+    # of a 132-SM GPU without a program (schedule (b) asks for at most half)
+    for n, group in ((256, 2), (1024, 8), (4096, 16)):
+        big = S._launch_config(n, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
+        assert big["GROUP"] == group and big["MULTI"] == 0 and -(-n // group) >= 128
+    for n in range(2, 2100):
+        cfg = S._launch_config(n, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
+        assert -(-n // cfg["GROUP"]) * cfg["P"] >= 0.45 * min(n, 132), n
     # stage 1 (256 x 56 x 56, R = 16): weights are 2 % of a sample's x: no grouping
     assert S._launch_config(64, 256, 16, 3136, False, "auto", 132, **sizes(256, 3136, 16))["GROUP"] == 1
     # schedule (b) asks for at most half the SMs to be co-resident (room for other streams' kernels)

@@ -21,7 +21,7 @@ kernels run on SE's two schedules (ops/_split.py), chosen per call and passed as
     sample.
 
 Sample groups: a program serves GROUP consecutive samples (``_split.sample_group`` on the bytes of W1 +
-W2, which every program reads whole, against a sample of x: as SE, ≤ 16, on a GPU ≤ N·#tiles / SMs). It
+W2, which every program reads whole, against a sample of x: as SE, ≤ 16, with its two GPU caps). It
 pools all of them, runs the shared MLP for all of them at once on [GROUP, FC_R, FC_C] tiles (each weight
 tile read once for the avg and max branches of every sample: ``_pair_matvec``), then runs the pixel
 passes and scaling sample after sample; the backward likewise runs passes 1-3 sample after sample, the
@@ -34,12 +34,13 @@ distance GROUP slabs, as in SE). Not measured: no GPU has run CBAM.
 Forward, one launch: pass A (channel slice) pools avg / max per channel → meet → the MLP in every
 program, from the whole pooled vectors: hidden pre-activations pa = W1·avg, pm = W1·max, h = relu(pa) +
 relu(pm), and ca for all C (identical bits in every program, each into its own scratch rows [h | ca]
-that it alone reads back; the first program stores the per-sample outputs) → pass B (pixel slice) the channel mean / max of x·ca
-per pixel → d (fp32, saved) → meet → pass C (pixel slice) the k×k conv of d (a [pixels, ≤ 256 taps]
-gather tile, looped; the k//2 halo of d from the peers' pixels) → sa, then y = x·ca·sa. Why every
-program computes all of ca rather than its channel slice: pass B needs ca of every channel, so
-sharing slices would cost a third meeting (a grid-wide wait) to save one R·C GEMV per program — the
-size of the pa / pm GEMV every program does anyway, with W2 from L2 after the first program.
+that it alone reads back; the first program stores the per-sample outputs) → pass B (pixel slice)
+the channel mean / max of x·ca per pixel → d (fp32, saved) → meet → pass C (pixel slice) the k×k conv
+of d (a [pixels, ≤ 256 taps] gather tile, looped; the k//2 halo of d from the peers' pixels) → sa,
+then y = x·ca·sa. Why every program computes all of ca rather than its channel slice: pass B needs
+ca of every channel, so sharing slices would cost a third meeting (a grid-wide wait) to save one R·C
+GEMV per program — the size of the pa / pm GEMV every program does anyway, with W2 from L2 after the
+first program.
 Backward, one launch: (1, pixel slice) Σ_c grad_y·x1 per pixel → dz_s = ·sa(1−sa), and the count of
 channels tied at the channel max → meet → (2, pixel slice) the transposed conv → grad d (the halo of
 dz_s from the peers' pixels), and the spatial taps' gradient partial Σ_p dz_s[p]·d[p+off] over the

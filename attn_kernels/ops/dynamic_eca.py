@@ -12,10 +12,10 @@ on SE's two schedules (ops/_split.py), one launch forward, one launch backward:
     (DMK: 3 logits; BiECA: the R-wide MLP) from the whole pooled vector — every program, identical
     bits — then gate and scale the slice, reading the conv's k//2 halo from the peers' pooled means.
     Backward: pass 1 over the slice publishes dz (and the slice's part of the tap-gradient
-    correlations and of the blend gradients) as one row per program; after the meeting every
-    program sums the P rows in program order, derives the blend / MLP gradients and runs pass 2 on
-    its slice (the transposed conv's halo from the peers' dz). Per-sample outputs (blend, hidden,
-    tap and logit gradients) are stored by the sample's first program.
+    correlations and of the blend gradients) as one row per program and sample; after the meeting
+    every program sums the P rows in program order, derives the blend / MLP gradients and runs pass 2
+    on its slice (the transposed conv's halo from the peers' dz). Per-sample outputs (blend, hidden,
+    tap and logit gradients) are stored by the sample's (group's) first program.
 
     dmk_eca:  z = Σ_i β_i conv_{k_i}(p),  β = softmax(W p + b)                    (W (3, C))
     bi_eca:   z = a_0 σ(conv_f(p)) + a_1 σ(conv_b~(p)),  a = softmax(W2 relu(W1 p + b1) + b2)
@@ -57,7 +57,8 @@ is 2·N·C·HW·|x| forward (read x, write y) and 3·N·C·HW·|x| backward.
 Launches: forward 1; backward 1 kernel + the batch reductions of the parameter grads in torch (tap
 sums, one GEMM per FC weight, bias sums; O(N·(C + R)) work).
 Sample groups (BiECA, as SE): a program serves GROUP consecutive samples (``_split.sample_group``: the
-smallest power of two with |W1| / GROUP ≤ a sample's x bytes / 4, ≤ 16, and on a GPU ≤ N·#tiles / SMs).
+smallest power of two with |W1| / GROUP ≤ a sample's x bytes / 4, ≤ 16, with two caps on a GPU that keep
+the SMs busy).
 It pools, gates and scales its channel slice of each of them one after another, but runs the gate MLP
 for all of them at once on [GROUP, FC_R, FC_C] tiles, so W1 (R·C, read whole by every program in the
 forward, its slice's columns in the backward for W1ᵀ dh) is read once per group instead of once per
@@ -121,7 +122,7 @@ def _pool_tile(base, offs_c, mask_c, HW, stride_c, stride_hw, ACC: tl.constexpr,
 @triton.jit
 def _pool_and_meet(x_base, p_base, c_lo, c_hi, HW, sxc, sxhw, sync_ptr, n, P, max_spin, MULTI: tl.constexpr,
                    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """Pass 1 of both forwards: the means of channels [c_lo, c_hi) into p_base, then the meeting with
+    """Pass 1 of the DMK forward: the means of channels [c_lo, c_hi) into p_base, then the meeting with
     the sample's other programs (schedule (b)) or a barrier (a: the pooled vector stored by every
     thread is read back by others). Returns the poison: NaN after a timed-out wait, else 0."""
     for c0 in range(c_lo, c_hi, BLOCK_C):

@@ -373,6 +373,57 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
         CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: programs run in order")
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered", "ignore:All-NaN slice")
+def test_multi_schedule_timeout_is_loud_with_groups(monkeypatch):
+    """The timeout test's schedule with both samples in one group (GROUP = 2, P = 3, one counter):
+    programs 0 and 1 give up at meeting 1, program 2 passes it and gives up at the next (sample 0's
+    descriptor meeting), so the counter ends at 4 in the forward and the backward alike. Exact: the
+    pooled vectors, program 2's MLP rows of both samples, d of program 2's pixels of sample 0 (its pass
+    B ran before it gave up); dz_s and the tap rows (no poison enters them). Everything else NaN; every
+    stored element exact or NaN."""
+    _shrink(monkeypatch)
+    _forced_group(monkeypatch, 2)
+    shape, k = (2, 11, 6, 2), 3  # channels 4/4/3, pixels 4/4/4
+    x, w1, w2, sw = [t.detach() for t in inputs(shape, k, 5, "cpu")]
+    r, c = w1.shape
+    kept = []
+    scratch = CB._scratch
+    monkeypatch.setattr(CB, "_scratch", lambda *a: kept.append(scratch(*a)) or kept[-1])
+    out1 = CB.cbam_forward(x, w1, w2, sw)  # schedule (a), GROUP = 2: the expected values
+    gy = torch.randn_like(x)
+    g1 = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
+    dzs1 = kept[-1][0]
+    syncs = short_spin_split(monkeypatch, CB)
+    n, _, hw, cfg = _plan(x, w1, sw)
+    assert cfg["MULTI"] == 1 and cfg["P"] == 3 and cfg["GROUP"] == 2
+    p_lo = 2 * CB._pixel_plan(hw, 3, cfg)[2]
+
+    out = CB.cbam_forward(x, w1, w2, sw)
+    assert syncs[-1].tolist() == [4, 1]  # one counter for the group; the error flag is set
+    for i in (1, 2):
+        assert_close(out[i], out1[i], name=f"{FWD_OUT[i]} (pooled before meeting 1)")
+    for i in (0, 3, 4, 5, 7):  # y, pre_a, pre_m, ca (the first program's), sa
+        assert torch.isnan(out[i]).all(), FWD_OUT[i]
+    own = kept[-1][0].view(3, n, r + c)
+    assert torch.isnan(own[:2]).all()
+    hidden = torch.relu(out1[3]) + torch.relu(out1[4])
+    assert_close(own[2], torch.cat([hidden, out1[5]], 1), name="program 2's MLP rows of both samples")
+    assert_close(out[6][0, :, p_lo:], out1[6][0, :, p_lo:], name="d of program 2's pixels, sample 0")
+    assert torch.isnan(out[6][1]).all() and torch.isnan(out[6][0, :, :p_lo]).all()
+    for a, b, name in zip(out, out1, FWD_OUT):
+        _exact_or_nan(a, b, name)
+
+    g = CB.cbam_backward(gy, x, w1, w2, sw, *out1[1:])
+    assert syncs[-1].tolist() == [4, 1]
+    dzs, _, dd, _, gpart = kept[-1][:5]
+    assert_close(dzs, dzs1, name="dz_s of both samples")
+    assert_close(gpart.sum(0).view_as(sw), g1[3], name="the tap rows of every program and sample")
+    assert torch.isnan(dd[1]).all() and torch.isnan(dd[0, :, :p_lo]).all()
+    for a, name in zip(g, BWD_OUT):
+        assert torch.isnan(a).all(), name
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("schedule", ["single", "multi"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

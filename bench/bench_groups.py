@@ -8,14 +8,22 @@ forward+backward, with the launch config's own choice (``auto``) and with GROUP 
 (the schedule re-planned for the forced group count, as the launcher would). Per row: median ms of each
 GROUP, the fastest, and auto's time over the fastest.
 
-    python bench/bench_groups.py [--ops se,bi_eca,cbam] [--batches 32,64,256,1024] [--dtype bfloat16]
-                                 [--layout nchw|channels_last] [--modes fwd,fwd+bwd] [--out bench/results]
+    python bench/bench_groups.py [--ops se,bi_eca,cbam] [--batches 64,256,1024] [--dtype bfloat16]
+                                 [--layout nchw|channels_last] [--modes fwd,fwd+bwd] [--max-seconds 480]
+                                 [--out bench/results]
     python bench/bench_groups.py --quick   # one tiny case: on CPU through the interpreter (checks the script)
 
 Timing: triton.testing.do_bench (CUDA events; median), inputs rotated through a working set of at least
-256 MB so that x comes from HBM, not L2. Writes ``groups_<device>_<stamp>.json`` + ``.csv`` to --out
-(device, versions, date in each) and prints a markdown table. Without a GPU only ``--quick`` runs; its
-times measure the interpreter and are never to be quoted.
+256 MB so that x comes from HBM, not L2; the forward also replayed from a CUDA graph (no host launch
+cost, same input each replay). Small batches are host-bound through autograd: read fwd+bwd at N = 64
+with that in mind. Parameters are fp32 (x in --dtype: autocast's setup), which doubles the weight bytes
+auto groups by. Each GROUP is first called untimed with ATTN_KERNELS_SE_CHECK=1 (compile; a timed-out
+schedule (b) wait raises): a failure is recorded in the row and that GROUP skipped. Writes
+``groups_<device>_<stamp>.json`` + ``.csv`` to --out after every case (a killed run keeps what it
+measured; on a lent machine point --out into the folder that comes back), and prints a markdown table.
+A full default sweep is ~140 Triton compiles plus ~200 timings: run one op per command if the command
+limit is 10 minutes. Without a GPU only ``--quick`` runs; its times measure the interpreter and are
+never to be quoted.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import datetime as _dt
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -37,7 +46,7 @@ import triton  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attn_kernels import functional  # noqa: E402
-from attn_kernels.benchmark import time_cpu, time_cuda  # noqa: E402
+from attn_kernels.benchmark import time_cpu, time_cuda, time_cuda_graph  # noqa: E402
 from attn_kernels.ops import _split  # noqa: E402
 from attn_kernels.ops import cbam as CB  # noqa: E402
 from attn_kernels.ops import dynamic_eca as D  # noqa: E402
@@ -101,9 +110,34 @@ def _time(fn, grad_to_none=None) -> float:
     return time_cpu(fn, min_time=0.0, min_reps=2, warmup=1)[0]
 
 
+def _graph_time(fn) -> float:
+    """Forward replayed from a CUDA graph: no host launch overhead, but the same input every replay (from
+    L2 when it fits: below ~50 MB). None where the capture fails."""
+    try:
+        return round(time_cuda_graph(fn, rep_ms=100), 5)
+    except Exception:  # a capture failure is a finding for the row, not the end of the sweep
+        return None
+
+
+@contextlib.contextmanager
+def _checked_schedule():
+    """ATTN_KERNELS_SE_CHECK=1 for the untimed first call: a timed-out schedule (b) wait raises (a host
+    sync) instead of spinning through every timed call and returning NaN."""
+    old = os.environ.get("ATTN_KERNELS_SE_CHECK")
+    os.environ["ATTN_KERNELS_SE_CHECK"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ATTN_KERNELS_SE_CHECK")
+        else:
+            os.environ["ATTN_KERNELS_SE_CHECK"] = old
+
+
 def run_case(op, n, c, h, w, dtype, layout, modes, device):
-    """Rows (one per mode): ms per GROUP and for auto, the GROUP auto picked, and the (GROUP, MULTI, P) each
-    timing launched with."""
+    """Rows (one per mode): ms per GROUP and for auto (forward also replayed from a CUDA graph), the GROUP
+    auto picked, and the (GROUP, MULTI, P) each timing launched with. A GROUP whose first call fails
+    (compile error, timed-out wait, NaN output) gets its error in the row instead of a time."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     elem = torch.empty((), dtype=dtype).element_size()
     count = max(2, -(-WORKING_SET // (n * c * h * w * elem))) if HAS_CUDA else 1
@@ -119,6 +153,7 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device):
         for group in (None,) + GROUPS:
             if group is not None and group > n:
                 continue
+            key = "auto" if group is None else f"g{group}"
             state = {"i": 0}
 
             def fn():
@@ -127,23 +162,36 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device):
                     with torch.no_grad():
                         return call(xs[i], params)
                 x = xs[i].detach().requires_grad_()
-                call(x, params).backward(gys[i])
+                y = call(x, params)
+                y.backward(gys[i])
+                return x.grad
 
             with forced_group(op, group):
                 launch_cfg = getattr(module, name)
                 setattr(module, name, lambda *a, **k: seen.append(launch_cfg(*a, **k)) or seen[-1])
                 try:
-                    fn()  # compile outside the timing; records the config the launcher used
+                    with _checked_schedule():  # compile outside the timing; records the config the launcher used
+                        out = fn()
+                        if not bool(torch.isfinite(out).all()):
+                            raise RuntimeError("non-finite output")
+                except Exception as exc:
+                    row[f"{key}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                    print(f"  {op} N={n} {mode} {key}: {row[f'{key}_error']}", file=sys.stderr, flush=True)
+                    continue
                 finally:
                     setattr(module, name, launch_cfg)
-                key = "auto" if group is None else f"g{group}"
                 row[f"{key}_cfg"] = "GROUP={GROUP} MULTI={MULTI} P={P}".format(**seen[-1])  # what the launcher ran
                 row[f"{key}_ms"] = round(_time(fn, params if mode == "fwd+bwd" else None), 5)
+                if mode == "fwd" and HAS_CUDA:
+                    row[f"{key}_graph_ms"] = _graph_time(fn)
             if group is None:
                 row["auto_group"] = seen[-1]["GROUP"]
         timed = {g: row[f"g{g}_ms"] for g in GROUPS if f"g{g}_ms" in row}
-        best = min(timed, key=timed.get)
-        row.update(best_group=best, auto_over_best=round(row["auto_ms"] / timed[best], 3))
+        if timed:
+            best = min(timed, key=timed.get)
+            row["best_group"] = best
+            if "auto_ms" in row:
+                row["auto_over_best"] = round(row["auto_ms"] / timed[best], 3)
         rows.append(row)
     return rows
 
@@ -156,7 +204,10 @@ def _meta() -> dict:
                 interpreter=os.environ.get("TRITON_INTERPRET", "0") == "1", working_set_bytes=WORKING_SET)
 
 
-def _write(rows, meta, out_dir):
+def _write(rows, meta, out_dir, quiet=False):
+    """JSON + CSV of the rows so far (the same two files, rewritten after every case)."""
+    if not rows:
+        return
     os.makedirs(out_dir, exist_ok=True)
     stamp = meta["date"].replace("-", "").replace(":", "")
     base = os.path.join(out_dir, f"groups_{'cuda' if HAS_CUDA else 'cpu'}_{stamp}")
@@ -168,27 +219,34 @@ def _write(rows, meta, out_dir):
         wr.writeheader()
         for r in rows:
             wr.writerow({**meta, **r})
-    print(f"wrote {base}.json and .csv")
+    if not quiet:
+        print(f"wrote {base}.json and .csv")
 
 
 def _table(rows):
     print("| op | N | C×H×W | mode | auto GROUP | auto ms | " + " | ".join(f"G={g} ms" for g in GROUPS)
           + " | best | auto / best |")
     print("|---|---|---|---|---|---|" + "---|" * len(GROUPS) + "---|---|")
+
+    def ms(r, key):
+        return f"{r[key + '_ms']:.4f}" if key + "_ms" in r else ("error" if key + "_error" in r else "-")
     for r in rows:
-        cells = " | ".join(f"{r[f'g{g}_ms']:.4f}" if f"g{g}_ms" in r else "-" for g in GROUPS)
-        print(f"| {r['op']} | {r['n']} | {r['c']}×{r['h']}×{r['w']} | {r['mode']} | {r['auto_group']} | "
-              f"{r['auto_ms']:.4f} | {cells} | {r['best_group']} | {r['auto_over_best']:.2f}× |")
+        cells = " | ".join(ms(r, f"g{g}") for g in GROUPS)
+        ratio = f"{r['auto_over_best']:.2f}×" if "auto_over_best" in r else "-"
+        print(f"| {r['op']} | {r['n']} | {r['c']}×{r['h']}×{r['w']} | {r['mode']} | {r.get('auto_group', '-')} | "
+              f"{ms(r, 'auto')} | {cells} | {r.get('best_group', '-')} | {ratio} |")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ops", default="se,bi_eca,cbam")
-    ap.add_argument("--batches", default="32,64,256,1024")
+    ap.add_argument("--batches", default="64,256,1024")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--layout", default="nchw", choices=["nchw", "channels_last"])
     ap.add_argument("--modes", default="fwd,fwd+bwd")
     ap.add_argument("--quick", action="store_true", help="one tiny case (CPU: the interpreter; checks the script)")
+    ap.add_argument("--max-seconds", type=float, default=480,
+                    help="start no new case after this many seconds (results are written after every case)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
     ops = [o for o in args.ops.split(",") if o]
@@ -208,13 +266,20 @@ def main(argv=None) -> int:
     else:
         cases = [(n,) + s for s in STAGES for n in (int(b) for b in args.batches.split(","))]
     dtype = getattr(torch, args.dtype)
-    rows = []
+    meta = dict(_meta(), params="fp32 (x in --dtype: the autocast setup)", max_seconds=args.max_seconds)
+    rows, start = [], time.monotonic()
     for op in ops:
         for (n, c, h, w) in cases:
+            if time.monotonic() - start > args.max_seconds:
+                print(f"bench_groups: --max-seconds {args.max_seconds} reached; skipping {op} N={n} C={c} and the "
+                      "cases after it", file=sys.stderr)
+                meta["stopped_early"] = True
+                break
             print(f"case {op} N={n} C={c} {h}×{w} {args.dtype} {args.layout}", file=sys.stderr, flush=True)
             rows += run_case(op, n, c, h, w, dtype, args.layout, modes, device)
+            _write(rows, meta, args.out, quiet=True)  # after every case: a killed run keeps what it measured
     _table(rows)
-    _write(rows, _meta(), args.out)
+    _write(rows, meta, args.out)
     return 0
 
 

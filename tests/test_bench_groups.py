@@ -22,3 +22,27 @@ def test_quick_sweep_forces_each_group(tmp_path):
     # the launch config is restored after the sweep
     assert bench_groups.S.launch_config.__name__ == "launch_config"
     assert bench_groups.CB._launch_cfg.__name__ == "_launch_cfg"
+
+
+def test_failing_group_is_recorded_not_fatal(tmp_path, monkeypatch):
+    """A GROUP whose first call fails (here: the op raises under GROUP = 2) gets its error in the row; the
+    other groups are still timed and the files written."""
+    forced_group = bench_groups.forced_group
+    se = bench_groups.functional.se
+
+    @bench_groups.contextlib.contextmanager
+    def failing(op, group):
+        with forced_group(op, group):
+            if group == 2:
+                def boom(*a, **k):
+                    raise RuntimeError("compile failed")
+                monkeypatch.setattr(bench_groups.functional, "se", boom)
+            try:
+                yield
+            finally:
+                monkeypatch.setattr(bench_groups.functional, "se", se)
+    monkeypatch.setattr(bench_groups, "forced_group", failing)
+    assert bench_groups.main(["--quick", "--ops", "se", "--modes", "fwd", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads(next(tmp_path.glob("groups_*.json")).read_text())["rows"]
+    assert row["g2_error"] == "RuntimeError: compile failed" and "g2_ms" not in row
+    assert row["g1_ms"] > 0 and row["g4_ms"] > 0 and row["best_group"] in (1, 4)

@@ -242,6 +242,16 @@ def test_sample_groups(group, case, device, monkeypatch):
     assert seen and all(v == (-(-5 // group), group) for v in seen)  # grid over the groups
 
 
+def test_sample_groups_low_precision_and_gradcheck(device, monkeypatch):
+    """Two samples per program (3 samples: a ragged group) with bf16 / fp16 x against float64, and the
+    float64 kernels (the fp64 accumulation path of the group tiles) through gradcheck."""
+    _forced_group(monkeypatch, 2)
+    for dtype in (torch.bfloat16, torch.float16):
+        check_parity(fused, reference.cbam, inputs((3, 6, 4, 5), 3, 2, device), dtype=dtype,
+                     param_dtype=torch.float32, names=NAMES)
+    gradcheck(fused, inputs((3, 2, 3), 3, 1, device), eps=1e-6, atol=1e-6)
+
+
 def test_group_choice():
     """GROUP from the byte counts (_split.sample_group on W1 + W2): the weight-heavy 7×7 stage groups,
     the 56×56 stage does not; on a GPU the (sample-group, channel-tile) work still fills the SMs."""

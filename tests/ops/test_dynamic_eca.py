@@ -181,18 +181,23 @@ def test_strided_biases(device):
     assert_close(bi_fused(x, wf, wb, w1, b1, w2, b2), reference.bi_eca(x, wf, wb, w1, b1, w2, b2), name="bi")
 
 
-@pytest.mark.parametrize("group", [2, 4, 8])
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_bi_sample_groups(group, layout, device, monkeypatch):
-    """BiECA programs serving GROUP samples (W1 read once per group, forward and backward): 5 samples, so
-    the last group is ragged (for GROUP = 8 the only group), a hidden width of 3 over FC_R = 2 chunks,
-    against the float64 reference, output and every grad; also without biases."""
+def _force_bi_group(monkeypatch, group):
+    """BiECA's launcher serves ``group`` samples per program, its MLP in FC_R = 2 hidden units per chunk."""
     bi_launch_cfg = D._bi_launch_cfg
 
     def forced(*a, **k):
         cfg = bi_launch_cfg(*a, **k)
         return dict(cfg, GROUP=group, FC_R=2, FC_C=max(1, min(cfg["BLOCK_C"], 4096 // (group * 2))))
     monkeypatch.setattr(D, "_bi_launch_cfg", forced)
+
+
+@pytest.mark.parametrize("group", [2, 4, 8])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bi_sample_groups(group, layout, device, monkeypatch):
+    """BiECA programs serving GROUP samples (W1 read once per group, forward and backward): 5 samples, so
+    the last group is ragged (for GROUP = 8 the only group), a hidden width of 3 over FC_R = 2 chunks,
+    against the float64 reference, output and every grad; also without biases."""
+    _force_bi_group(monkeypatch, group)
     seen = []
     launch = D._launch
     monkeypatch.setattr(D, "_launch", lambda kernel, like, n, c, cfg, *a, **k: seen.append((n, cfg["GROUP"]))
@@ -204,6 +209,16 @@ def test_bi_sample_groups(group, layout, device, monkeypatch):
     assert seen and all(s == (-(-5 // group), group) for s in seen)  # grid over the groups
     ins[4] = ins[6] = None
     check_parity(bi_fused, reference.bi_eca, ins, dtype=torch.float32)
+
+
+def test_bi_sample_groups_low_precision_and_gradcheck(device, monkeypatch):
+    """Two samples per program (3 samples: a ragged group) with bf16 / fp16 x against float64, and the
+    float64 kernels (the fp64 accumulation path of the group tiles) through gradcheck."""
+    _force_bi_group(monkeypatch, 2)
+    ins = bi_inputs((3, 12, 2, 3), kf=3, kb=5, rd=3, device=device)
+    for dtype in (torch.bfloat16, torch.float16):
+        check_parity(bi_fused, reference.bi_eca, ins, dtype=dtype, param_dtype=torch.float32, names=BI_NAMES)
+    gradcheck(bi_fused, bi_inputs((3, 6, 2, 2), rd=3, device=device))
 
 
 def test_bi_group_choice():

@@ -435,6 +435,20 @@ def test_multi_schedule_timeout_is_loud_with_groups(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n", [64, 256])
+def test_gpu_natural_groups(n, monkeypatch):
+    """CBAM at the 7×7 stage (C = 2048, hidden 128, 7×7 spatial kernel) at training batches with the
+    launcher's own choice: samples grouped (GROUP > 1), fp32 against float64 (fp32: bf16 max-pool ties
+    against eager are fragile at this width), error flag checked."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    ins = inputs((n, 2048, 7, 7), 7, 128, "cuda")
+    x, w1, w2, sw = (t.detach() for t in ins)
+    cfg = CB._launch_cfg(n, 2048, 128, 49, sw.numel(), x.device, **CB._sizes(x, w1, w2))
+    assert cfg["GROUP"] > 1
+    check_parity(fused, reference.cbam, ins, dtype=torch.float32, names=NAMES)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("schedule", ["single", "multi"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", [(2, 64, 20, 20), (2, 1100, 7, 7)], ids=str)

@@ -359,6 +359,19 @@ def test_gpu_schedules(op, schedule, channels_last, monkeypatch):
         check_parity(fused, eager, ins, dtype=dtype, param_dtype=torch.float32, names=names)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [64, 256])
+def test_gpu_bi_natural_groups(n, monkeypatch):
+    """BiECA at the 7×7 stage (C = 2048, hidden 128) at training batches with the launcher's own choice:
+    samples grouped (GROUP > 1), bf16 x with fp32 parameters against float64, error flag checked."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    ins = bi_inputs((n, 2048, 7, 7), kf=5, kb=5, rd=128, device="cuda")
+    cfg = D._bi_launch_cfg(n, 2048, 49, 128, 49, 8, torch.device("cuda"),
+                           **D._bi_sizes(ins[0].to(torch.bfloat16), ins[3]))
+    assert cfg["GROUP"] > 1
+    check_parity(bi_fused, reference.bi_eca, ins, dtype=torch.bfloat16, param_dtype=torch.float32, names=BI_NAMES)
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_gradcheck_float64(op, device):
     fused, _, make, _ = OPS[op]

@@ -371,6 +371,22 @@ def test_gpu_schedules(schedule, channels_last, shape, rd, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n", [64, 256])
+def test_gpu_natural_groups(n, monkeypatch):
+    """SE-ResNet-50's 7×7 stage at training batches with the launcher's own choice: samples grouped
+    (GROUP > 1; on a 132-SM GPU schedule (b) with GROUP 8 at N = 64, (a) with GROUP 2 at 256), bf16 x
+    with fp32 weights against float64, the split schedule's error flag checked."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    shape, rd = (n, 2048, 7, 7), 128
+    ins = se_inputs(shape, rd, device="cuda")
+    cfg = S.launch_config(n, 2048, rd, 49, 49, torch.device("cuda"),
+                          **S._sizes(ins[0].to(torch.bfloat16), ins[1], ins[3]))
+    assert cfg["GROUP"] > 1
+    check_parity(fused_se("relu", "sigmoid"), ref_se("relu", "sigmoid"), ins, dtype=torch.bfloat16,
+                 param_dtype=torch.float32, names=NAMES)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("schedule", ["single", "multi"])
 def test_gpu_cuda_graph_capture(schedule, monkeypatch):
     monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", schedule)

@@ -67,10 +67,10 @@ def forced_group(op: str, group):
     with the schedule (MULTI, P) re-planned for cdiv(N, group) groups -- keeping schedule (b)'s grid
     co-resident -- and the MLP tiles shrunk to the tile budget. The config functions of all three ops
     take (N, C, ...) first."""
-    module, name, tile = CONFIGS[op]
     if group is None:
         yield
         return
+    module, name, tile = CONFIGS[op]
     launch_cfg = getattr(module, name)
 
     def forced(n, c, *a, **k):

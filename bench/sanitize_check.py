@@ -12,8 +12,8 @@ sanitizer instruments as few of torch's own kernels as possible):
 - ``triton_eca``: the Triton ECA forward + backward, both layouts;
 - ``triton_dynamic``: the Triton DynamicMultiKernelECA, BidirectionalECA and CBAM forward + backward on SE's two
   schedules (the same ``--se-schedules``), fp32 NCHW and bf16 channels_last (the dtypes asked for).
-  SE, CBAM and BiECA also run fp32 NCHW with both samples in one program (``forced_group``: at these
-  shapes a GPU's launch config would group none).
+  SE, CBAM and BiECA also run fp32 NCHW with both samples in one program (bench_groups.forced_group: at
+  these shapes a GPU's launch config would group none).
 
 Usage (bench/gpu_check.sh runs these):
 
@@ -32,7 +32,6 @@ CPU kernels, Triton under the interpreter): a dry run of this script, no check o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -42,6 +41,7 @@ DTYPE_NAMES = ("fp32", "bf16")
 # ‖out − ref‖ / ‖ref‖ against the float64 reference computed from the same (rounded) inputs:
 # fp32 arithmetic lands far under 1e-4; bf16 outputs carry their own rounding (2^-8 relative).
 REL_TOL = {"fp32": 1e-4, "bf16": 2e-2}
+GROUPED_OPS = ("se", "cbam", "bi_eca")  # the ops whose programs serve groups of samples (bench_groups.CONFIGS)
 
 
 def parse_args(argv=None):
@@ -135,27 +135,6 @@ def cpu_reference(fn, inputs, grad_y):
     return y, [None if t is None else t.grad for t in leaves]
 
 
-@contextlib.contextmanager
-def forced_group(module, name: str, group):
-    """Within the block, ``module.<name>`` (a Triton launch-config function) serves ``group`` samples per
-    program (None: its own choice). At these small shapes a GPU's config groups no samples (GROUP ≤
-    N·tiles / SMs), so without this the sanitizers would never see the grouped code paths; the tests
-    force groups the same way (tests/ops/test_se.py, test_cbam.py, test_dynamic_eca.py)."""
-    if group is None:
-        yield
-        return
-    launch_cfg = getattr(module, name)
-
-    def forced(*a, **k):
-        cfg = launch_cfg(*a, **k)
-        return dict(cfg, GROUP=group, FC_C=max(1, min(cfg["BLOCK_C"], 4096 // (group * cfg["FC_R"]))))
-    setattr(module, name, forced)
-    try:
-        yield
-    finally:
-        setattr(module, name, launch_cfg)
-
-
 def ext_cases(report, dtypes, dev):
     import torch
 
@@ -242,11 +221,12 @@ def triton_se_cases(report, dtypes, dev, schedules=("single", "multi")):
 
     from attn_kernels import functional, reference
     from attn_kernels.ops import se as S
+    from bench_groups import forced_group  # this script's folder is on sys.path
 
     # (2, 520, 3, 3): three 256-channel tiles per sample in either layout, so ``multi`` (P = 3 programs
     # per sample, the counter sync) applies; ``single`` is the one-program-per-sample schedule.
     shape, r = (2, 520, 3, 3), 32
-    # + fp32 NCHW with both samples in one program (GROUP = 2, forced: see forced_group)
+    # + fp32 NCHW with both samples in one program (GROUP = 2, forced: bench_groups.forced_group)
     variants = [(d, cl, None) for d in dtypes for cl in (False, True)] + ([("fp32", False, 2)] if "fp32" in dtypes
                                                                           else [])
     for schedule in schedules:
@@ -254,7 +234,7 @@ def triton_se_cases(report, dtypes, dev, schedules=("single", "multi")):
             lay = ("channels_last" if cl else "nchw") + (f" group {group}" if group else "")
 
             def run(schedule=schedule, dtype_name=dtype_name, cl=cl, group=group):
-                with forced_group(S, "launch_config", group):
+                with forced_group("se", group):
                     os.environ["ATTN_KERNELS_SE_SCHEDULE"] = schedule
                     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
                     x = torch.randn(shape, device=dev, dtype=dtype)
@@ -311,6 +291,7 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
     from attn_kernels import functional, reference
     from attn_kernels.ops import cbam as CB
     from attn_kernels.ops import dynamic_eca as D
+    from bench_groups import forced_group  # this script's folder is on sys.path
 
     # (2, 520, 3, 3): three 256-channel tiles per sample in either layout (as for SE), so ``multi`` applies
     shape, r = (2, 520, 3, 3), 32
@@ -326,10 +307,9 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
                    ("grad_x", "grad_w_fwd", "grad_w_bwd", "grad_w1", "grad_b1", "grad_w2", "grad_b2")),
     }
     variants = [(d, cl) for d, cl in (("fp32", False), ("bf16", True)) if d in dtypes]
-    config_fn = {"cbam": (CB, "_launch_cfg"), "bi_eca": (D, "_bi_launch_cfg")}  # the ops that group samples
     for op, (fused, eager, block_k, param_shapes, names) in ops.items():
-        # + for CBAM and BiECA, fp32 NCHW with both samples in one program (GROUP = 2, forced: see forced_group)
-        grouped = [("fp32", False, 2)] if op in config_fn and "fp32" in dtypes else []
+        # + CBAM and BiECA fp32 NCHW with both samples in one program (GROUP = 2: bench_groups.forced_group)
+        grouped = [("fp32", False, 2)] if op in GROUPED_OPS and "fp32" in dtypes else []
         for schedule in schedules:
             for dtype_name, cl, group in [(d, cl, None) for d, cl in variants] + grouped:
                 lay = ("channels_last" if cl else "nchw") + (f" group {group}" if group else "")
@@ -343,7 +323,7 @@ def triton_dynamic_cases(report, dtypes, dev, schedules=("single", "multi")):
                         x = x.contiguous(memory_format=torch.channels_last)
                     params = [(torch.randn(*s, device=dev) * sc).to(dtype) for s, sc in param_shapes]
                     hw = shape[2] * shape[3]
-                    with forced_group(*config_fn.get(op, (D, "_launch_cfg")), group):
+                    with forced_group(op, group):
                         if op == "cbam":
                             cfg = CB._launch_cfg(shape[0], c, r, hw, 18, x.device, **CB._sizes(x, params[0], params[1]))
                         elif op == "bi_eca":

@@ -157,6 +157,12 @@ def _x1_grad(gy, x1, sa, dmean, dmax, cmax, cnt, C):
 
 
 @triton.jit
+def _sample_bases(n, gy_ptr, x_ptr, d_ptr, dd_ptr, sgn, sxn, HW):
+    """Sample n's grad_y, x, descriptor d and its grad (the backward's per-sample passes)."""
+    return gy_ptr + n * sgn, x_ptr + n * sxn, d_ptr + n * 2 * HW, dd_ptr + n * 2 * HW
+
+
+@triton.jit
 def _x1_grad_tile(x_base, gy_base, offs_c, offs_hw, m, mp, ca, sa_row, dd_base, d_base, cnt_row, HW, C,
                   sxc, sxhw, sgc, sghw, ACC: tl.constexpr):
     """(x, grad x1) of a [channels, pixels] tile in passes 3 and 4 of the backward: x1 = x·ca, through
@@ -403,10 +409,7 @@ def _cbam_bwd_kernel(
     for gi in range(0, GROUP):
         n = n0 + gi
         if n < N:  # the last group may be ragged
-            gy_base = gy_ptr + n * sgn
-            x_base = x_ptr + n * sxn
-            d_base = d_ptr + n * 2 * HW
-            dd_base = dd_ptr + n * 2 * HW
+            gy_base, x_base, d_base, dd_base = _sample_bases(n, gy_ptr, x_ptr, d_ptr, dd_ptr, sgn, sxn, HW)
             # pass 1 (pixel slice): per pixel Σ_c grad_y·x1 → dz_s; ties at the channel max
             for hw0 in range(p_lo, p_hi, BLOCK_PX):
                 offs_hw = (hw0 + tl.arange(0, BLOCK_PX)).to(tl.int64)
@@ -518,10 +521,7 @@ def _cbam_bwd_kernel(
     for gi in range(0, GROUP):
         n = n0 + gi
         if n < N:
-            gy_base = gy_ptr + n * sgn
-            x_base = x_ptr + n * sxn
-            d_base = d_ptr + n * 2 * HW
-            dd_base = dd_ptr + n * 2 * HW
+            gy_base, x_base, d_base, dd_base = _sample_bases(n, gy_ptr, x_ptr, d_ptr, dd_ptr, sgn, sxn, HW)
             for c0 in range(c_lo, c_hi, BLOCK_C):
                 offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
                 mc = offs_c < c_hi

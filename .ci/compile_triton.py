@@ -162,6 +162,8 @@ def cases():
                         multi))
         out += [
             (f"se ese hardsigmoid{tag}", lambda: se_case(torch.float32, ese=True, gate="hardsigmoid", bias=False), multi),
+            (f"se hardswish/hardsigmoid{tag}", lambda: se_case(torch.bfloat16, act="hardswish", gate="hardsigmoid"),
+             multi),
             (f"se residual gelu/silu channels_last{tag}",
              lambda: se_case(torch.bfloat16, residual=True, act="gelu", out_act="silu", cl=True), multi),
             (f"se ese residual relu{tag}", lambda: se_case(torch.float16, ese=True, residual=True, out_act="relu",

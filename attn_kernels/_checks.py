@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-ACTS = ("relu", "silu", "gelu")
+ACTS = ("relu", "silu", "gelu", "hardswish")  # the SE bottleneck activation
 GATES = ("sigmoid", "hardsigmoid")
 
 

@@ -25,7 +25,7 @@ def se(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], 
 
     x (N, C, *spatial); w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None. ``w1=None`` (and
     ``b1=None``) is effective SE: ``x · gate(w2 · mean(x) + b2)`` with w2 (C, C).
-    act ∈ relu/silu/gelu, gate ∈ sigmoid/hardsigmoid.
+    act ∈ relu/silu/gelu/hardswish (the bottleneck), gate ∈ sigmoid/hardsigmoid.
     """
     _checks.check_se_args(x, w1, b1, w2, b2, act, gate)
     variant = _se_variant(w1, act, gate)

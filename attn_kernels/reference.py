@@ -49,9 +49,11 @@ def apply_act(h: torch.Tensor, act: str) -> torch.Tensor:
         return F.silu(h)
     if act == "gelu":
         return F.gelu(h)
+    if act == "hardswish":
+        return F.hardswish(h)
     if act == "identity":
         return h
-    raise ValueError(f"unknown act {act!r}; expected one of {', '.join(OUT_ACTS)}")
+    raise ValueError(f"unknown act {act!r}; expected one of {', '.join(dict.fromkeys(ACTS + OUT_ACTS))}")
 
 
 def apply_gate(z: torch.Tensor, gate: str) -> torch.Tensor:
@@ -217,7 +219,8 @@ def bi_eca(x, w_fwd, w_bwd, w1, b1, w2, b2) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 def _act_module(act: str) -> nn.Module:
     check_choice(act, ACTS, "act")
-    return {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}[act](**({"inplace": True} if act == "relu" else {}))
+    return {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "hardswish": nn.Hardswish}[act](
+        **({"inplace": True} if act == "relu" else {}))
 
 
 def _gate_module(gate: str) -> nn.Module:

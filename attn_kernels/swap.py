@@ -234,7 +234,9 @@ _SWAPPED = (_Swapped, FusedSE, FusedEffectiveSE, FusedAdaptiveSE, FusedECA, Fuse
 # ----------------------------------------------------------------------------------------------
 # Recognition
 # ----------------------------------------------------------------------------------------------
-_ACT_NAMES = {"ReLU": "relu", "SiLU": "silu", "Swish": "silu", "GELU": "gelu"}
+_ACT_NAMES = {"ReLU": "relu", "SiLU": "silu", "Swish": "silu", "GELU": "gelu",
+              # timm's own HardSwish / HardSwishMe: x * relu6(x + 3) / 6, the formula of nn.Hardswish
+              "Hardswish": "hardswish", "HardSwish": "hardswish", "HardSwishMe": "hardswish"}
 _GATE_NAMES = {"Sigmoid": "sigmoid", "Hardsigmoid": "hardsigmoid", "HardSigmoid": "hardsigmoid"}
 _PACKAGE_FORMS = {  # exact reference class → (fused class, kind, ops it calls)
     SEBlock: (FusedSE, "se", ("se",)),
@@ -248,7 +250,7 @@ _PACKAGE_FORMS = {  # exact reference class → (fused class, kind, ops it calls
 
 
 def _act_name(m: nn.Module) -> Optional[str]:
-    """relu/silu/gelu when the fused op computes exactly this activation, else None."""
+    """relu/silu/gelu/hardswish when the fused op computes exactly this activation, else None."""
     name = _ACT_NAMES.get(type(m).__name__)
     if name == "gelu" and getattr(m, "approximate", "none") != "none":
         return None  # tanh-approximate GELU
@@ -325,10 +327,14 @@ def _recognise_se(module: nn.Module):
             fcs.append((path, c))
         elif _is_pool(c) or isinstance(c, nn.Identity):
             continue
-        elif _gate_name(c) is not None or path[-1] in ("gate", "scale_activation", "sigmoid"):
+        elif path[-1] in ("gate", "scale_activation", "sigmoid"):
+            gates.append((path, c))
+        elif "act" in path[-1].lower():  # by name first: a Hardsigmoid as the activation (timm act_layer=)
+            acts.append((path, c))
+        elif _gate_name(c) is not None:
             gates.append((path, c))
         elif isinstance(c, (nn.ReLU, nn.SiLU, nn.GELU, nn.ReLU6, nn.Hardswish, nn.PReLU, nn.LeakyReLU, nn.ELU,
-                            nn.Tanh, nn.Mish)) or _act_name(c) is not None or "act" in path[-1].lower():
+                            nn.Tanh, nn.Mish)) or _act_name(c) is not None:
             acts.append((path, c))
         else:
             other.append((path, c))
@@ -372,7 +378,7 @@ def _recognise_se(module: nn.Module):
         act = _act_name(acts[0][1])
         if act is None:
             return _Refusal(f"activation {type(acts[0][1]).__name__} is not supported by the fused se "
-                            "(relu, silu, exact gelu)")
+                            "(relu, silu, exact gelu, hardswish)")
         channels, w1_path, kind = c1, path1, "se"
 
     def build(backend):

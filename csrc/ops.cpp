@@ -21,7 +21,8 @@ namespace attn_kernels {
 void check_se(const Tensor& x, const OptTensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
               int64_t act, int64_t gate) {
   check_x(x, "se");
-  TORCH_CHECK_VALUE(act >= kRelu && act <= kGelu, "se: unknown act code ", act, " (0 relu, 1 silu, 2 gelu)");
+  TORCH_CHECK_VALUE((act >= kRelu && act <= kGelu) || act == kHardswish, "se: unknown act code ", act,
+                    " (0 relu, 1 silu, 2 gelu, 4 hardswish)");
   TORCH_CHECK_VALUE(gate == kSigmoid || gate == kHardSigmoid, "se: unknown gate code ", gate,
                     " (0 sigmoid, 1 hardsigmoid)");
   const int64_t c = x.size(1);

@@ -1,6 +1,6 @@
 // Declarations of the per-device implementations registered in ops.cpp.
 //
-// Schemas (namespace attn_kernels_ext; act: 0 relu, 1 silu, 2 gelu; gate: 0 sigmoid, 1 hardsigmoid):
+// Schemas (namespace attn_kernels_ext; act: 0 relu, 1 silu, 2 gelu, 4 hardswish; gate: 0 sigmoid, 1 hardsigmoid):
 //   se_fwd(x, w1?, b1?, w2, b2?, act, gate) -> (y, pooled, s)
 //   se_bwd(grad_y, x, w1?, b1?, w2, b2?, pooled, s, act, gate) -> (grad_x, grad_w1, grad_b1, grad_w2, grad_b2)
 //   eca_fwd(x, weight, circular) -> (y, pooled, s)
@@ -31,7 +31,8 @@ using T3 = std::tuple<Tensor, Tensor, Tensor>;
 using T5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 using T6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-enum Act : int64_t { kRelu = 0, kSilu = 1, kGelu = 2, kIdentity = 3 };  // kIdentity: out_act only
+// kIdentity: out_act only; kHardswish: the SE hidden layer only (no residual tail uses it)
+enum Act : int64_t { kRelu = 0, kSilu = 1, kGelu = 2, kIdentity = 3, kHardswish = 4 };
 enum Gate : int64_t { kSigmoid = 0, kHardSigmoid = 1 };
 
 // Shape / dtype checks shared by the CPU and CUDA implementations.

@@ -24,6 +24,8 @@ def np_act(h, act):
         return h / (1.0 + np.exp(-h))
     if act == "gelu":  # exact (erf) GELU, torch's default
         return 0.5 * h * (1.0 + np.vectorize(math.erf)(h / math.sqrt(2.0)))
+    if act == "hardswish":
+        return h * np.clip(h + 3.0, 0.0, 6.0) / 6.0  # h * relu6(h + 3) / 6
     if act == "identity":
         return h
     raise AssertionError(act)
@@ -128,7 +130,7 @@ def _x(shape, channels_last=False, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu", "hardswish"])
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_se_block_matches_numpy(shape, act, gate, bias):

@@ -145,6 +145,26 @@ def test_synthetic_forms_are_swapped_exactly():
     assert {id(p) for p in model.parameters()} == params_before
 
 
+def test_hardswish_bottlenecks_are_swapped():
+    """nn.Hardswish and timm's own HardSwish / HardSwishMe (FBNetV3's SE) as the bottleneck activation. The
+    first FC's bias spreads the hidden pre-activations over [-6, 6], so all three pieces of hardswish (and
+    its two kinks' sides) are in play, not only the middle one that default-initialised weights reach."""
+    from timm.layers.activations import HardSwish
+    from timm.layers.activations_me import HardSwishMe
+
+    model = nn.Sequential(SEModule(16, act_layer="hard_swish"), SqueezeExcite(16, act_layer=HardSwish),
+                          SqueezeExcite(16, act_layer=HardSwishMe, gate_layer="hard_sigmoid"),
+                          SqueezeExcitation(16, 4, activation=nn.Hardswish))
+    with torch.no_grad():
+        for block in model:
+            first_fc = next(m for m in block.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+            first_fc.bias.copy_(torch.linspace(-6.0, 6.0, first_fc.bias.numel()))
+    original, swapped, report = swapped_pair(model, backend="reference")
+    assert report.left_alone == [] and report.kinds() == {"se": 4}, str(report)
+    assert [m.fused_act for m in swapped] == ["hardswish"] * 4
+    check_exact(original, swapped, torch.randn(2, 16, 5, 4))
+
+
 def test_swap_keeps_the_parameter_objects_and_unswap_restores_modules():
     model = nn.Sequential(nn.Conv2d(3, 16, 3), SEModule(16), nn.Sequential(TutorialSE(16), R.ECA(16)))
     modules_before = list(model.modules())
@@ -166,7 +186,7 @@ def test_swap_keeps_the_parameter_objects_and_unswap_restores_modules():
     (SEModule(16, norm_layer=nn.BatchNorm2d), "norm layer bn"),
     (SEModule(16, add_maxpool=True), "add_maxpool"),
     (SEModule(16, act_layer=nn.ReLU6), "ReLU6"),
-    (SEModule(16, act_layer="hard_swish"), "Hardswish"),
+    (SEModule(16, act_layer="hard_sigmoid"), "activation Hardsigmoid"),
     (SEModule(16, act_layer="prelu"), "PReLU"),
     (SEModule(16, act_layer="gelu_tanh"), "GELUTanh"),
     (SEModule(16, gate_layer="tanh"), "gate Tanh"),
@@ -176,7 +196,7 @@ def test_swap_keeps_the_parameter_objects_and_unswap_restores_modules():
     (CecaModule(16, act_layer=nn.ReLU), "bias"),
     (CbamModule(16), "BatchNorm"),
     (LightCbamModule(16), "light CBAM"),
-    (SqueezeExcitation(16, 4, activation=nn.Hardswish), "Hardswish"),
+    (SqueezeExcitation(16, 4, activation=nn.Mish), "Mish"),
     (NotSE(16), "probe mismatch"),
 ])
 def test_unsupported_forms_are_left_alone_with_the_reason(block, why):

@@ -32,8 +32,8 @@ from .. import _isa
 
 __all__ = ["se", "eca", "se_residual", "eca_residual", "ACT_CODES", "GATE_CODES", "OUT_ACT_CODES", "load_error"]
 
-ACT_CODES = {"relu": 0, "silu": 1, "gelu": 2}
-OUT_ACT_CODES = {**ACT_CODES, "identity": 3}
+ACT_CODES = {"relu": 0, "silu": 1, "gelu": 2, "hardswish": 4}  # csrc/ops.h Act
+OUT_ACT_CODES = {"relu": 0, "silu": 1, "gelu": 2, "identity": 3}
 GATE_CODES = {"sigmoid": 0, "hardsigmoid": 1}
 
 _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")

@@ -89,6 +89,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from ..reference import apply_act
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
@@ -97,7 +98,7 @@ from ._split import group_plan as _group_plan, schedule_mode as _schedule_mode
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
 _X_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_ACTS = {"relu": 0, "silu": 1, "gelu": 2, "identity": 3}
+_ACTS = {"relu": 0, "silu": 1, "gelu": 2, "identity": 3, "hardswish": 4}
 _GATES = {"sigmoid": 0, "hardsigmoid": 1}
 _TILE = 4096  # elements per [BLOCK_C, BLOCK_HW] x tile and per [GROUP, FC_C, FC_R] FC tile
 _MAX_BLOCK_HW = 1024
@@ -108,20 +109,22 @@ _MAX_BLOCK_HW = 1024
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _act(u, ACT: tl.constexpr):
-    """relu / silu / gelu (exact, erf) / identity."""
+    """relu / silu / gelu (exact, erf) / identity / hardswish (u · relu6(u + 3) / 6, as F.hardswish)."""
     if ACT == 0:
         return tl.maximum(u, 0.0)
     elif ACT == 1:
         return u / (1.0 + tl.exp(-u))
     elif ACT == 2:
         return 0.5 * u * (1.0 + tl.math.erf(u * 0.7071067811865476))
+    elif ACT == 4:
+        return u * tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) / 6.0
     else:
         return u
 
 
 @triton.jit
 def _act_grad(u, ACT: tl.constexpr):
-    """d act(u) / du (relu: 1 where u > 0, as torch)."""
+    """d act(u) / du (relu: 1 where u > 0; hardswish: 0 below -3, u / 3 + 1/2 on [-3, 3], 1 above -- as torch)."""
     if ACT == 0:
         return tl.where(u > 0.0, 1.0, 0.0)
     elif ACT == 1:
@@ -129,6 +132,8 @@ def _act_grad(u, ACT: tl.constexpr):
         return sg * (1.0 + u * (1.0 - sg))
     elif ACT == 2:
         return 0.5 * (1.0 + tl.math.erf(u * 0.7071067811865476)) + u * 0.3989422804014327 * tl.exp(-0.5 * u * u)
+    elif ACT == 4:
+        return tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, u / 3.0 + 0.5, 1.0))
     else:
         return u * 0.0 + 1.0
 
@@ -552,7 +557,7 @@ def _param_grads(w1, w2, act, pooled, u, dz, du):
     their weight's dtype, bias grads in the accumulation dtype (the autograd formula casts them to the
     bias dtype, which the backward op does not see)."""
     if w1 is not None:
-        h = u if act is None else {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}[act](u)
+        h = u if act is None else apply_act(u, act)
         gw2 = (dz.t() @ h).to(w2.dtype)
         gw1 = (du.t() @ pooled).to(w1.dtype)
         gb1 = du.sum(0)

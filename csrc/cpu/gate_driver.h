@@ -245,7 +245,7 @@ struct ColCoef {  // s[i] and d[i]; d may be null
   }
 };
 
-// The activations (codes: ops.h Act -- relu, silu, gelu, identity), the same formulas as ATen's CPU
+// The activations (codes: ops.h Act -- relu, silu, gelu, identity, hardswish), the same formulas as ATen's CPU
 // kernels, for the SE hidden layer and the residual tail's out_act; act_grad_mul returns g * act'(z)
 // (relu: 0 where z <= 0, as threshold_backward). Templates on the code (kAct), for a scalar or a vector.
 template <typename T>  // T: a scalar or an at::vec::Vectorized
@@ -278,6 +278,12 @@ inline T out_act(T v) {
     return v / (T(1) + exp_of(T(0) - v));
   } else if constexpr (kAct == kGelu) {
     return v * T(0.5) * (T(1) + erf_of(v * T(M_SQRT1_2)));
+  } else if constexpr (kAct == kHardswish) {
+    if constexpr (std::is_arithmetic_v<T>) {
+      return v * std::min(std::max(v + T(3), T(0)), T(6)) / T(6);
+    } else {
+      return v * at::vec::clamp(v + T(3), T(0), T(6)) / T(6);
+    }
   } else {
     return v;
   }
@@ -298,6 +304,12 @@ inline T act_grad_mul(T g, T z) {
     const T cdf = T(0.5) * (T(1) + erf_of(z * T(M_SQRT1_2)));
     const T pdf = exp_of(T(-0.5) * z * z) * T(0.3989422804014327);  // 1 / sqrt(2 pi)
     return g * (cdf + z * pdf);
+  } else if constexpr (kAct == kHardswish) {  // 0 below -3, z / 3 + 1/2 on [-3, 3], 1 above (hardswish_backward)
+    if constexpr (std::is_arithmetic_v<T>) {
+      return z < T(-3) ? T(0) : (z <= T(3) ? g * (z / T(3) + T(0.5)) : g);
+    } else {
+      return T::blendv(T::blendv(g * (z / T(3) + T(0.5)), g, z > T(3)), T(0), z < T(-3));
+    }
   } else {
     return g;
   }
@@ -310,6 +322,7 @@ inline A act_scalar(A v, int64_t act) {
     case kRelu: return out_act<kRelu>(v);
     case kSilu: return out_act<kSilu>(v);
     case kGelu: return out_act<kGelu>(v);
+    case kHardswish: return out_act<kHardswish>(v);
     default: return v;
   }
 }
@@ -320,6 +333,7 @@ inline A act_grad_scalar(A v, int64_t act) {
     case kRelu: return act_grad_mul<kRelu>(A(1), v);
     case kSilu: return act_grad_mul<kSilu>(A(1), v);
     case kGelu: return act_grad_mul<kGelu>(A(1), v);
+    case kHardswish: return act_grad_mul<kHardswish>(A(1), v);
     default: return A(1);
   }
 }

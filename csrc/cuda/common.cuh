@@ -54,9 +54,11 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// act codes as csrc/ops.h Act: 0 relu, 1 silu, 2 gelu (erf), 4 hardswish (x * relu6(x + 3) / 6).
 __device__ __forceinline__ float act_fwd(float v, int act) {
   if (act == 0) return v > 0.f ? v : 0.f;
   if (act == 1) return v / (1.f + expf(-v));
+  if (act == 4) return v * fminf(fmaxf(v + 3.f, 0.f), 6.f) / 6.f;
   return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
 }
 
@@ -66,6 +68,7 @@ __device__ __forceinline__ float act_grad(float v, int act) {
     const float sg = 1.f / (1.f + expf(-v));
     return sg * (1.f + v * (1.f - sg));
   }
+  if (act == 4) return v < -3.f ? 0.f : (v <= 3.f ? v / 3.f + 0.5f : 1.f);  // torch's hardswish_backward
   return 0.5f * (1.f + erff(v * 0.70710678118654752f)) + v * expf(-0.5f * v * v) * 0.3989422804014327f;
 }
 

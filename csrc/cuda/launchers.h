@@ -27,7 +27,7 @@ typedef struct {
   const float* w2; /* (C, R) */
   const float* b2; /* (C,) or NULL */
   int64_t C, R;
-  int act;  /* 0 relu, 1 silu, 2 gelu */
+  int act;  /* 0 relu, 1 silu, 2 gelu, 4 hardswish (csrc/ops.h Act) */
   int gate; /* 0 sigmoid, 1 hardsigmoid */
 } ak_se_params;
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attn_kernels import _backend, functional, reference, use_backend
-from tests.helpers import assert_close, check_parity, gradcheck
+from tests.helpers import assert_close, check_parity, gradcheck, se_hardswish_inputs
 
 try:
     from attn_kernels.ops import ext
@@ -58,6 +58,19 @@ def test_se_parity(dtype, act, gate, bias, ese, channels_last):
     x = _x((3, 24, 5, 7), channels_last=channels_last)
     params = _se_params(24, 6, bias=bias, ese=ese)
     check_parity(_se_fused(act, gate), _se_eager(act, gate), [x, *params], dtype=dtype, names=NAMES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_se_hardswish_every_piece(dtype, gate, channels_last):
+    """hardswish bottleneck (timm's FBNetV3 SE) with pre-activations in all three pieces."""
+    x, *params = se_hardswish_inputs((3, 24, 5, 7), 8)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    check_parity(_se_fused("hardswish", gate), _se_eager("hardswish", gate), [x, *params], dtype=dtype, names=NAMES)
+    sc = torch.randn(x.shape).requires_grad_()
+    check_parity(*_se_res("silu", act="hardswish", gate=gate), [x, sc, *params], dtype=dtype, names=RES_NAMES)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -449,6 +462,11 @@ def test_gradcheck_se(act, gate):
               [x, torch.randn(5, 5).requires_grad_(), b2])
 
 
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+def test_gradcheck_se_hardswish(gate):
+    gradcheck(lambda *a: ext.se(*a, "hardswish", gate), se_hardswish_inputs((2, 5, 3, 2), 4))
+
+
 @pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("c,k", [(5, 7), (24, 3), (24, 5)])  # C < k: no interior; C = 24: float64 vector steps
 def test_gradcheck_eca(circular, c, k):
@@ -606,6 +624,12 @@ def test_cuda_se_parity(dtype, channels_last, shape, cuda_schedule):
     ese = _se_params(c, c, ese=True, device="cuda")
     check_parity(_se_fused("relu", "hardsigmoid", backend="cuda"), _se_eager("relu", "hardsigmoid"), [x, *ese],
                  dtype=dtype, names=NAMES)
+    if c >= 4:  # hardswish bottleneck, pre-activations in all three pieces (needs R >= 4)
+        xh, *hs = se_hardswish_inputs(shape, max(4, c // 16), "cuda")
+        if channels_last:
+            xh = xh.detach().to(memory_format=torch.channels_last).requires_grad_()
+        check_parity(_se_fused("hardswish", "sigmoid", backend="cuda"), _se_eager("hardswish", "sigmoid"),
+                     [xh, *hs], dtype=dtype, names=NAMES)
 
 
 @pytest.mark.gpu

@@ -15,7 +15,7 @@ import attn_kernels as ak
 from attn_kernels import functional, reference
 from attn_kernels.ops import _split
 from attn_kernels.ops import se as S
-from tests.helpers import assert_close, check_parity, gradcheck, short_spin_split, tolerances
+from tests.helpers import assert_close, check_parity, gradcheck, se_hardswish_inputs, short_spin_split, tolerances
 
 pytestmark = pytest.mark.triton
 
@@ -178,6 +178,27 @@ def test_se_residual_channels_last_and_ese(device):
 # ---------------------------------------------------------------------------------------------
 # torch.library: opcheck, gradcheck, compile, autocast
 # ---------------------------------------------------------------------------------------------
+# hardswish bottleneck (timm's FBNetV3 SE): pre-activations in all three pieces
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_se_hardswish_every_piece(dtype, gate, device):
+    ins = se_hardswish_inputs((3, 24, 3, 5), 8, device)
+    check_parity(fused_se("hardswish", gate), ref_se("hardswish", gate), ins, dtype=dtype, names=NAMES)
+
+
+def test_se_hardswish_channels_last_and_residual(device):
+    x, *params = se_hardswish_inputs((2, 16, 4, 3), 6, device)
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    check_parity(fused_se("hardswish", "sigmoid"), ref_se("hardswish", "sigmoid"), [x_cl, *params],
+                 dtype=torch.float32, names=NAMES)
+    sc = torch.randn(x.shape, device=device).requires_grad_()
+    check_parity(lambda *a: functional.se_residual(*a, "hardswish", "sigmoid", "relu", backend="triton"),
+                 lambda *a: reference.se_residual(*a, "hardswish", "sigmoid", "relu"), [x, sc, *params],
+                 dtype=torch.bfloat16, names=RES_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("ese", [False, True])
 def test_opcheck(ese, channels_last, device):
@@ -196,7 +217,7 @@ def test_opcheck(ese, channels_last, device):
                           (gy, x, sc, w1, w2, pooled, u, z, "relu", "sigmoid", "relu"))
 
 
-@pytest.mark.parametrize("case", ["se_gelu", "ese", "residual_silu"])
+@pytest.mark.parametrize("case", ["se_gelu", "se_hardswish", "ese", "residual_silu"])
 def test_gradcheck_float64(case, device):
     if case == "ese":
         x, w1, b1, w2, b2 = se_inputs((2, 3, 2, 1), None, ese=True, device=device)
@@ -205,6 +226,9 @@ def test_gradcheck_float64(case, device):
     elif case == "se_gelu":
         gradcheck(lambda *a: functional.se(*a, "gelu", "sigmoid", backend="triton"),
                   se_inputs((2, 3, 2, 1), 2, device=device))
+    elif case == "se_hardswish":
+        gradcheck(lambda *a: functional.se(*a, "hardswish", "hardsigmoid", backend="triton"),
+                  se_hardswish_inputs((2, 5, 2, 1), 4, device))
     else:
         x, w1, b1, w2, b2 = se_inputs((2, 3, 2, 1), 2, device=device)
         sc = torch.randn(x.shape, device=device).requires_grad_()

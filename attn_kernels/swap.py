@@ -12,10 +12,14 @@ mismatch". Forms:
 - this package's ``SEBlock``, ``EffectiveSE``, ``ECA`` (and CECA), ``AdaptiveSE``, ``CBAM``,
   ``DynamicMultiKernelECA``, ``BidirectionalECA`` → the matching ``Fused*`` module;
 - SE with two 1×1 FCs (``Linear`` or ``Conv2d`` 1×1, possibly inside one ``Sequential``), one
-  activation (ReLU/SiLU/GELU) and one gate (sigmoid/hardsigmoid), any pooling/Identity children, any
-  class name: the tutorial ``avg_pool`` + ``fc = Sequential(Linear, ReLU, Linear, Sigmoid)`` form,
-  timm ``SEModule``, the EfficientNet/MobileNet ``SqueezeExcite`` (``conv_reduce``/``conv_expand``),
-  timm's legacy SENet ``SEModule``, torchvision ``ops.SqueezeExcitation`` → ``SwappedSE``;
+  activation (ReLU/SiLU/GELU/Hardswish) and one gate (sigmoid/hardsigmoid), any pooling/Identity children,
+  any class name: the tutorial ``avg_pool`` + ``fc = Sequential(Linear, ReLU, Linear, Sigmoid)`` form,
+  timm ``SEModule``, the EfficientNet/MobileNet/FBNetV3 ``SqueezeExcite`` (``conv_reduce``/``conv_expand``),
+  timm's legacy SENet ``SEModule``, torchvision ``ops.SqueezeExcitation`` → ``SwappedSE``; also with one
+  BatchNorm right after the first FC (timm ``SEModule(norm_layer=nn.BatchNorm2d)``, ReXNet): folded into
+  that FC while the norm uses running statistics (eval mode), the original forward while it normalises by
+  batch statistics (training mode couples the samples; no per-sample fused schedule can) — the probe then
+  runs on copies with random norm statistics, so a norm elsewhere (after the activation) is told apart;
 - effective SE: one C→C 1×1 FC with bias + gate (timm ``EffectiveSEModule``) → ``SwappedSE``;
 - ECA: one bias-free ``Conv1d(1, 1, k)`` across channels + sigmoid (timm ``EcaModule``, the paper's
   code; ``CecaModule`` and ``padding_mode="circular"`` as circular) → ``SwappedECA``.
@@ -131,7 +135,23 @@ class SwappedSE(_Swapped):
 
     Keeps the original's children (``fc1``/``fc2``, ``conv_reduce``/``conv_expand``, ``fc``, …)
     under their names; ``_w1``/``_w2`` are the paths to the two FC layers (``_w1`` None for eSE).
+
+    ``_norm``: the path to a BatchNorm between the first FC and the activation (timm ``SEModule(norm_layer=
+    nn.BatchNorm2d)``, ReXNet), else None. With running statistics (the norm in eval mode) it is an affine
+    map per hidden unit, folded into the first FC on every call (autograd reaches the FC and the norm's
+    weight / bias through the fold); with batch statistics (the norm in training mode) it couples the
+    samples of the batch, which no per-sample fused schedule can do: the original forward runs unfused.
     """
+
+    _norm: Optional[Tuple[str, ...]] = None
+    _original_type: Optional[type] = None  # whose forward runs while not fusable()
+
+    def fusable(self) -> bool:
+        """False while a norm between the FCs normalises by batch statistics (then forward runs unfused)."""
+        if self._norm is None:
+            return True
+        bn = self._layer(self._norm)
+        return not (bn.training or bn.running_mean is None or bn.running_var is None)
 
     def se_params(self):
         l2 = self._layer(self._w2)
@@ -139,9 +159,20 @@ class SwappedSE(_Swapped):
         if self._w1 is None:
             return None, None, w2, l2.bias
         l1 = self._layer(self._w1)
-        return l1.weight.flatten(1), l1.bias, w2, l2.bias
+        w1, b1 = l1.weight.flatten(1), l1.bias
+        if self._norm is not None:  # y = (u - mean) * weight / sqrt(var + eps) + bias, u = W1 p + b1
+            bn = self._layer(self._norm)
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean if b1 is None else b1 - bn.running_mean
+            b1 = shift * scale if bn.bias is None else torch.addcmul(bn.bias, shift, scale)
+            w1 = w1 * scale[:, None]
+        return w1, b1, w2, l2.bias
 
     def forward(self, x):
+        if not self.fusable():
+            return self._original_type.forward(self, x)
         return functional.se(x, *self.se_params(), act=self.fused_act, gate=self.fused_gate, backend=self.backend)
 
 
@@ -238,6 +269,7 @@ _ACT_NAMES = {"ReLU": "relu", "SiLU": "silu", "Swish": "silu", "GELU": "gelu",
               # timm's own HardSwish / HardSwishMe: x * relu6(x + 3) / 6, the formula of nn.Hardswish
               "Hardswish": "hardswish", "HardSwish": "hardswish", "HardSwishMe": "hardswish"}
 _GATE_NAMES = {"Sigmoid": "sigmoid", "Hardsigmoid": "hardsigmoid", "HardSigmoid": "hardsigmoid"}
+_FOLDABLE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)  # exact types: y = affine(u) in eval
 _PACKAGE_FORMS = {  # exact reference class → (fused class, kind, ops it calls)
     SEBlock: (FusedSE, "se", ("se",)),
     EffectiveSE: (FusedEffectiveSE, "effective_se", ("se",)),
@@ -269,6 +301,7 @@ class _Candidate:
     channels: int
     spatial: int = 2  # spatial dims of the probe
     detail: str = ""
+    random_norms: bool = False  # probe copies with random norm statistics (default ones are near identity)
 
 
 class _Refusal(str):
@@ -352,9 +385,18 @@ def _recognise_se(module: nn.Module):
         infos.append(info)
     norms = [(p, c) for p, c in other if isinstance(c, nn.modules.batchnorm._NormBase) or "norm" in
              type(c).__name__.lower() or p[-1] in ("bn", "norm")]
+    norm_path = None
     if norms:
         p, c = norms[0]
-        return _Refusal(f"norm layer {'.'.join(p)} ({type(c).__name__}) between the FCs; the fused se has no norm")
+        order = [path for path, _ in children]
+        if (len(norms) == 1 and len(fcs) == 2 and type(c) in _FOLDABLE_NORMS
+                and order.index(fcs[0][0]) < order.index(p) < order.index(fcs[1][0])
+                and (not acts or order.index(p) < order.index(acts[0][0]))):
+            norm_path = p  # FC -> BN -> act -> FC: folded into the first FC while it uses running stats
+            other = [(q, m) for q, m in other if q != p]
+        else:
+            return _Refusal(f"norm layer {'.'.join(p)} ({type(c).__name__}) between the FCs; the fused se folds "
+                            "only one BatchNorm right after the first FC")
     if other:
         p, c = other[0]
         return _Refusal(f"extra child {'.'.join(p)} ({type(c).__name__}); the fused se cannot reproduce it")
@@ -373,6 +415,9 @@ def _recognise_se(module: nn.Module):
         (c1, r1, bias1, _), (r2, c2, bias2, _) = infos
         if r1 != r2 or c1 != c2:
             return None
+        if norm_path is not None and norms[0][1].num_features != r1:
+            return _Refusal(f"norm layer {'.'.join(norm_path)} has {norms[0][1].num_features} features, "
+                            f"the hidden layer {r1}")
         if len(acts) != 1:
             return _Refusal(f"{len(acts)} activations between the FCs; the fused se has exactly one")
         act = _act_name(acts[0][1])
@@ -383,14 +428,16 @@ def _recognise_se(module: nn.Module):
 
     def build(backend):
         new = _adopt(SwappedSE, module)
-        new._w1, new._w2 = w1_path, path2
+        new._w1, new._w2, new._norm, new._original_type = w1_path, path2, norm_path, type(module)
         new.fused_act, new.fused_gate, new.fused_kind, new.backend = act, gate, kind, backend
         new.channels = channels
         return new
 
     detail = (f"C={channels}, gate={gate}" if w1_path is None
               else f"C={channels}, R={infos[0][1]}, act={act}, gate={gate}")
-    return _Candidate(kind, build, ("se",), channels, detail=detail)
+    if norm_path is not None:
+        detail += f", {'.'.join(norm_path)} folded while in eval mode (training mode: unfused)"
+    return _Candidate(kind, build, ("se",), channels, detail=detail, random_norms=norm_path is not None)
 
 
 def _recognise_eca(module: nn.Module):
@@ -484,8 +531,13 @@ def _param_like(module: nn.Module):
     return None
 
 
-def _probe(original: nn.Module, candidate: nn.Module, shape) -> Optional[str]:
-    """None when both agree on a random probe (eval mode, no grad), else why not."""
+def _probe(original: nn.Module, candidate: nn.Module, shape, random_norms: bool = False) -> Optional[str]:
+    """None when both agree on a random probe (eval mode, no grad), else why not. ``random_norms``: run on
+    copies whose norm layers get random statistics and affine parameters (freshly built ones are close to
+    the identity, which would hide where a folded norm really sits)."""
+    if random_norms:
+        original, candidate = copy.deepcopy((original, candidate))  # one copy: the shared children stay shared
+        randomize_norms(original, seed=1234)
     ref = _param_like(original)
     dtype = ref.dtype if ref is not None else torch.float32
     device = ref.device if ref is not None else torch.device("cpu")
@@ -538,6 +590,8 @@ def _recognise_residual(module: nn.Module):
     attn = getattr(module, attr, None)
     if attn is None or isinstance(attn, nn.Identity):
         return None
+    if isinstance(attn, SwappedSE) and attn._norm is not None:
+        return _Refusal("its SE folds a BatchNorm only in eval mode; no fused residual tail")
     if _se_tail_args(attn) is None and _eca_tail_args(attn) is None:
         return _Refusal(f"its attention ({type(attn).__name__}) was not swapped to SE/ECA; no fused residual tail")
     out_act = _act_name(out_act_mod)
@@ -619,7 +673,7 @@ def swap(model: nn.Module, backend: Optional[str] = None,
             problem = _backend_problem(found.ops, child, backend)
             if problem is None:
                 candidate = found.build("reference")
-                problem = _probe(child, candidate, _probe_shape(found.channels, found.spatial))
+                problem = _probe(child, candidate, _probe_shape(found.channels, found.spatial), found.random_norms)
             if problem is not None:
                 report.left_alone.append(LeftAlone(qual, _cls(child), f"{found.kind}: {problem}"))
                 walk(child, qual + ".")

@@ -69,6 +69,27 @@ class PaperECA(nn.Module):
         return x * self.sigmoid(y).expand_as(x)
 
 
+class LinearBnSE(nn.Module):
+    """SE on Linear FCs with a BatchNorm1d after the first (the ReXNet / timm ``norm_layer`` form, 1-D)."""
+
+    def __init__(self, c=16, r=4, affine=True):
+        super().__init__()
+        self.fc1, self.bn, self.act = nn.Linear(c, r), nn.BatchNorm1d(r, affine=affine), nn.SiLU()
+        self.fc2, self.gate = nn.Linear(r, c), nn.Sigmoid()
+
+    def forward(self, x):
+        s = self.gate(self.fc2(self.act(self.bn(self.fc1(x.mean((2, 3)))))))
+        return x * s[:, :, None, None]
+
+
+class BnAfterActSE(LinearBnSE):
+    """The same children, the norm after the activation: not foldable into the first FC."""
+
+    def forward(self, x):
+        s = self.gate(self.fc2(self.bn(self.act(self.fc1(x.mean((2, 3)))))))
+        return x * s[:, :, None, None]
+
+
 def swapped_pair(model, **kwargs):
     """(original, swapped deep copy, report), norms randomised so no branch is trivially zero."""
     randomize_norms(model)
@@ -165,6 +186,58 @@ def test_hardswish_bottlenecks_are_swapped():
     check_exact(original, swapped, torch.randn(2, 16, 5, 4))
 
 
+def test_batchnorm_between_the_fcs_is_folded_in_eval_and_unfused_in_training(monkeypatch):
+    """timm SEModule(norm_layer=BatchNorm2d) (ReXNet), a Linear + BatchNorm1d form, and one without affine
+    parameters: eval mode runs the fused op with the norm folded into the first FC, training mode (batch
+    statistics couple the samples) the original forward; both exact, running statistics updated alike."""
+    model = nn.Sequential(SEModule(16, norm_layer=nn.BatchNorm2d), LinearBnSE(), LinearBnSE(affine=False),
+                          SEModule(16, norm_layer=nn.BatchNorm2d, act_layer="hard_swish", bias=False))
+    original, swapped, report = swapped_pair(model, backend="reference")
+    assert report.left_alone == [] and report.kinds() == {"se": 4}, str(report)
+    assert all("folded while in eval mode" in e.detail for e in report.replaced), str(report)
+    assert_same_state(original, swapped)
+    calls = []
+    se = ak.functional.se
+    monkeypatch.setattr(ak.functional, "se", lambda *a, **k: calls.append(1) or se(*a, **k))
+    check_exact(original, swapped, torch.randn(3, 16, 5, 4), modes=(False,))
+    assert len(calls) == 4  # eval: all four through the fused op
+    calls.clear()
+    check_exact(original, swapped, torch.randn(3, 16, 5, 4), modes=(True,))
+    assert calls == []  # training: the originals' forwards
+    for a, b in zip(original.modules(), swapped.modules()):
+        if isinstance(a, nn.BatchNorm1d | nn.BatchNorm2d):
+            assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+            assert a.num_batches_tracked == b.num_batches_tracked == 1
+    # a frozen norm inside a model in training mode (fine-tuning): running statistics, so fused
+    for m in (original, swapped):
+        m.train()
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+                bn.eval()
+    out = swapped(torch.randn(3, 16, 5, 4, dtype=torch.float64))
+    assert len(calls) == 4 and out.requires_grad
+    # and the fused forward's gradient reaches the norm's weight and bias through the fold
+    original.zero_grad(set_to_none=True)
+    swapped.zero_grad(set_to_none=True)
+    x = torch.randn(3, 16, 5, 4, dtype=torch.float64)
+    g = torch.randn(3, 16, 5, 4, dtype=torch.float64)
+    original(x).backward(g)
+    swapped(x).backward(g)
+    for (name, a), b in zip(original.named_parameters(), swapped.parameters()):
+        assert a.grad is not None and b.grad is not None, name
+        assert_close(b.grad, a.grad, atol=1e-12, rtol=1e-9, name=name)
+
+
+def test_se_with_a_folded_norm_gets_no_fused_residual_tail():
+    from functools import partial
+
+    model = tiny_timm_resnet(BasicBlock, partial(SEModule, norm_layer=nn.BatchNorm2d))
+    original, swapped, report = swapped_pair(model, backend="reference", fuse_residual=True)
+    assert report.kinds() == {"se": 4}, str(report)
+    assert sum("folds a BatchNorm only in eval mode" in e.reason for e in report.left_alone) == 4, str(report)
+    check_exact(original, swapped, torch.randn(2, 3, 32, 32))
+
+
 def test_swap_keeps_the_parameter_objects_and_unswap_restores_modules():
     model = nn.Sequential(nn.Conv2d(3, 16, 3), SEModule(16), nn.Sequential(TutorialSE(16), R.ECA(16)))
     modules_before = list(model.modules())
@@ -183,7 +256,8 @@ def test_swap_keeps_the_parameter_objects_and_unswap_restores_modules():
 
 
 @pytest.mark.parametrize("block,why", [
-    (SEModule(16, norm_layer=nn.BatchNorm2d), "norm layer bn"),
+    (SEModule(16, norm_layer=nn.InstanceNorm2d), "folds only one BatchNorm"),
+    (BnAfterActSE(), "probe mismatch"),
     (SEModule(16, add_maxpool=True), "add_maxpool"),
     (SEModule(16, act_layer=nn.ReLU6), "ReLU6"),
     (SEModule(16, act_layer="hard_sigmoid"), "activation Hardsigmoid"),

@@ -360,8 +360,8 @@ def _recognise_se(module: nn.Module):
             fcs.append((path, c))
         elif _is_pool(c) or isinstance(c, nn.Identity):
             continue
-        elif path[-1] in ("gate", "scale_activation", "sigmoid"):
-            gates.append((path, c))
+        elif path[-1] in ("gate", "scale_activation", "sigmoid") and not any(True for _ in c.parameters()):
+            gates.append((path, c))  # a gate by name (any parameter-free type: refused below if unknown)
         elif "act" in path[-1].lower():  # by name first: a Hardsigmoid as the activation (timm act_layer=)
             acts.append((path, c))
         elif _gate_name(c) is not None:

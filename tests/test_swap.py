@@ -280,6 +280,19 @@ def test_unsupported_forms_are_left_alone_with_the_reason(block, why):
     assert why in reasons(report)["0"], str(report)
 
 
+def test_a_gated_mlp_is_not_taken_for_an_se():
+    """gMLP's GatedMlp has fc1 / act / fc2 and a child named gate, but the gate has weights (a token
+    projection): not an SE, so nothing to report (timm's gmlp models listed 90 such 'left alone' lines)."""
+    from functools import partial
+
+    from timm.layers.mlp import GatedMlp
+    from timm.models.mlp_mixer import SpatialGatingUnit
+
+    report = ak.swap(nn.Sequential(GatedMlp(16, 32, gate_layer=partial(SpatialGatingUnit, seq_len=10))),
+                     backend="reference")
+    assert report.replaced == [] and report.left_alone == [], str(report)
+
+
 def test_grouped_or_spatial_convs_are_not_reproduced():
     se = SEModule(16)
     se.fc1 = nn.Conv2d(16, 8, 1, groups=2)

@@ -510,6 +510,9 @@ def _recognise(module: nn.Module):
             return _final(f"spatial branch is ConvNormAct with {type(bn).__name__} after its conv; "
                             "the fused cbam has a bias-free conv and no norm (folding BN is exact in eval only)")
         return _final("CBAM variant of unknown structure; the fused cbam cannot be checked against it")
+    if name == "GlobalContext" and hasattr(module, "conv_attn"):
+        return _final("global-context block (GCNet: softmax attention pooling, ConvMlp with a LayerNorm); "
+                      "no fused op computes it")
     for recogniser in (_recognise_se, _recognise_eca):
         found = recogniser(module)
         if found is not None:

@@ -16,7 +16,7 @@ from tests.helpers import assert_close
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
-from timm.layers import CecaModule, EcaModule, EffectiveSEModule, SEModule  # noqa: E402
+from timm.layers import CecaModule, EcaModule, EffectiveSEModule, GlobalContext, SEModule  # noqa: E402
 from timm.layers.cbam import CbamModule, LightCbamModule  # noqa: E402
 from timm.models._efficientnet_blocks import SqueezeExcite  # noqa: E402
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet  # noqa: E402
@@ -272,6 +272,7 @@ def test_swap_keeps_the_parameter_objects_and_unswap_restores_modules():
     (LightCbamModule(16), "light CBAM"),
     (SqueezeExcitation(16, 4, activation=nn.Mish), "Mish"),
     (NotSE(16), "probe mismatch"),
+    (GlobalContext(16, fuse_add=False, fuse_scale=True), "global-context block"),
 ])
 def test_unsupported_forms_are_left_alone_with_the_reason(block, why):
     model = nn.Sequential(block)

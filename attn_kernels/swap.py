@@ -537,10 +537,13 @@ def _param_like(module: nn.Module):
 def _probe(original: nn.Module, candidate: nn.Module, shape, random_norms: bool = False) -> Optional[str]:
     """None when both agree on a random probe (eval mode, no grad), else why not. ``random_norms``: run on
     copies whose norm layers get random statistics and affine parameters (freshly built ones are close to
-    the identity, which would hide where a folded norm really sits)."""
+    the identity, which would hide where a folded norm really sits), in eval mode and then in training mode
+    (the candidate's unfused path; the copies' running statistics absorb the update)."""
+    modes = (False,)
     if random_norms:
         original, candidate = copy.deepcopy((original, candidate))  # one copy: the shared children stay shared
         randomize_norms(original, seed=1234)
+        modes = (False, True)
     ref = _param_like(original)
     dtype = ref.dtype if ref is not None else torch.float32
     device = ref.device if ref is not None else torch.device("cpu")
@@ -549,23 +552,25 @@ def _probe(original: nn.Module, candidate: nn.Module, shape, random_norms: bool 
     gen = torch.Generator().manual_seed(1234)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
     flags = [(m, m.training) for m in list(original.modules()) + list(candidate.modules())]
-    try:
-        original.eval()
-        candidate.eval()
-        with torch.no_grad():
-            expected = original(x.clone())
-            actual = candidate(x.clone())
-    except Exception as exc:  # the original does not take (N, C, *spatial) or the candidate refuses it
-        return f"probe mismatch ({type(exc).__name__}: {exc})"
-    finally:
-        for m, t in flags:
-            m.training = t
-    if not isinstance(expected, torch.Tensor) or expected.shape != actual.shape:
-        return "probe mismatch (output shape)"
-    atol, rtol = _PROBE_TOL.get(dtype, (1e-4, 1e-4))
-    if not torch.allclose(actual.float(), expected.float(), atol=atol, rtol=rtol):
-        err = (actual.float() - expected.float()).abs().max().item()
-        return f"probe mismatch (max abs err {err:.3g}): its forward computes something else"
+    for train in modes:
+        mode = " in training mode" if train else ""
+        try:
+            original.train(train)
+            candidate.train(train)
+            with torch.no_grad():
+                expected = original(x.clone())
+                actual = candidate(x.clone())
+        except Exception as exc:  # the original does not take (N, C, *spatial) or the candidate refuses it
+            return f"probe mismatch{mode} ({type(exc).__name__}: {exc})"
+        finally:
+            for m, t in flags:
+                m.training = t
+        if not isinstance(expected, torch.Tensor) or expected.shape != actual.shape:
+            return f"probe mismatch{mode} (output shape)"
+        atol, rtol = _PROBE_TOL.get(dtype, (1e-4, 1e-4))
+        if not torch.allclose(actual.float(), expected.float(), atol=atol, rtol=rtol):
+            err = (actual.float() - expected.float()).abs().max().item()
+            return f"probe mismatch{mode} (max abs err {err:.3g}): its forward computes something else"
     return None
 
 

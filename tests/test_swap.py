@@ -82,6 +82,13 @@ class LinearBnSE(nn.Module):
         return x * s[:, :, None, None]
 
 
+class SuperForwardBnSE(LinearBnSE):
+    """Its forward calls super(): not runnable on a SwappedSE instance (the unfused training-mode path)."""
+
+    def forward(self, x):
+        return super().forward(x)
+
+
 class BnAfterActSE(LinearBnSE):
     """The same children, the norm after the activation: not foldable into the first FC."""
 
@@ -258,6 +265,7 @@ def test_swap_keeps_the_parameter_objects_and_unswap_restores_modules():
 @pytest.mark.parametrize("block,why", [
     (SEModule(16, norm_layer=nn.InstanceNorm2d), "folds only one BatchNorm"),
     (BnAfterActSE(), "probe mismatch"),
+    (SuperForwardBnSE(), "probe mismatch in training mode (TypeError"),
     (SEModule(16, add_maxpool=True), "add_maxpool"),
     (SEModule(16, act_layer=nn.ReLU6), "ReLU6"),
     (SEModule(16, act_layer="hard_sigmoid"), "activation Hardsigmoid"),

@@ -278,12 +278,9 @@ inline T out_act(T v) {
     return v / (T(1) + exp_of(T(0) - v));
   } else if constexpr (kAct == kGelu) {
     return v * T(0.5) * (T(1) + erf_of(v * T(M_SQRT1_2)));
-  } else if constexpr (kAct == kHardswish) {
-    if constexpr (std::is_arithmetic_v<T>) {
-      return v * std::min(std::max(v + T(3), T(0)), T(6)) / T(6);
-    } else {
-      return v * at::vec::clamp(v + T(3), T(0), T(6)) / T(6);
-    }
+  } else if constexpr (kAct == kHardswish) {  // the SE hidden layer only (act_scalar): scalars
+    static_assert(std::is_arithmetic_v<T>, "hardswish is not an out_act: no vector form");
+    return v * std::min(std::max(v + T(3), T(0)), T(6)) / T(6);
   } else {
     return v;
   }
@@ -305,11 +302,8 @@ inline T act_grad_mul(T g, T z) {
     const T pdf = exp_of(T(-0.5) * z * z) * T(0.3989422804014327);  // 1 / sqrt(2 pi)
     return g * (cdf + z * pdf);
   } else if constexpr (kAct == kHardswish) {  // 0 below -3, z / 3 + 1/2 on [-3, 3], 1 above (hardswish_backward)
-    if constexpr (std::is_arithmetic_v<T>) {
-      return z < T(-3) ? T(0) : (z <= T(3) ? g * (z / T(3) + T(0.5)) : g);
-    } else {
-      return T::blendv(T::blendv(g * (z / T(3) + T(0.5)), g, z > T(3)), T(0), z < T(-3));
-    }
+    static_assert(std::is_arithmetic_v<T>, "hardswish is not an out_act: no vector form");
+    return z < T(-3) ? T(0) : (z <= T(3) ? g * (z / T(3) + T(0.5)) : g);
   } else {
     return g;
   }

@@ -8,9 +8,10 @@
 // Hopper schedule (sm_90a, forward): one thread-block cluster per sample. Each block of the cluster
 // owns a channel slice: it loads the slice into shared memory once while pooling it, publishes its
 // pooled means, cluster.sync(), gathers the whole pooled vector from the other blocks' shared memory
-// (distributed shared memory, cluster.map_shared_rank), cluster.sync(), computes the gates of its
-// channels, and scales the slice straight from shared memory: x read once, y written once (the
-// 2-bytes-per-byte floor). Used when the slice fits the opt-in shared memory with a cluster of <= 16
+// (distributed shared memory, cluster.map_shared_rank), cluster.sync(), computes its share of the SE
+// hidden layer (R / cluster size units; exchanged the same way, so W1 is read once per sample, not once
+// per block), then the gates of its channels, and scales the slice straight from shared memory: x read
+// once, y written once (the 2-bytes-per-byte floor). Used when the slice fits the opt-in shared memory with a cluster of <= 16
 // blocks and the occupancy query says such a cluster can be resident; otherwise (or on other GPUs) the
 // portable schedule runs. That choice is made on the host from answers cached per device (LaunchCache),
 // before anything is launched: steady-state calls do no CUDA queries, and a CUDA-graph capture never
@@ -230,8 +231,10 @@ inline cudaError_t outer_sum(const float* a, const float* b, int64_t N, int64_t 
 // ---- Hopper: one thread-block cluster per sample (forward) ------------------------------------------
 // Shared memory of each block: part[slice] | pfull[C] | sgate[slice] | scratch[ex.scratch_floats()] | tile
 // (tile = slice channels x HW elements of x, in the input's layout order). Ex provides:
-//   __device__ void gates(const float* pfull, int64_t c0, int64_t c1, float* sgate, float* scratch) const
-// computing the gates of channels [c0, c1) (block-wide; may __syncthreads()).
+//   template <class Cluster> __device__ void cluster_gates(const float* pfull, int64_t c0, int64_t c1,
+//                                                         float* sgate, float* scratch, Cluster& cluster) const
+// computing the gates of channels [c0, c1) (block-wide; may __syncthreads(); every block of the cluster
+// calls it, so it may also cluster.sync() and read peers' scratch).
 template <typename T, bool kPlanar, typename Ex>
 __global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view y, int64_t C, int64_t HW,
                                                               int64_t slice, int64_t scratch_floats, Ex ex,
@@ -278,7 +281,7 @@ __global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view
   }
   cluster.sync();  // every block has read every other block's part[]: safe to move on / exit
   // 4. gates of this block's channels
-  ex.gates(pfull, c0, c1, sgate, scratch);
+  ex.cluster_gates(pfull, c0, c1, sgate, scratch, cluster);
   __syncthreads();
   for (int64_t c = threadIdx.x; c < nc; c += blockDim.x) {
     pooled[n * C + c0 + c] = pfull[c0 + c];

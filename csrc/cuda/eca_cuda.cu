@@ -31,6 +31,12 @@ struct ECADev {
   __device__ void gates(const float* p, int64_t c0, int64_t c1, float* sgate, float*) const {
     for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) sgate[c - c0] = gate_of(p, c);
   }
+
+  template <class Cluster>  // no weights to share: each block's gates need only the pooled vector
+  __device__ void cluster_gates(const float* p, int64_t c0, int64_t c1, float* sgate, float* scratch,
+                                Cluster&) const {
+    gates(p, c0, c1, sgate, scratch);
+  }
 };
 
 __global__ void __launch_bounds__(kThreads) eca_excite_kernel(ECADev ex, int64_t N, const float* pooled, float* s) {

@@ -1,0 +1,28 @@
+"""bench/swap_coverage.py (the timm / torchvision coverage scan) on a hand-picked model list."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+pytest.importorskip("timm")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("swap_coverage", os.path.join(REPO, "bench", "swap_coverage.py"))
+swap_coverage = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(swap_coverage)
+
+
+def test_scan_counts_replaced_and_left_alone_blocks(tmp_path, monkeypatch, capsys):
+    models = [("timm", "seresnet18"), ("timm", "rexnet_100"), ("timm", "sedarknet21"), ("timm", "no_such_model")]
+    monkeypatch.setattr(swap_coverage, "timm_models", lambda per_family: models)
+    assert swap_coverage.main(["--no-torchvision", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("swap_coverage_*.json")
+    result = json.loads(path.read_text())
+    # seresnet18: 8 SE; rexnet_100: 13 SE with a folded BatchNorm; sedarknet21: its SE use LeakyReLU
+    assert result["replaced"] == {"se": 21}
+    assert [m["model"] for m in result["models"]] == ["timm:seresnet18", "timm:rexnet_100", "timm:sedarknet21"]
+    assert result["skipped"] == ["timm:no_such_model (RuntimeError)"]
+    (reason,) = result["left_alone"]
+    assert "LeakyReLU" in reason and result["left_alone"][reason] == len(result["models"][2]["left_alone"]) > 0
+    assert "se 21" in capsys.readouterr().out

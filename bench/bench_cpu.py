@@ -3,12 +3,18 @@
 SE and ECA at the SE-ResNet-50 stage shapes (256×56², 512×28², 1024×14², 2048×7²), batch 1 and 16,
 side by side in one run: ``cpu`` (attn_kernels._C), ``eager`` (attn_kernels.reference, ~8 ops per
 block) and ``clone`` (x.clone(): read x, write y, allocation included — the floor a fused forward can
-reach). Medians from ``torch.utils.benchmark.Timer.blocked_autorange``; with ``--repeat R`` the
-whole table runs R times and each cell keeps its fastest median. Forward (inference, no_grad) by
-default; ``--mode fwdbwd`` times forward + backward (clone floor then: clone of x and of grad_y).
+reach). Forward (inference, no_grad) by default; ``--mode fwdbwd`` times forward + backward, the
+gradients of x and of every weight, as in training (clone floor then: clone of x and of grad_y).
+
+Timing is interleaved: the three providers of a case take turns, one block of calls each (a block lasts
+at least ``--block-ms``), for ``--rounds`` rounds; each cell is the median (and p20 / p80) of its blocks'
+per-call times. Timing one provider after the other (``torch.utils.benchmark``'s blocked_autorange per
+provider, as this script did before) put minutes-long swings of a shared VM's speed into the ratios --
+seen here: the same ``x.clone()`` at 477 us and 946 us two minutes apart; taking turns puts every
+provider under the same conditions, so the ratios hold even while the absolute times drift.
 
     python bench/bench_cpu.py [--dtype float32|bfloat16|float16] [--channels-last] [--mode fwd|fwdbwd]
-                              [--threads N] [--min-run-time 0.3] [--repeat 1] [--out bench/out]
+                              [--threads N] [--rounds 15] [--block-ms 20] [--out bench/out]
 
 Large maps (tens of MB) are dominated by first-touch page faults of freshly mmapped outputs under
 glibc's default malloc (eager and clone pay them too); the allocator settings are recorded. PyTorch's CPU
@@ -27,8 +33,9 @@ import os
 import platform
 import sys
 
+import time
+
 import torch
-import torch.utils.benchmark as tb
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,9 +48,27 @@ SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
 BATCHES = [1, 16]
 
 
-def median_us(fn, min_run_time: float) -> float:
-    fn()  # warm-up (allocator, caches)
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e6
+def interleaved_us(fns: dict, rounds: int, block_ms: float) -> dict:
+    """{name: (median, p20, p80)} in microseconds per call; the providers take turns block by block."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()  # warm-up (allocator, caches); then size the block: calls that last >= block_ms
+        t0 = time.perf_counter()
+        fn()
+        calls[name] = max(1, int(block_ms * 1e-3 / max(time.perf_counter() - t0, 1e-7)))
+    per_call = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            per_call[name].append((time.perf_counter() - t0) / calls[name] * 1e6)
+    out = {}
+    for name, ts in per_call.items():
+        ts.sort()
+        pick = lambda q: ts[min(len(ts) - 1, int(q * len(ts)))]  # noqa: E731
+        out[name] = (pick(0.5), pick(0.2), pick(0.8))
+    return out
 
 
 def make_case(op: str, c: int, dtype):
@@ -70,25 +95,28 @@ def run(args) -> list:
                 fused, eager, params = make_case(op, c, dtype)
                 if args.mode == "fwd":
                     with torch.no_grad():
-                        t_cpu = median_us(lambda: fused(x), args.min_run_time)
-                        t_eager = median_us(lambda: eager(x), args.min_run_time)
-                        t_clone = median_us(lambda: x.clone(), args.min_run_time)
+                        t = interleaved_us(dict(cpu=lambda: fused(x), eager=lambda: eager(x), clone=lambda: x.clone()),
+                                           args.rounds, args.block_ms)
                 else:
+                    # as in training: the FC / conv weights need their gradients too (both providers)
                     xg = x.detach().requires_grad_()
                     gy = torch.randn_like(x)
-                    fused_g, eager_g, _ = make_case(op, c, dtype)
+                    for prm in params:
+                        prm.requires_grad_()
 
                     def fb(f):
                         def call():
                             y = f(xg)
-                            return torch.autograd.grad(y, [xg], gy)
+                            return torch.autograd.grad(y, [xg, *params], gy)
                         return call
-                    t_cpu = median_us(fb(fused), args.min_run_time)
-                    t_eager = median_us(fb(eager), args.min_run_time)
-                    t_clone = median_us(lambda: (x.clone(), gy.clone()), args.min_run_time)
+                    t = interleaved_us(dict(cpu=fb(fused), eager=fb(eager), clone=lambda: (x.clone(), gy.clone())),
+                                       args.rounds, args.block_ms)
+                (t_cpu, *q_cpu), (t_eager, *q_eager), (t_clone, *q_clone) = t["cpu"], t["eager"], t["clone"]
                 rows.append(dict(op=op, mode=args.mode, dtype=args.dtype,
                                  layout="channels_last" if args.channels_last else "nchw", n=n, c=c, h=h, w=w,
                                  cpu_us=round(t_cpu, 2), eager_us=round(t_eager, 2), clone_us=round(t_clone, 2),
+                                 cpu_p20_p80=[round(v, 2) for v in q_cpu], eager_p20_p80=[round(v, 2) for v in q_eager],
+                                 clone_p20_p80=[round(v, 2) for v in q_clone],
                                  speedup_vs_eager=round(t_eager / t_cpu, 3), ratio_to_clone=round(t_cpu / t_clone, 3)))
                 print(f"{op:3s} N={n:2d} {c:4d}x{h}x{w}: cpu {t_cpu:9.1f} us  eager {t_eager:9.1f} us  "
                       f"clone {t_clone:9.1f} us  -> {t_eager / t_cpu:5.2f}x eager, {t_cpu / t_clone:5.2f}x clone",
@@ -103,9 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--mode", default="fwd", choices=["fwd", "fwdbwd"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--min-run-time", type=float, default=0.3)
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run the whole table R times, keep each cell's fastest median (robust on a shared machine)")
+    ap.add_argument("--rounds", type=int, default=15, help="blocks per provider and case (the providers take turns)")
+    ap.add_argument("--block-ms", type=float, default=20.0, help="minimum duration of one timed block of calls")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -116,17 +143,12 @@ def main(argv=None) -> int:
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 allocator=" ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ)
                                    if k.startswith("MALLOC_") or k == "LD_PRELOAD") or "glibc defaults",
-                note="medians of torch.utils.benchmark blocked_autorange; the machine may be shared")
+                timing=f"providers interleaved block by block, {args.rounds} rounds, blocks >= {args.block_ms} ms, "
+                       "median (p20, p80) of per-call block times",
+                note="the machine may be shared: compare ratios within a run, not absolute times across runs")
     print(f"# {meta['cpu']}, {meta['torch_threads']} threads, torch {meta['torch']}, {meta['date']}, "
           f"allocator: {meta['allocator']}")
     rows = run(args)
-    for _ in range(args.repeat - 1):  # interleaved repeats: a burst of load elsewhere hits one pass only
-        for r, again in zip(rows, run(args)):
-            for key in ("cpu_us", "eager_us", "clone_us"):
-                r[key] = min(r[key], again[key])
-            r["speedup_vs_eager"] = round(r["eager_us"] / r["cpu_us"], 3)
-            r["ratio_to_clone"] = round(r["cpu_us"] / r["clone_us"], 3)
-    meta["repeat"] = args.repeat
     os.makedirs(args.out, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     tag = f"{'-'.join(args.ops)}_{args.mode}_{args.dtype}_{'cl' if args.channels_last else 'nchw'}"

@@ -588,17 +588,17 @@ inline void stream_fence() {
 #endif
 }
 
-// Size of the L3 (data/unified, level 3) that CPU 0's core shares, from Linux sysfs; `fallback` elsewhere.
-// sysfs, not sysconf: in VMs glibc's _SC_LEVEL3_CACHE_SIZE reports the whole host's L3 (seen here:
-// 384 MB on a 32 MB-L3 guest).
-inline int64_t l3_bytes(int64_t fallback) {
+// Size of CPU 0's data/unified cache of `level` (2: its own L2, 3: the L3 it shares), from Linux sysfs;
+// `fallback` elsewhere. sysfs, not sysconf: in VMs glibc's _SC_LEVEL3_CACHE_SIZE reports the whole host's
+// L3 (seen here: 384 MB on a 32 MB-L3 guest).
+inline int64_t cache_bytes(int level, int64_t fallback) {
   for (int index = 0; index < 8; ++index) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
     std::ifstream level_file(dir + "level"), type_file(dir + "type"), size_file(dir + "size");
     int lv = 0;
     std::string type, size;
     if (!(level_file >> lv) || !(type_file >> type) || !(size_file >> size)) continue;
-    if (lv != 3 || type == "Instruction" || size.empty()) continue;
+    if (lv != level || type == "Instruction" || size.empty()) continue;
     int64_t bytes = std::atoll(size.c_str());
     const char unit = size.back();
     if (unit == 'K') bytes <<= 10;
@@ -623,7 +623,7 @@ inline std::atomic<int>& stream_mode() {
 // its consumer anyway. A plain store first reads every destination line (read-for-ownership: y costs
 // twice its bytes) and evicts the input rows that are still to be scaled; a streamed one does neither.
 inline bool stream_output(int64_t bytes) {
-  static const int64_t llc = l3_bytes(int64_t(32) << 20);
+  static const int64_t llc = cache_bytes(3, int64_t(32) << 20);
   const int mode = stream_mode().load(std::memory_order_relaxed);
   if (!ATTN_KERNELS_STREAM_STORES || mode == 0) return false;
   return mode > 0 || bytes > llc / 4;

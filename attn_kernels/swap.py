@@ -48,7 +48,8 @@ from . import functional
 from ._backend import BackendUnavailableError, _check_name, preload, resolve
 from .modules import (FusedAdaptiveSE, FusedBidirectionalECA, FusedCBAM, FusedDynamicMultiKernelECA, FusedECA,
                       FusedEffectiveSE, FusedSE)
-from .reference import CBAM, ECA, AdaptiveSE, BidirectionalECA, DynamicMultiKernelECA, EffectiveSE, SEBlock
+from .reference import (CBAM, ECA, OUT_ACTS, AdaptiveSE, BidirectionalECA, DynamicMultiKernelECA, EffectiveSE,
+                        SEBlock)
 from .models import SEBottleneck
 
 __all__ = ["swap", "unswap", "SwapReport", "SwapEntry", "LeftAlone", "SwappedSE", "SwappedECA",
@@ -418,6 +419,9 @@ def _recognise_se(module: nn.Module):
         if norm_path is not None and norms[0][1].num_features != r1:
             return _Refusal(f"norm layer {'.'.join(norm_path)} has {norms[0][1].num_features} features, "
                             f"the hidden layer {r1}")
+        if norm_path is not None and not getattr(norms[0][1], "track_running_stats", True):
+            return _Refusal(f"norm layer {'.'.join(norm_path)} keeps no running statistics: it always uses the "
+                            "batch's, which couple the samples; nothing to fold")
         if len(acts) != 1:
             return _Refusal(f"{len(acts)} activations between the FCs; the fused se has exactly one")
         act = _act_name(acts[0][1])
@@ -603,7 +607,7 @@ def _recognise_residual(module: nn.Module):
     if _se_tail_args(attn) is None and _eca_tail_args(attn) is None:
         return _Refusal(f"its attention ({type(attn).__name__}) was not swapped to SE/ECA; no fused residual tail")
     out_act = _act_name(out_act_mod)
-    if out_act is None:
+    if out_act not in OUT_ACTS:  # e.g. hardswish: an SE hidden activation, not a tail one
         return _Refusal(f"output activation {type(out_act_mod).__name__} not supported by the fused tail")
     kind = "se_residual" if _se_tail_args(attn) is not None else "eca_residual"
     return cls, kind, out_act, in_channels

@@ -7,11 +7,12 @@ reach). Forward (inference, no_grad) by default; ``--mode fwdbwd`` times forward
 gradients of x and of every weight, as in training (clone floor then: clone of x and of grad_y).
 
 Timing is interleaved: the three providers of a case take turns, one block of calls each (a block lasts
-at least ``--block-ms``), for ``--rounds`` rounds; each cell is the median (and p20 / p80) of its blocks'
-per-call times. Timing one provider after the other (``torch.utils.benchmark``'s blocked_autorange per
-provider, as this script did before) put minutes-long swings of a shared VM's speed into the ratios --
-seen here: the same ``x.clone()`` at 477 us and 946 us two minutes apart; taking turns puts every
-provider under the same conditions, so the ratios hold even while the absolute times drift.
+at least ``--block-ms``), for ``--rounds`` rounds, the order rotating from round to round; each cell is the
+median (and p20 / p80) of its blocks' per-call times. Timing one provider after the other
+(``torch.utils.benchmark``'s blocked_autorange per provider, as this script did before) put minutes-long
+swings of a shared VM's speed into the ratios -- seen here: the same ``x.clone()`` at 477 us and 946 us
+two minutes apart; taking turns puts every provider under the same conditions, so the ratios hold even
+while the absolute times drift.
 
     python bench/bench_cpu.py [--dtype float32|bfloat16|float16] [--channels-last] [--mode fwd|fwdbwd]
                               [--threads N] [--rounds 15] [--block-ms 20] [--out bench/out]
@@ -57,8 +58,10 @@ def interleaved_us(fns: dict, rounds: int, block_ms: float) -> dict:
         fn()
         calls[name] = max(1, int(block_ms * 1e-3 / max(time.perf_counter() - t0, 1e-7)))
     per_call = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for i in range(rounds):  # the order rotates every round: no provider always follows the same neighbour
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            fn = fns[name]
             t0 = time.perf_counter()
             for _ in range(calls[name]):
                 fn()

@@ -165,13 +165,15 @@ def se_hardswish_inputs(shape, rd: int, device="cpu"):
     """SE inputs ``[x, w1, b1, w2, b2]`` (fp32, requiring grad) whose hidden pre-activations
     ``u = W1 · mean(x) + b1`` fall in all three pieces of hardswish (u < -3: slope 0; -3 <= u <= 3: slope
     u / 3 + 1/2; u > 3: slope 1) and stay >= 0.1 from the kinks, so every dtype and finite differences see
-    the same piece: b1 spreads u over [-6, 6] and W1 · mean(x) moves it by a few hundredths (checked here;
-    needs rd >= 4). Random inputs with the usual scales only ever reach the middle piece."""
+    the same piece: b1 cycles through -5, -1.5, 1.5, 5 (each moved by at most 0.5: >= 1 from a kink, for any
+    rd >= 4) and W1 · mean(x) moves u by a few hundredths (checked here). Random inputs with the usual scales
+    only ever reach the middle piece."""
     assert rd >= 4, "rd >= 4 puts a b1 value in every piece"
     c, spatial = shape[1], tuple(range(2, len(shape)))
     x = torch.randn(shape, dtype=torch.float64)
     w1 = torch.randn(rd, c, dtype=torch.float64) * (0.1 / c ** 0.5)
-    b1 = torch.linspace(-6.0, 6.0, rd, dtype=torch.float64)
+    centres = torch.tensor([-5.0, -1.5, 1.5, 5.0], dtype=torch.float64).repeat((rd + 3) // 4)[:rd]
+    b1 = centres + torch.linspace(-0.5, 0.5, rd, dtype=torch.float64)
     w2 = torch.randn(c, rd, dtype=torch.float64) / rd
     b2 = torch.randn(c, dtype=torch.float64) * 0.5
     u = x.mean(spatial) @ w1.t() + b1

@@ -16,12 +16,12 @@ bench_cpu = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_cpu)
 
 
-def test_providers_take_turns_block_by_block():
+def test_providers_take_turns_block_by_block_in_rotating_order():
     order = []
     fns = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
     times = bench_cpu.interleaved_us(fns, rounds=4, block_ms=0.0)  # blocks of one call after the 2 sizing calls
     assert order[:6] == ["a", "a", "b", "b", "c", "c"]
-    assert order[6:] == ["a", "b", "c"] * 4
+    assert order[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]  # the order rotates
     for median, p20, p80 in times.values():
         assert 0 < p20 <= median <= p80
 

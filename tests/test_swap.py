@@ -235,6 +235,15 @@ def test_batchnorm_between_the_fcs_is_folded_in_eval_and_unfused_in_training(mon
         assert_close(b.grad, a.grad, atol=1e-12, rtol=1e-9, name=name)
 
 
+def test_norm_without_running_statistics_is_left_alone():
+    model = LinearBnSE()
+    model.bn = nn.BatchNorm1d(4, track_running_stats=False)
+    report = ak.swap(nn.Sequential(model), backend="reference")
+    assert report.replaced == [], str(report)
+    (entry,) = report.left_alone
+    assert "keeps no running statistics" in entry.reason, str(report)
+
+
 def test_se_with_a_folded_norm_gets_no_fused_residual_tail():
     from functools import partial
 
@@ -396,6 +405,16 @@ def test_residual_with_drop_path_or_cbam_is_left_alone():
     assert report.replaced == [] and len(report.left_alone) == 8
     assert sum("BatchNorm" in e.reason for e in report.left_alone) == 4
     assert sum("(CbamModule) was not swapped" in e.reason for e in report.left_alone) == 4
+
+
+def test_residual_with_hardswish_output_is_refused_by_name():
+    """Hardswish is an SE hidden activation, not a residual tail one: the tail says so (before, it was
+    built with out_act="hardswish" and reported as a probe mismatch)."""
+    model = tiny_timm_resnet(BasicBlock, "se", act_layer=nn.Hardswish)
+    report = ak.swap(model, backend="reference", fuse_residual=True)
+    assert report.kinds() == {"se": 4}, str(report)
+    assert len(report.left_alone) == 4
+    assert all("output activation Hardswish not supported" in e.reason for e in report.left_alone), str(report)
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@
 #include <functional>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "../glue.h"
@@ -588,10 +589,27 @@ inline void stream_fence() {
 #endif
 }
 
-// Size of CPU 0's data/unified cache of `level` (2: its own L2, 3: the L3 it shares), from Linux sysfs;
-// `fallback` elsewhere. sysfs, not sysconf: in VMs glibc's _SC_LEVEL3_CACHE_SIZE reports the whole host's
-// L3 (seen here: 384 MB on a 32 MB-L3 guest).
-inline int64_t cache_bytes(int level, int64_t fallback) {
+// Number of CPUs in a sysfs CPU list such as "0-3,8-11" (0 when it does not parse).
+inline int64_t cpu_list_count(const std::string& list) {
+  int64_t count = 0;
+  std::stringstream ss(list);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    if (part.empty()) return 0;
+    const auto dash = part.find('-');
+    const int64_t lo = std::atoll(part.c_str());
+    const int64_t hi = dash == std::string::npos ? lo : std::atoll(part.c_str() + dash + 1);
+    if (hi < lo) return 0;
+    count += hi - lo + 1;
+  }
+  return count;
+}
+
+// Size of CPU 0's data/unified cache of `level` (2: L2, 3: L3), from Linux sysfs; `fallback` elsewhere.
+// per_cpu: divided by the CPUs that share it (shared_cpu_list: an L2 shared by a module of cores, or by a
+// core's two hyperthreads, serves that many tasks at once). sysfs, not sysconf: in VMs glibc's
+// _SC_LEVEL3_CACHE_SIZE reports the whole host's L3 (seen here: 384 MB on a 32 MB-L3 guest).
+inline int64_t cache_bytes(int level, int64_t fallback, bool per_cpu = false) {
   for (int index = 0; index < 8; ++index) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
     std::ifstream level_file(dir + "level"), type_file(dir + "type"), size_file(dir + "size");
@@ -603,7 +621,14 @@ inline int64_t cache_bytes(int level, int64_t fallback) {
     const char unit = size.back();
     if (unit == 'K') bytes <<= 10;
     if (unit == 'M') bytes <<= 20;
-    if (bytes > 0) return bytes;
+    if (bytes <= 0) continue;
+    if (per_cpu) {
+      std::ifstream shared_file(dir + "shared_cpu_list");
+      std::string shared;
+      const int64_t sharers = (shared_file >> shared) ? cpu_list_count(shared) : 0;
+      if (sharers > 1) bytes /= sharers;
+    }
+    return bytes;
   }
   return fallback;
 }
@@ -633,8 +658,9 @@ inline int64_t grain_for(int64_t work_per_item) {  // ~32K elements of work per 
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
 }
 
-// per_sample_ok = false when the excitation's weights outweigh a sample (SE at 2048x7x7): then the
-// phased schedule runs one batched excitation that reads the weights once instead of once per sample.
+// per_sample_ok = false when re-reading the excitation's weights for every sample costs more than the second
+// read of x it saves (se_cpu.cpp's per_sample_ok; SE at 2048x7x7): then the phased schedule runs one batched
+// excitation that reads the weights once instead of once per sample.
 inline bool per_sample_schedule(int64_t n, bool per_sample_ok) {
   const int64_t t = at::get_num_threads();
   if (!per_sample_ok && n > 1) return false;

@@ -150,9 +150,10 @@ void outer_sum(const A* a, const A* b, int64_t nb, int64_t rows, int64_t cols, A
 // medians: forward 936 vs 1091 us, backward 1248 vs 1428 us; the AMD EPYC VM's 1 MB L2 keeps the phased
 // schedule there). Otherwise (e.g. 2048x7x7 with R = 128: 2 MB of weights) the phased schedule runs one batched
 // excitation that reads them once.
-bool per_sample_ok(int64_t c, int64_t r, bool has_w1, int64_t hw, size_t elem) {
-  static const double l2 = static_cast<double>(cpu::cache_bytes(2, int64_t(1) << 20));
-  const double weights = static_cast<double>(c) * r * (has_w1 ? 2 : 1) * 4;
+// elem: bytes of an x element; weight_elem: of a weight as the excitation reads it (the accumulation type).
+bool per_sample_ok(int64_t c, int64_t r, bool has_w1, int64_t hw, size_t elem, size_t weight_elem) {
+  static const double l2 = static_cast<double>(cpu::cache_bytes(2, int64_t(1) << 20, /*per_cpu=*/true));
+  const double weights = static_cast<double>(c) * r * (has_w1 ? 2 : 1) * weight_elem;
   const double sample = static_cast<double>(c) * hw * elem;
   return 4 * weights <= sample || (weights <= sample && sample + weights <= l2);
 }
@@ -200,7 +201,7 @@ T3 se_forward(const char* op, const Tensor& x, const Tensor* shortcut, const Opt
     cpu::with_forward_epilogue<scalar_t>(shortcut ? &rv : nullptr, out_act, [&](const auto& ep) {
       cpu::gate_forward<scalar_t>(
           xv, yv, layout, nb, c, hw, pp, sp, [&](int64_t n0, int64_t n1) { se_excite<A>(p, pp, hp, sp, n0, n1); },
-          per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)), ep);
+          per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t), sizeof(A)), ep);
     });
   });
   finish_output(y, yf);
@@ -267,7 +268,7 @@ T6 se_backward(const char* op, const Tensor& grad_y, const Tensor& x, const Tens
         cpu::gate_backward<scalar_t>(
             gyv, xv, gxv, layout, nb, c, hw, sp, dsp, dpp,
             [&](int64_t n0, int64_t n1) { se_excite_bwd<A>(p, pp, sp, dsp, dpp, dzp, prep, hp, dap, n0, n1); },
-            per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t)), ep);
+            per_sample_ok(c, r, has_w1, hw, sizeof(scalar_t), sizeof(A)), ep);
       });
       outer_sum<A>(dzp, has_w1 ? hp : pp, nb, c, r, gw2.mutable_data_ptr<A>(), gb2.mutable_data_ptr<A>());
       if (has_w1) outer_sum<A>(dap, pp, nb, r, c, gw1.mutable_data_ptr<A>(), gb1.mutable_data_ptr<A>());

@@ -94,11 +94,18 @@ def test_se_shapes(dtype, shape):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_se_weights_between_a_quarter_and_a_whole_sample(dtype, channels_last):
-    """FC weights (8 KB) between 1/4 and 1x a sample (fp32 16 KB, bf16 8 KB) that fit the L2 with it:
-    one sample per task by se_cpu.cpp's L2 rule (before it, the phased schedule)."""
+    """FC weights (8 KB) between 1/4 and 1x a sample (fp32 16 KB, bf16 8 KB) that fit an L2 of >= 24 KB with
+    it: on 2 threads (N = 4) one sample per task by se_cpu.cpp's L2 rule (before it, the phased schedule).
+    Parity only: both schedules give bitwise the same result (test_deterministic_and_thread_independent)."""
     x = _x((4, 64, 8, 8), channels_last=channels_last)
     params = _se_params(64, 16)
-    check_parity(_se_fused("relu", "sigmoid"), _se_eager("relu", "sigmoid"), [x, *params], dtype=dtype, names=NAMES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check_parity(_se_fused("relu", "sigmoid"), _se_eager("relu", "sigmoid"), [x, *params], dtype=dtype,
+                     names=NAMES)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("shape", [(4, 10, 1, 1), (1, 16, 6, 6), (2, 6, 3, 4, 5)])
@@ -491,9 +498,10 @@ def test_deterministic_and_thread_independent(case):
     fixed order. (The forward's GEMM path for W2 h, many samples and a short R, is excluded: ATen's GEMM
     does not promise that.) se_tiles: the batched excitation's products (small_gemm.h) split over several
     tasks each. se_ps_n3 / se_n3 / se_cl_n3: one sample per task on 1 thread, the phased schedule (one batched
-    excitation, tiles of several samples) on 2 or more; C = 40 is not a multiple of the vector width. The residual cases (out_act silu) include grad_shortcut."""
-    shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "se_n3": (3, 40, 5, 5), "se_cl_n3": (3, 40, 5, 5), "se_tiles": (9, 512, 2, 2),
-             "se_ps_n3": (3, 16, 16, 16), "eca_stream_n1": (1, 40, 16, 16),
+    excitation, tiles of several samples) on 2 or more; C = 40 is not a multiple of the vector width. The
+    residual cases (out_act silu) include grad_shortcut."""
+    shape = {"se": (4, 32, 6, 6), "se_n1": (1, 40, 6, 6), "se_n3": (3, 40, 5, 5), "se_cl_n3": (3, 40, 5, 5),
+             "se_tiles": (9, 512, 2, 2), "se_ps_n3": (3, 16, 16, 16), "eca_stream_n1": (1, 40, 16, 16),
              "eca_cl": (3, 40, 5, 5)}[case.replace("_res", "")]
     x = _x(shape, channels_last=case.endswith("cl") or "_cl_" in case).detach()
     params = [p.detach() for p in _se_params(shape[1], 8)]

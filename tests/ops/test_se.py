@@ -176,8 +176,6 @@ def test_se_residual_channels_last_and_ese(device):
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.library: opcheck, gradcheck, compile, autocast
-# ---------------------------------------------------------------------------------------------
 # hardswish bottleneck (timm's FBNetV3 SE): pre-activations in all three pieces
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
@@ -198,6 +196,8 @@ def test_se_hardswish_channels_last_and_residual(device):
                  dtype=torch.bfloat16, names=RES_NAMES)
 
 
+# ---------------------------------------------------------------------------------------------
+# torch.library: opcheck, gradcheck, compile, autocast
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("ese", [False, True])

@@ -37,16 +37,18 @@ interpreter is never benchmarked).
 Per row: median/p20/p80 time (ms); on CUDA also the CUDA-graph median; GB/s against the minimal-bytes
 floor (fwd: read x + write y; bwd: read x and grad_y + write grad_x; fwd+bwd: the sum; residual ops also
 read the shortcut, and their backward also writes grad_shortcut; parameters and the (N, C) gate are not
-counted); that bandwidth as a fraction of a copy (``dst.copy_(x)``) of the same tensor measured in the
-same run; speedup over eager and over compile; kernel launches per call; peak memory.
+counted); that bandwidth as a fraction of a copy of the same tensor measured in the same run (CUDA:
+``dst.copy_(x)``; CPU: ``x.clone()``, a fresh output like every provider's); speedup over eager and over
+compile; kernel launches per call; peak memory.
 
 Timing: on CUDA ``triton.testing.do_bench`` (CUDA events, warm-up, L2 flushed between calls by do_bench),
 inputs rotated through a working set of at least twice the L2 size, so no call finds its input in cache;
 the CUDA-graph column is ``triton.testing.do_bench_cudagraph`` over the same rotation. On CPU: a
-``time.perf_counter`` loop (median/p20/p80 of single calls after warm-up), same rotation against the
-last-level cache. Launches: on CUDA the device kernels per call (torch.profiler); on CPU the top-level
-dispatched ops per call (aten::/custom ops; n/a for compiled providers, whose generated C++ kernels the
-profiler does not see).
+``time.perf_counter`` loop (median/p20/p80 of single calls after warm-up), the providers of a case and
+an ``x.clone()`` taking turns in rotating rounds of ~10 ms (a shared VM's speed drifts over minutes: every
+provider then sees the same drift), same rotation against the last-level cache. Launches: on CUDA the
+device kernels per call (torch.profiler); on CPU the top-level dispatched ops per call (aten::/custom ops;
+n/a for compiled providers, whose generated C++ kernels the profiler does not see).
 """
 from __future__ import annotations
 
@@ -302,6 +304,53 @@ def time_cpu(fn: Callable, min_time: float, min_reps: int = 5, max_reps: int = 1
     return _quantiles(times)
 
 
+def time_cpu_interleaved(fns: Dict[str, Callable], min_time: float, min_reps: int = 5, max_reps: int = 10000,
+                         warmup: int = 2, round_ms: float = 10.0) -> Dict[str, object]:
+    """{name: (median, p20, p80) in ms of single calls, or the exception the provider raised}.
+
+    The providers take turns: in every round each runs single calls (each timed alone) for ~``round_ms``, the
+    order rotating from round to round, until each has ``min_time`` of timed calls and ``min_reps`` calls. On
+    a shared machine whose speed drifts over minutes (seen on the project's CPU VMs: the same copy at 2x the
+    time a few minutes later) all providers of a case then see the same conditions, so their ratios hold;
+    timed one after the other, a slow phase lands on one provider only."""
+    out: Dict[str, object] = {}
+    live = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            live[name] = fn
+        except Exception as exc:  # this provider is out; the others are still timed
+            out[name] = exc
+    times: Dict[str, List[float]] = {name: [] for name in live}
+    spent = {name: 0.0 for name in live}
+    rnd = 0
+    while live:
+        names = list(live)
+        k = rnd % len(names)
+        for name in names[k:] + names[:k]:
+            fn, ts = live[name], times[name]
+            end = time.perf_counter() + round_ms * 1e-3
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    fn()
+                    t1 = time.perf_counter()
+                    ts.append((t1 - t0) * 1e3)
+                    spent[name] += t1 - t0
+                    if t1 >= end or len(ts) >= max_reps:
+                        break
+            except Exception as exc:
+                out[name] = exc
+                del live[name]
+                continue
+            if len(ts) >= max_reps or (len(ts) >= min_reps and spent[name] >= min_time):
+                out[name] = _quantiles(ts)
+                del live[name]
+        rnd += 1
+    return out
+
+
 def time_cuda(fn: Callable, rep_ms: int, grad_to_none=None):
     import triton.testing
 
@@ -445,7 +494,17 @@ def _make_callable(case: Case, provider: str, inputs: _Inputs, compiled: Dict) -
     return call
 
 
+_COPY = "copy"  # the copy's key among the interleaved providers
+
+
 def _copy_callable(inputs: _Inputs) -> Callable:
+    if inputs.sets[0][0].device.type == "cpu":
+        # x.clone(): a fresh output per call, as every provider allocates its y. A destination rotating with
+        # the inputs (as on CUDA) misses every cache level, while malloc hands the providers the same
+        # cache-warm block call after call: seen here, dst.copy_(x) at 8x1024x14x14 fp32 took ~2 ms against
+        # the fused op's 0.83 ms (241 % "of copy").
+        sources = itertools.cycle([xs[0] for xs in inputs.sets])
+        return lambda: next(sources).clone()
     dsts = [torch.empty_like(xs[0]) for xs in inputs.sets]
     pairs = itertools.cycle(list(zip(dsts, [xs[0] for xs in inputs.sets])))
 
@@ -479,24 +538,41 @@ def run_case(case: Case, providers: List[str], st: Settings, copy_cache: Dict) -
     spec = OPS[case.op]
     elem = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
     inputs = _Inputs(case, st.device, st.budget_bytes, cache_bytes(st.device))
-    timer = (lambda fn: time_cuda(fn, st.rep_ms)) if st.device.type == "cuda" else (
-        lambda fn: time_cpu(fn, st.min_time))
+    timer = lambda fn: time_cuda(fn, st.rep_ms)  # noqa: E731  (CUDA; the CPU path interleaves, below)
     ckey = (case.shape, case.dtype, case.layout)
     copy_bytes = 2 * case.n * case.c * case.h * case.w * elem
 
-    def measure_copy():  # the best copy seen for this tensor: before and after each case's providers
-        gbps = copy_bytes / (timer(_copy_callable(inputs))[0] * 1e-3) / 1e9
-        copy_cache[ckey] = max(gbps, copy_cache.get(ckey, 0.0))
+    def record_copy(ms: float):  # CUDA: the best copy seen for this tensor
+        copy_cache[ckey] = max(copy_bytes / (ms * 1e-3) / 1e9, copy_cache.get(ckey, 0.0))
 
-    measure_copy()
+    cpu = st.device.type == "cpu"
+    if not cpu:  # CUDA: before and after the case's providers
+        record_copy(timer(_copy_callable(inputs))[0])
     fbytes = floor_bytes(case, elem, spec.residual)
-    rows = []
+    rows, fns, interleaved = [], {}, {}
+    copy_gbps = None
+    if cpu:  # the case's providers and its copy take turns (time_cpu_interleaved): a drifting VM speed hits all
+        for prov in providers:
+            try:
+                fns[prov] = _make_callable(case, prov, inputs, {})
+            except Exception as exc:
+                fns[prov] = exc
+        interleaved = time_cpu_interleaved(
+            {_COPY: _copy_callable(inputs), **{p: f for p, f in fns.items() if not isinstance(f, Exception)}},
+            st.min_time)
+        if not isinstance(interleaved[_COPY], Exception):
+            copy_gbps = copy_bytes / (interleaved[_COPY][0] * 1e-3) / 1e9
     for prov in providers:
         row = {k: getattr(case, k) for k in ("op", "source", "n", "c", "h", "w", "r", "dtype", "layout", "mode")}
         row.update(shape=case.shape, provider=prov, floor_bytes=fbytes, error="")
         try:
-            fn = _make_callable(case, prov, inputs, {})
-            med, p20, p80 = timer(fn)
+            fn = fns[prov] if cpu else _make_callable(case, prov, inputs, {})  # CUDA: one provider at a time
+            if isinstance(fn, Exception):
+                raise fn
+            timed = interleaved[prov] if prov in interleaved else timer(fn)
+            if isinstance(timed, Exception):
+                raise timed
+            med, p20, p80 = timed
             row.update(median_ms=med, p20_ms=p20, p80_ms=p80)
             row["gbps"] = fbytes / (med * 1e-3) / 1e9
             # bwd replays a graph whose forward ran on the default stream outside any capture: its backward
@@ -513,10 +589,11 @@ def run_case(case: Case, providers: List[str], st: Settings, copy_cache: Dict) -
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         rows.append(row)
-    measure_copy()
-    copy_gbps = copy_cache[ckey]
+    if not cpu:
+        record_copy(timer(_copy_callable(inputs))[0])
+        copy_gbps = copy_cache[ckey]
     for row in rows:
-        row["copy_gbps"] = round(copy_gbps, 2)
+        row["copy_gbps"] = round(copy_gbps, 2) if copy_gbps else None
         row["frac_copy"] = row["gbps"] / copy_gbps if row.get("gbps") and copy_gbps else None
     ref = {r["provider"]: r.get("median_ms") for r in rows}
     for r in rows:
@@ -612,7 +689,8 @@ def metadata(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "timing": ("triton.testing.do_bench (CUDA events, warm-up, L2 flushed), inputs rotated through >= 2x L2; "
                    "cudagraph_ms: do_bench_cudagraph" if cuda else
-                   "time.perf_counter median of single calls after warm-up, inputs rotated through >= 2x LLC"),
+                   "time.perf_counter median of single calls after warm-up, the providers of a case taking turns "
+                   "(rotating rounds of ~10 ms), inputs rotated through >= 2x LLC"),
         "launches_counted": ("CUDA kernels per call (torch.profiler)" if cuda else
                              "top-level aten/custom ops per call on CPU (torch.profiler); n/a for compiled providers"),
     }

@@ -177,6 +177,10 @@ static PyObject* attn_last_cuda_path(PyObject*, PyObject*) {
 #endif
 }
 
+static PyObject* attn_last_cpu_schedule(PyObject*, PyObject*) {
+  return PyLong_FromLong(attn_kernels::cpu::last_schedule().load(std::memory_order_relaxed));
+}
+
 static PyMethodDef attn_methods[] = {
     {"has_cuda", attn_has_cuda, METH_NOARGS, "True when the extension was built with its CUDA kernels."},
     {"has_openmp", attn_has_openmp, METH_NOARGS,
@@ -189,6 +193,8 @@ static PyMethodDef attn_methods[] = {
      "True when the CPU kernels were built with non-temporal stores (AVX2 / AVX512 builds)."},
     {"set_cuda_cluster", attn_set_cuda_cluster, METH_O,
      "Enable (True, default) or disable the sm_90 thread-block-cluster forward schedule."},
+    {"last_cpu_schedule", attn_last_cpu_schedule, METH_NOARGS,
+     "Schedule of the last CPU SE / ECA forward or backward: 1 one sample per task, 0 phased (-1: none yet)."},
     {"last_cuda_path", attn_last_cuda_path, METH_NOARGS,
      "Schedule of the last CUDA forward: 0 portable, 1 Hopper cluster (-1: built without CUDA)."},
     {nullptr, nullptr, 0, nullptr},

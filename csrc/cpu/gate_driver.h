@@ -658,6 +658,13 @@ inline int64_t grain_for(int64_t work_per_item) {  // ~32K elements of work per 
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
 }
 
+// Schedule of the last gate_forward / gate_backward: 1 one sample per task, 0 phased (-1 none yet). For
+// tests (attn_kernels._C.last_cpu_schedule()); relaxed: a test reads it after its own call returns.
+inline std::atomic<int>& last_schedule() {
+  static std::atomic<int> schedule{-1};
+  return schedule;
+}
+
 // per_sample_ok = false when re-reading the excitation's weights for every sample costs more than the second
 // read of x it saves (se_cpu.cpp's per_sample_ok; SE at 2048x7x7): then the phased schedule runs one batched
 // excitation that reads the weights once instead of once per sample.
@@ -826,7 +833,9 @@ void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64
   using A = at::opmath_type<S>;
   const A inv = A(1) / static_cast<A>(hw);
   const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S)));
-  if (per_sample_schedule(nb, per_sample_ok)) {
+  const bool per_sample = per_sample_schedule(nb, per_sample_ok);
+  last_schedule().store(per_sample ? 1 : 0, std::memory_order_relaxed);
+  if (per_sample) {
     at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         A* p = pooled + n * c;
@@ -856,7 +865,9 @@ void gate_backward(const View<const S>& gy, const View<const S>& x, const View<S
   const A inv = A(1) / static_cast<A>(hw);
   const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S))) && ep.stream_ok(gx);
   const auto red = ep.for_reduction();
-  if (per_sample_schedule(nb, per_sample_ok)) {
+  const bool per_sample = per_sample_schedule(nb, per_sample_ok);
+  last_schedule().store(per_sample ? 1 : 0, std::memory_order_relaxed);
+  if (per_sample) {
     at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         reduce_channels<S>(gy, &x, layout, n, 0, c, hw, ds + n * c, red);

@@ -108,6 +108,31 @@ def test_se_weights_between_a_quarter_and_a_whole_sample(dtype, channels_last):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("shape,r,dtype,per_sample", [
+    ((4, 64, 8, 8), 4, torch.float32, 1),    # weights 2 KB <= 1/4 of a 16 KB sample
+    ((4, 64, 8, 8), 16, torch.float32, 1),   # 8 KB: between 1/4 and 1x a sample, both fit any L2 >= 24 KB
+    ((4, 64, 2, 2), 16, torch.float32, 0),   # 8 KB of weights against a 1 KB sample: phased
+    ((4, 64, 4, 4), 16, torch.float64, 0),   # 16 KB of fp64 weights > an 8 KB sample (not 8 KB at 4 bytes each)
+    ((3, 64, 8, 8), 4, torch.float32, 0),    # N = 3 on 2 threads: phased (uneven split)
+    ((1, 64, 8, 8), 4, torch.float32, 0),    # N = 1: phased, parallel inside the sample
+])
+def test_cpu_schedule_choice(shape, r, dtype, per_sample):
+    """Which schedule gate_driver.h ran (attn_kernels._C.last_cpu_schedule), forward and backward, 2 threads."""
+    x = torch.randn(shape, dtype=dtype)
+    params = [p.detach() for p in _se_params(shape[1], r, dtype=dtype)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y, pooled, s = OPS.se_fwd(x, *params, 0, 0)
+        assert ext._C.last_cpu_schedule() == per_sample
+        OPS.se_bwd(torch.randn_like(y), x, *params, pooled, s, 0, 0)
+        assert ext._C.last_cpu_schedule() == per_sample
+        OPS.eca_fwd(x, torch.randn(3, dtype=dtype), False)  # ECA has no weights to re-read: the sample rule only
+        assert ext._C.last_cpu_schedule() == (0 if shape[0] in (1, 3) else 1)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("shape", [(4, 10, 1, 1), (1, 16, 6, 6), (2, 6, 3, 4, 5)])
 def test_se_channels_last_odd(shape):
     x = _x(shape, channels_last=True)

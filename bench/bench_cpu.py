@@ -6,9 +6,9 @@ block) and ``clone`` (x.clone(): read x, write y, allocation included — the fl
 reach). Forward (inference, no_grad) by default; ``--mode fwdbwd`` times forward + backward, the
 gradients of x and of every weight, as in training (clone floor then: clone of x and of grad_y).
 
-Timing is interleaved: the three providers of a case take turns, one block of calls each (a block lasts
-at least ``--block-ms``), for ``--rounds`` rounds, the order rotating from round to round; each cell is the
-median (and p20 / p80) of its blocks' per-call times. Timing one provider after the other
+Timing is interleaved (``attn_kernels.benchmark.time_cpu_interleaved``): the three providers of a case
+take turns, single calls for at least ``--block-ms`` each, for about ``--rounds`` rounds, the order rotating
+from round to round; each cell is the median (and p20 / p80) of the single calls. Timing one provider after the other
 (``torch.utils.benchmark``'s blocked_autorange per provider, as this script did before) put minutes-long
 swings of a shared VM's speed into the ratios -- seen here: the same ``x.clone()`` at 477 us and 946 us
 two minutes apart; taking turns puts every provider under the same conditions, so the ratios hold even
@@ -34,15 +34,13 @@ import os
 import platform
 import sys
 
-import time
-
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import attn_kernels  # noqa: E402
 from attn_kernels import reference  # noqa: E402
-from attn_kernels.benchmark import cpu_model  # noqa: E402
+from attn_kernels.benchmark import cpu_model, time_cpu_interleaved  # noqa: E402
 from attn_kernels.ops import ext  # noqa: E402
 
 SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
@@ -50,27 +48,14 @@ BATCHES = [1, 16]
 
 
 def interleaved_us(fns: dict, rounds: int, block_ms: float) -> dict:
-    """{name: (median, p20, p80)} in microseconds per call; the providers take turns block by block."""
-    calls = {}
-    for name, fn in fns.items():
-        fn()  # warm-up (allocator, caches); then size the block: calls that last >= block_ms
-        t0 = time.perf_counter()
-        fn()
-        calls[name] = max(1, int(block_ms * 1e-3 / max(time.perf_counter() - t0, 1e-7)))
-    per_call = {name: [] for name in fns}
-    names = list(fns)
-    for i in range(rounds):  # the order rotates every round: no provider always follows the same neighbour
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            fn = fns[name]
-            t0 = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            per_call[name].append((time.perf_counter() - t0) / calls[name] * 1e6)
+    """{name: (median, p20, p80)} in microseconds per call: attn_kernels.benchmark's interleaved timer (the
+    providers take turns, rounds of ~block_ms of single calls, rotating order), ``rounds`` rounds' worth."""
     out = {}
-    for name, ts in per_call.items():
-        ts.sort()
-        pick = lambda q: ts[min(len(ts) - 1, int(q * len(ts)))]  # noqa: E731
-        out[name] = (pick(0.5), pick(0.2), pick(0.8))
+    for name, timed in time_cpu_interleaved(fns, min_time=rounds * block_ms * 1e-3, min_reps=rounds,
+                                            warmup=2, round_ms=block_ms).items():
+        if isinstance(timed, Exception):
+            raise timed
+        out[name] = tuple(v * 1e3 for v in timed)
     return out
 
 
@@ -146,8 +131,8 @@ def main(argv=None) -> int:
                 date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 allocator=" ".join(f"{k}={os.environ[k]}" for k in sorted(os.environ)
                                    if k.startswith("MALLOC_") or k == "LD_PRELOAD") or "glibc defaults",
-                timing=f"providers interleaved block by block, {args.rounds} rounds, blocks >= {args.block_ms} ms, "
-                       "median (p20, p80) of per-call block times",
+                timing=f"providers interleaved, ~{args.rounds} rounds of >= {args.block_ms} ms each, "
+                       "median (p20, p80) of single calls",
                 note="the machine may be shared: compare ratios within a run, not absolute times across runs")
     print(f"# {meta['cpu']}, {meta['torch_threads']} threads, torch {meta['torch']}, {meta['date']}, "
           f"allocator: {meta['allocator']}")

@@ -674,6 +674,13 @@ inline bool per_sample_schedule(int64_t n, bool per_sample_ok) {
   return t <= 1 || (n >= t && (n % t == 0 || n >= 4 * t));
 }
 
+// The drivers' choice: per_sample_schedule, recorded for last_schedule().
+inline bool run_per_sample(int64_t n, bool per_sample_ok) {
+  const bool per_sample = per_sample_schedule(n, per_sample_ok);
+  last_schedule().store(per_sample ? 1 : 0, std::memory_order_relaxed);
+  return per_sample;
+}
+
 // v[i] = sigmoid(v[i]) for i in [0, n): vectorised for float (exp_u20), scalar otherwise.
 template <typename A>
 inline void sigmoid_inplace(A* v, int64_t n) {
@@ -833,9 +840,7 @@ void gate_forward(const View<const S>& x, const View<S>& y, Layout layout, int64
   using A = at::opmath_type<S>;
   const A inv = A(1) / static_cast<A>(hw);
   const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S)));
-  const bool per_sample = per_sample_schedule(nb, per_sample_ok);
-  last_schedule().store(per_sample ? 1 : 0, std::memory_order_relaxed);
-  if (per_sample) {
+  if (run_per_sample(nb, per_sample_ok)) {
     at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         A* p = pooled + n * c;
@@ -865,9 +870,7 @@ void gate_backward(const View<const S>& gy, const View<const S>& x, const View<S
   const A inv = A(1) / static_cast<A>(hw);
   const bool stream = stream_output(nb * c * hw * static_cast<int64_t>(sizeof(S))) && ep.stream_ok(gx);
   const auto red = ep.for_reduction();
-  const bool per_sample = per_sample_schedule(nb, per_sample_ok);
-  last_schedule().store(per_sample ? 1 : 0, std::memory_order_relaxed);
-  if (per_sample) {
+  if (run_per_sample(nb, per_sample_ok)) {
     at::parallel_for(0, nb, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         reduce_channels<S>(gy, &x, layout, n, 0, c, hw, ds + n * c, red);

@@ -39,6 +39,7 @@ KERNELS = {S: ("_se_fwd_kernel", "_se_bwd_kernel"), E: ("_eca_fwd_kernel", "_eca
            CB: ("_cbam_fwd_kernel", "_cbam_bwd_kernel"),
            D: ("_dmk_eca_fwd_kernel", "_dmk_eca_bwd_kernel", "_bi_eca_fwd_kernel", "_bi_eca_bwd_kernel")}
 SPLIT_MODULES = (S, D, CB)  # launchers that ask ops._split.device_sms whether schedule (b) applies
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes of shared memory a block may opt in to
 SMS = 132  # an H100 SXM: with N = 2 the launchers pick schedule (b) wherever a sample has >= 2 channel tiles
 
 
@@ -226,14 +227,23 @@ def main(argv=None) -> int:
                 traceback.print_exc(limit=2)
                 continue
             built = log[start:]
-            kinds = ", ".join(f"{k}(MULTI={kw.get('MULTI', '-')}, GROUP={kw.get('GROUP', '-')}, grid={tuple(g)})"
-                              for k, g, kw, _ in built)
+            kinds = ", ".join(f"{k}(MULTI={kw.get('MULTI', '-')}, GROUP={kw.get('GROUP', '-')}, grid={tuple(g)}, "
+                              f"smem={kern.metadata.shared})" for k, g, kw, kern in built)
             if want_multi and not any(kw.get("MULTI") for _, _, kw, _ in built):
                 failed.append(f"sm_{arch} {name}: no MULTI=1 kernel was built")
                 print(f"FAIL sm_{arch} {name}: schedule (b) was asked for but not chosen: {kinds}", flush=True)
                 continue
             if not all("cubin" in k.asm for _, _, _, k in built):
                 failed.append(f"sm_{arch} {name}: no cubin")
+            # a launch would raise OutOfResources past the block's shared-memory limit (the pipelined
+            # streaming loops hold their stages there); compiling alone does not check it
+            over = [f"{k}: {kern.metadata.shared} B" for k, _, _, kern in built
+                    if kern.metadata.shared > SHARED_LIMIT.get(arch, SHARED_LIMIT[80])]
+            if over:
+                failed.append(f"sm_{arch} {name}: shared memory over the block limit: {', '.join(over)}")
+                print(f"FAIL sm_{arch} {name}: shared memory over {SHARED_LIMIT.get(arch, SHARED_LIMIT[80])} B: "
+                      f"{', '.join(over)}", flush=True)
+                continue
             print(f"ok   sm_{arch} {name} ({time.perf_counter() - t0:.1f}s): {kinds}", flush=True)
     n_total = len(todo) * len(args.arch.split(","))
     print(f"compile_triton: {n_total - len(failed)} of {n_total} cases compiled ({len(log)} kernel builds, "

@@ -29,7 +29,8 @@ def _cpu_kernels() -> str:
     except ImportError as exc:
         return f"not available ({exc})"
     threads = "OpenMP" if ext.has_openmp() else "single-threaded (built without OpenMP)"
-    return f"{ext._C.cpu_isa()}, {threads}"
+    built = getattr(ext._C, "build_info", None)
+    return f"{ext._C.cpu_isa()}, {threads}" + (f"; built with {built()}" if built else "")
 
 
 def info() -> dict:

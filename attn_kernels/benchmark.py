@@ -579,7 +579,13 @@ def run_case(case: Case, providers: List[str], st: Settings, copy_cache: Dict) -
             # kernels follow the forward's stream, not the capture stream, so the capture cannot work.
             if st.device.type == "cuda" and st.cuda_graphs and case.mode != "bwd":
                 try:
-                    row["cudagraph_ms"] = time_cuda_graph(fn, st.rep_ms)
+                    # fwd+bwd: fresh leaves for the capture. The timed calls above ran on the default stream
+                    # and the leaves keep those calls' AccumulateGrad nodes; torch warns that autograd then
+                    # syncs with the default stream, which can invalidate a capture. Probably what one H200 row
+                    # hit (se 128x256x56x56 triton: "operation failed due to a previous error during capture",
+                    # after that warning); not confirmed on a GPU since.
+                    graph_fn = _make_callable(case, prov, inputs, {}) if case.mode == "fwd+bwd" else fn
+                    row["cudagraph_ms"] = time_cuda_graph(graph_fn, st.rep_ms)
                 except Exception as exc:  # backward on the side stream, allocator limits, ...
                     row["cudagraph_ms"] = None
                     row["error"] = f"cudagraph: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

@@ -9,6 +9,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>  // TORCH_VERSION_MAJOR / MINOR, for build_info()
+#endif
+
 #include "cpu/gate_driver.h"
 #include "glue.h"
 #include "ops.h"
@@ -155,6 +159,35 @@ const char attn_kernels_isa_marker[] = "attn_kernels_cpu_isa=" ATTN_KERNELS_CPU_
 
 static PyObject* attn_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(ATTN_KERNELS_CPU_ISA); }
 
+// The compiler and runtimes this binary was built with, for bug reports (attn_kernels.info(), `attn-kernels info`):
+// a build with another compiler than torch's was the first suspect of a crash seen only on one machine.
+#define ATTN_KERNELS_STR2(x) #x
+#define ATTN_KERNELS_STR(x) ATTN_KERNELS_STR2(x)
+static PyObject* attn_build_info(PyObject*, PyObject*) {
+  const char* info =
+#if defined(__clang__)
+      "clang " __clang_version__
+#elif defined(__GNUC__)
+      "gcc " __VERSION__
+#else
+      "unknown compiler"
+#endif
+#if defined(_GLIBCXX_RELEASE)
+      ", libstdc++ " ATTN_KERNELS_STR(_GLIBCXX_RELEASE) " (" ATTN_KERNELS_STR(__GLIBCXX__) ")"
+#endif
+#if defined(_GLIBCXX_USE_CXX11_ABI)
+      ", cxx11_abi=" ATTN_KERNELS_STR(_GLIBCXX_USE_CXX11_ABI)
+#endif
+#if defined(_OPENMP)
+      ", _OPENMP=" ATTN_KERNELS_STR(_OPENMP)
+#endif
+#if defined(TORCH_VERSION_MAJOR)
+      ", torch headers " ATTN_KERNELS_STR(TORCH_VERSION_MAJOR) "." ATTN_KERNELS_STR(TORCH_VERSION_MINOR)
+#endif
+      ;
+  return PyUnicode_FromString(info);
+}
+
 static PyObject* attn_can_stream(PyObject*, PyObject*) {
   return PyBool_FromLong(ATTN_KERNELS_STREAM_STORES);
 }
@@ -189,6 +222,8 @@ static PyMethodDef attn_methods[] = {
      "CPU output stores: -1 auto (non-temporal for outputs above a quarter of the L3), 0 plain, 1 non-temporal. "
      "Returns the previous mode."},
     {"cpu_isa", attn_cpu_isa, METH_NOARGS, "Vector ISA the CPU kernels were built for: avx512, avx2 or default."},
+    {"build_info", attn_build_info, METH_NOARGS,
+     "Compiler, libstdc++, OpenMP and torch-header versions this binary was built with."},
     {"can_stream", attn_can_stream, METH_NOARGS,
      "True when the CPU kernels were built with non-temporal stores (AVX2 / AVX512 builds)."},
     {"set_cuda_cluster", attn_set_cuda_cluster, METH_O,

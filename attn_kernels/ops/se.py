@@ -75,8 +75,17 @@ grad_y, write grad_x) — fraction of a measured device copy, see bench/bench_se
 L2 weight traffic: every group reads the FC weights once — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048,
 R = 128, fp32 weights), split among its P programs in schedule (b) — so N/GROUP times that per call
 (the 7×7 stage at N = 64: 16 MB with GROUP = 8 on a 132-SM GPU, against 38 MB of bf16 x traffic;
-128 MB ungrouped). Not tuned: no GPU has run these kernels yet (sm_90 builds: 120-185 registers per
-thread at 8 warps, no spills — one program per SM), so neither schedule nor GROUP has a measured figure.
+128 MB ungrouped).
+
+Streaming loops: each pass runs one loop over (sample of the group, channel tile, hw tile), flattened so
+that Triton can software-pipeline its loads (``tl.range(num_stages=NUM_STAGES)``: cp.async into shared
+memory, several tiles in flight), or, where the tile rows are not 16-byte aligned and Triton cannot,
+with a one-tile register prefetch (``PREFETCH``); see ``_tile_at`` and ``_pipeline``. The first version
+(three nested loops, one tile in flight per program) was measured on an H200 (2026-12-04, bf16,
+128x1024x14x14): forward 0.48 ms NCHW / 0.43 ms channels_last against eager's 0.12 / 0.17 ms, about 6 %
+of a copy's bandwidth — latency-bound. The pipelined loops have not run on a GPU yet (sm_90 builds: 100 -
+250 registers per thread at 8 warps, no spills; up to 56 KB of shared memory), so they have no measured
+figure; neither have GROUP and the schedule choice beyond that one run (bench/results/nvidia-h200/).
 """
 from __future__ import annotations
 
@@ -101,6 +110,7 @@ _ACTS = {"relu": 0, "silu": 1, "gelu": 2, "identity": 3, "hardswish": 4}
 _GATES = {"sigmoid": 0, "hardsigmoid": 1}
 _TILE = 4096  # elements per [BLOCK_C, BLOCK_HW] x tile and per [GROUP, FC_C, FC_R] FC tile
 _MAX_BLOCK_HW = 1024
+_STAGE_SMEM = 96 * 1024  # bytes of shared memory the pipelined streaming loops may hold (_num_stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +216,48 @@ def _publish_part(block_ptr, w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, c_lo, c_
 
 
 @triton.jit
+def _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Tile t of the program's streaming loops, which run over (sample of the group, channel tile of the
+    slice, hw tile) flattened into one index, hw fastest: its sample n, channel offsets and mask, hw
+    offsets, the [BLOCK_C, BLOCK_HW] mask, and whether it is its channel tile's last hw tile.
+
+    Why flattened: Triton software-pipelines only innermost loops, so with the three nested loops of the
+    first version (one x tile in flight per program: the H200's first run measured SE forward at
+    128x1024x14x14 bf16 at 0.48 ms, 6 % of a copy's bandwidth, 4x slower than eager) the loads could not
+    be issued ahead; one loop with ``tl.range(num_stages=NUM_STAGES)`` becomes cp.async copies into
+    shared memory NUM_STAGES − 1 tiles ahead of their use (checked in the sm_90 PTX). Only where a
+    thread's piece of a tile row is 4-byte aligned (cp.async copies 4, 8 or 16 bytes): with NCHW rows of
+    HW·|x| bytes not a multiple of 16 (bf16 at 14×14 or 7×7) Triton leaves the loads synchronous, so
+    there the loops prefetch by hand instead (PREFETCH: tile t + 1 is loaded into registers before tile
+    t is used; two tiles in flight)."""
+    per_sample = n_c * n_hw
+    gi = t // per_sample
+    rem = t - gi * per_sample
+    ci = rem // n_hw
+    hi = rem - ci * n_hw
+    n = n0 + gi
+    offs_c = (c_lo + ci * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    mask_c = (offs_c < c_hi) & (n < N)
+    offs_hw = (hi * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
+    m = mask_c[:, None] & (offs_hw < HW)[None, :]
+    return n, offs_c, mask_c, offs_hw, m, hi == n_hw - 1
+
+
+@triton.jit
+def _load_tile(ptr, n, offs_c, offs_hw, m, sn, sc, shw):
+    return tl.load(ptr + n * sn + offs_c[:, None] * sc + offs_hw[None, :] * shw, mask=m, other=0.0)
+
+
+@triton.jit
+def _prefetch(ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sn, sc, shw, ON: tl.constexpr, BLOCK_C: tl.constexpr,
+              BLOCK_HW: tl.constexpr):
+    """Tile t + 1 of ``ptr`` (strides sn, sc, shw), as _tile_at orders them: the PREFETCH loops' load of
+    the next tile. Nothing is read past the last tile, nor at all when ``ON`` is 0."""
+    n, offs_c, mask_c, offs_hw, m, last = _tile_at(t + 1, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+    return _load_tile(ptr, n, offs_c, offs_hw, m & (t + 1 < T) & (ON != 0), sn, sc, shw)
+
+
+@triton.jit
 def _sum_rows(rows_ptr, offs_r, mask_r, P, R, poison, ACC: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_R: tl.constexpr):
     """[GROUP, BLOCK_R]: Σ_q rows[q, :, offs_r] over the group's P published (GROUP, R) blocks, in program
@@ -241,7 +293,7 @@ def _se_fwd_kernel(
     HAS_FC1: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr,
     GATE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, MULTI: tl.constexpr,
     ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-    FC_C: tl.constexpr, FC_R: tl.constexpr,
+    FC_C: tl.constexpr, FC_R: tl.constexpr, NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Program (g, j) of P per group (P = 1 in schedule (a)): samples [g·GROUP, (g + 1)·GROUP), channels
     [j·chan_per_prog, +chan_per_prog).
@@ -252,19 +304,24 @@ def _se_fwd_kernel(
     its channels (2·R·C/P; eSE: W2's rows, C·C/P).
     """
     pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
-    # pass 1: pool this program's channels of each sample of the group
-    for gi in range(0, GROUP):
-        n = n0 + gi
-        for c0 in range(c_lo, c_hi, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mask_c = (offs_c < c_hi) & (n < N)
-            acc = tl.zeros([BLOCK_C], dtype=ACC)
-            for hw0 in range(0, HW, BLOCK_HW):
-                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-                m = mask_c[:, None] & (offs_hw < HW)[None, :]
-                v = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
-                acc += tl.sum(v.to(ACC), axis=1)
-            tl.store(p_ptr + n * C + offs_c, acc / HW, mask=mask_c)
+    n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
+    n_hw = tl.cdiv(HW, BLOCK_HW)
+    # pass 1: pool this program's channels of each sample of the group (one pipelined loop, _tile_at);
+    # a channel tile's mean is stored at its last hw tile
+    T = GROUP * n_c * n_hw
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    v_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
+                       BLOCK_HW)  # tile 0
+    for t in tl.range(0, T, num_stages=NUM_STAGES):
+        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+        if PREFETCH:
+            v = v_next
+            v_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C, BLOCK_HW)
+        else:
+            v = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw)
+        acc += tl.sum(v.to(ACC), axis=1)
+        tl.store(p_ptr + n * C + offs_c, acc / HW, mask=mask_c & last)
+        acc = tl.where(last, 0.0, acc)
     if HAS_FC1:
         # this slice's part of W1 p for the group's samples, published as this program's (GROUP, R) block
         tl.debug_barrier()  # the pooled slice is re-read by other threads of this program
@@ -298,24 +355,24 @@ def _se_fwd_kernel(
         z += poison
         tl.store(z_ptr + offs_g[:, None] * C + offs_c[None, :], z, mask=mask_g[:, None] & mask_c[None, :])
     tl.debug_barrier()  # the logits are re-read, one sample at a time, by other threads below
-    # pass 2: gate and scale each sample's slice
-    for gi in range(0, GROUP):
-        n = n0 + gi
-        for c0 in range(c_lo, c_hi, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mask_c = (offs_c < c_hi) & (n < N)
-            s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
-            for hw0 in range(0, HW, BLOCK_HW):
-                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-                m = mask_c[:, None] & (offs_hw < HW)[None, :]
-                v = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0)
-                out = v.to(ACC) * s[:, None]
-                if RESIDUAL:
-                    sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
-                                 other=0.0)
-                    out = _act(out + sc.to(ACC), OUT_ACT)
-                tl.store(y_ptr + n * syn + offs_c[:, None] * syc + offs_hw[None, :] * syhw,
-                         out.to(y_ptr.dtype.element_ty), mask=m)
+    # pass 2: gate and scale each sample's slice (one pipelined loop; the gate of a tile's channels is
+    # recomputed from z for each of its hw tiles: BLOCK_C loads from L1 against BLOCK_C·BLOCK_HW of x)
+    v_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
+                       BLOCK_HW)  # tile 0
+    for t in tl.range(0, T, num_stages=NUM_STAGES):
+        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+        s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
+        if PREFETCH:
+            v = v_next
+            v_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C, BLOCK_HW)
+        else:
+            v = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw)
+        out = v.to(ACC) * s[:, None]
+        if RESIDUAL:
+            sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0)
+            out = _act(out + sc.to(ACC), OUT_ACT)
+        tl.store(y_ptr + n * syn + offs_c[:, None] * syc + offs_hw[None, :] * syhw, out.to(y_ptr.dtype.element_ty),
+                 mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,6 +411,7 @@ def _se_bwd_kernel(
     HAS_FC1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, RESIDUAL: tl.constexpr,
     OUT_ACT: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
+    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Program (g, j) as in the forward.
 
@@ -363,29 +421,36 @@ def _se_bwd_kernel(
     GROUP samples (2·R·C/P; eSE: W2's columns of its channels, C·C/P).
     """
     pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
-    # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels of each sample of the group
-    for gi in range(0, GROUP):
-        n = n0 + gi
-        for c0 in range(c_lo, c_hi, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mask_c = (offs_c < c_hi) & (n < N)
-            z = tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0)
-            s = _gate(z, GATE)
-            acc = tl.zeros([BLOCK_C], dtype=ACC)
-            for hw0 in range(0, HW, BLOCK_HW):
-                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-                m = mask_c[:, None] & (offs_hw < HW)[None, :]
-                g = tl.load(gy_ptr + n * sgn + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m,
-                            other=0.0).to(ACC)
-                xv = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
-                             other=0.0).to(ACC)
-                if RESIDUAL:
-                    sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
-                                 other=0.0).to(ACC)
-                else:
-                    sc = xv
-                acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
-            tl.store(dz_ptr + n * C + offs_c, acc * _gate_grad(z, GATE), mask=mask_c)
+    n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
+    n_hw = tl.cdiv(HW, BLOCK_HW)
+    # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels of each sample of the group (one
+    # pipelined loop, _tile_at; a channel tile's dz is stored at its last hw tile)
+    T = GROUP * n_c * n_hw
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    g_next = _prefetch(gy_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, PREFETCH, BLOCK_C,
+                       BLOCK_HW)  # tile 0
+    x_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
+                       BLOCK_HW)  # tile 0
+    for t in tl.range(0, T, num_stages=NUM_STAGES):
+        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+        z = tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+        s = _gate(z, GATE)
+        if PREFETCH:
+            g = g_next.to(ACC)
+            xv = x_next.to(ACC)
+            g_next = _prefetch(gy_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, 1, BLOCK_C, BLOCK_HW)
+            x_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C, BLOCK_HW)
+        else:
+            g = _load_tile(gy_ptr, n, offs_c, offs_hw, m, sgn, sgc, sghw).to(ACC)
+            xv = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw).to(ACC)
+        if RESIDUAL:
+            sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                         other=0.0).to(ACC)
+        else:
+            sc = xv
+        acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
+        tl.store(dz_ptr + n * C + offs_c, acc * _gate_grad(z, GATE), mask=mask_c & last)
+        acc = tl.where(last, 0.0, acc)
     tl.debug_barrier()  # dz stored by every thread is re-read below
     if HAS_FC1:
         # this slice's part of W2ᵀ dz (W2's rows of its channels only), published as its (GROUP, R) block
@@ -416,31 +481,30 @@ def _se_bwd_kernel(
         tl.store(dp_ptr + offs_g[:, None] * C + offs_c[None, :], dp / HW + poison,
                  mask=mask_g[:, None] & mask_c[None, :])
     tl.debug_barrier()  # dp is re-read, one sample at a time, by other threads below
-    # pass 2: grad_x = gy'·s + dp/HW (and grad_shortcut = gy') for each sample's slice
-    for gi in range(0, GROUP):
-        n = n0 + gi
-        for c0 in range(c_lo, c_hi, BLOCK_C):
-            offs_c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
-            mask_c = (offs_c < c_hi) & (n < N)
-            dp_hw = tl.load(dp_ptr + n * C + offs_c, mask=mask_c, other=0.0)
-            s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
-            for hw0 in range(0, HW, BLOCK_HW):
-                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-                m = mask_c[:, None] & (offs_hw < HW)[None, :]
-                g = tl.load(gy_ptr + n * sgn + offs_c[:, None] * sgc + offs_hw[None, :] * sghw, mask=m,
-                            other=0.0).to(ACC)
-                if RESIDUAL:
-                    if OUT_ACT != 3:
-                        xv = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
-                                     other=0.0).to(ACC)
-                        sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
-                                     other=0.0).to(ACC)
-                        g = g * _act_grad(xv * s[:, None] + sc, OUT_ACT)
-                    tl.store(gsc_ptr + n * son + offs_c[:, None] * soc + offs_hw[None, :] * sohw,
-                             g.to(gsc_ptr.dtype.element_ty), mask=m)
-                out = g * s[:, None] + dp_hw[:, None]
-                tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw,
-                         out.to(gx_ptr.dtype.element_ty), mask=m)
+    # pass 2: grad_x = gy'·s + dp/HW (and grad_shortcut = gy') for each sample's slice (one pipelined loop)
+    g_next = _prefetch(gy_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, PREFETCH, BLOCK_C,
+                       BLOCK_HW)  # tile 0
+    for t in tl.range(0, T, num_stages=NUM_STAGES):
+        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+        dp_hw = tl.load(dp_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+        s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
+        if PREFETCH:
+            g = g_next.to(ACC)
+            g_next = _prefetch(gy_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, 1, BLOCK_C, BLOCK_HW)
+        else:
+            g = _load_tile(gy_ptr, n, offs_c, offs_hw, m, sgn, sgc, sghw).to(ACC)
+        if RESIDUAL:
+            if OUT_ACT != 3:
+                xv = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
+                             other=0.0).to(ACC)
+                sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                             other=0.0).to(ACC)
+                g = g * _act_grad(xv * s[:, None] + sc, OUT_ACT)
+            tl.store(gsc_ptr + n * son + offs_c[:, None] * soc + offs_hw[None, :] * sohw,
+                     g.to(gsc_ptr.dtype.element_ty), mask=m)
+        out = g * s[:, None] + dp_hw[:, None]
+        tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw, out.to(gx_ptr.dtype.element_ty),
+                 mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,6 +547,29 @@ def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: st
         block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
     return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=8 if block_c * block_hw >= _TILE else 4,
                 **_group_plan(n, c, block_c, k, sms, mode, x_bytes, w_bytes, _TILE))
+
+
+def _pipeline(cfg: dict, x: torch.Tensor, sx, loads: int) -> dict:
+    """NUM_STAGES and PREFETCH of the streaming loops (_tile_at). Triton pipelines a tile load only when
+    its contiguous runs are 4-byte aligned, i.e. when the rows' pitch (the stride of the tile's other axis)
+    is a multiple of 16 bytes and the unit stride is 1 (its specialisation knows divisibility by 16 only);
+    otherwise the loops prefetch one tile by hand and are not pipelined by Triton."""
+    contiguous_c = sx[1] == 1 and cfg["BLOCK_C"] > 1
+    unit, pitch = (sx[1], sx[2]) if contiguous_c else (sx[2], sx[1])
+    aligned = unit == 1 and (pitch * x.element_size()) % 16 == 0 and (sx[0] * x.element_size()) % 16 == 0
+    if aligned:
+        return dict(NUM_STAGES=_num_stages(cfg, x.element_size(), loads), PREFETCH=0)
+    return dict(NUM_STAGES=1, PREFETCH=1)
+
+
+def _num_stages(cfg: dict, elem_size: int, loads: int) -> int:
+    """Software-pipeline depth of the streaming loops (tl.range num_stages): each stage holds ``loads``
+    [BLOCK_C, BLOCK_HW] tiles of ``elem_size`` bytes in shared memory; at most _STAGE_SMEM of them (under
+    the 163 KB an sm_80 block may have), 2 … 4 stages, 1 (not pipelined) when even two do not fit (fp64
+    backward with a shortcut). Not tuned: chosen from the shared-memory budget, no GPU has timed it."""
+    per_stage = cfg["BLOCK_C"] * cfg["BLOCK_HW"] * elem_size * loads
+    stages = min(4, _STAGE_SMEM // max(1, per_stage))
+    return stages if stages >= 2 else 1
 
 
 def _sizes(x: torch.Tensor, w1, w2) -> dict:
@@ -544,7 +631,7 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
                                         n, c, max(r, 1), hw, p, per, spin, *sx, *ss, *sy),
             dict(HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
                  ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
-                 ACC=acc_tl),
+                 ACC=acc_tl, **_pipeline(cfg, x, sx, 1 + int(shortcut is not None))),
             "SE", _split, (y_buf, u, z))
     if y_buf is not y:
         y.copy_(y_buf)
@@ -604,7 +691,8 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
                 lambda sync, p, per, spin: (gyk, xk, sck, gx_buf, gsc_arg, w1c, w2c, u, z, dz, du, dp, hpart, sync,
                                             n, c, max(r, 1), hw, p, per, spin, *sg, *sx, *ss, *sd, *so),
                 dict(HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate],
-                     RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl),
+                     RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl,
+                     **_pipeline(cfg, x, sx, 2 + int(shortcut is not None))),
                 "SE", _split, (gx_buf, gsc_buf, du))
         if gx_buf is not gx:
             gx.copy_(gx_buf)

@@ -197,6 +197,7 @@ def test_split_partition_emulated(case, layout, device, monkeypatch):
     transposed-conv halos read from the peers' pixels; the tap gradient summed over P published rows)
     vs schedule (a): every output of the forward and every gradient of the backward."""
     _shrink(monkeypatch)
+    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", "single")  # on a GPU, auto would pick schedule (b) itself
     x, w1, w2, sw = _split_inputs(case, layout, device)
     n, c, hw, cfg = _plan(x, w1, sw)
     assert cfg["MULTI"] == 0 and cfg["P"] == 1 and _split.emulate_split(cfg, c, 3)["P"] == 3

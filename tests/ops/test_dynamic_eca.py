@@ -280,6 +280,7 @@ def test_split_partition_emulated(op, layout, device, monkeypatch):
     monkeypatch.setattr(D, "_TILE", 64)
     monkeypatch.setattr(D, "_TILE_K", 32)
     monkeypatch.setattr(D, "_MAX_BLOCK_HW", 4)
+    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", "single")  # on a GPU, auto would pick schedule (b) itself
     ins = _split_inputs(op, layout, device)
     x = ins[0]
     cfg = D._launch_cfg(3, 37, 15, x.stride(1), _BLOCK_K[op], x.device)

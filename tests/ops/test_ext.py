@@ -799,3 +799,39 @@ def test_cuda_graph_capture_se(shape, ese, cuda_schedule):
     expected = step()
     for i, (a, b) in enumerate(zip(captured, expected)):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, i=i: f"output {i}: {m}")
+
+
+# ---- a crash of the CPU kernels is one failing test, not a dead worker per test -------------------------
+_SMOKE = r"""
+import faulthandler, sys, torch
+faulthandler.enable()
+from attn_kernels.ops import ext
+print("built with", ext._C.build_info() if hasattr(ext._C, "build_info") else "?", flush=True)
+for threads in (1, 2, 16):
+    torch.set_num_threads(threads)
+    for cl in (False, True):
+        x = torch.randn(2, 8, 4, 5)
+        if cl:
+            x = x.to(memory_format=torch.channels_last)
+        x.requires_grad_()
+        w1, b1, w2, b2 = (torch.randn(*s, requires_grad=True) for s in ((2, 8), (2,), (8, 2), (8,)))
+        ext.se(x, w1, b1, w2, b2).sum().backward()
+        ext.eca(x, torch.randn(3, requires_grad=True)).sum().backward()
+print("ok", flush=True)
+"""
+
+
+def test_cpu_kernels_run_in_a_fresh_process():
+    """The first SE / ECA CPU kernel call of a process, forward and backward, at 1, 2 and 16 threads, in a child
+    process: a build whose CPU kernels crash (seen once: every first call segfaulted, killing each xdist worker)
+    fails here with the child's signal, its faulthandler trace and the compiler the binary was built with."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run([sys.executable, "-c", _SMOKE], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=root)
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("ok"), (
+        f"CPU kernels failed in a fresh process (exit code {proc.returncode}; negative: killed by that signal)\n"
+        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}")

@@ -18,8 +18,11 @@ process (``python -m tests.ops.test_int64_offsets CASE...``), which reports case
 the child fails with the signal and the child's stderr, and a new child runs the cases after it. On a GPU,
 test_gpu_dense_past_2_31_elements also runs a real 4 GiB tensor, so the outputs are written past 2^31 too.
 """
+import contextlib
+import fcntl
 import json
 import os
+import tempfile
 import zlib
 import subprocess
 import sys
@@ -217,22 +220,41 @@ def test_past_2_31_elements(backend):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("op", ["se", "eca"])
 def test_gpu_dense_past_2_31_elements(op, backend):
-    """x fp16 (2, 4, 2^28 + 2^26): 2.7·10^9 elements (5 GiB); sample 1's last two channels lie wholly past
-    2^31, so pooling, Σ grad_y·x, y and grad_x all address there. x and grad_y get per-channel means so the
-    gate depends on the pooled means and grad_x's ∂L/∂pooled / HW term is O(0.1) -- a wrong reduction shows.
+    """x fp16 (2, 4, 2^28 + 2^27): 3.2·10^9 elements (6 GiB); sample 1's last two channels start at
+    6·HW = 2.4·10^9 > 2^31, so pooling, Σ grad_y·x, y and grad_x all address there (2^28 + 2^26, the first
+    H200 run's size, left them straddling 2^31: the assert below caught it). The four cases run one at a
+    time across pytest-xdist workers (a file lock): together they would not fit. x and grad_y get
+    per-channel means so the gate depends on the pooled means and grad_x's ∂L/∂pooled / HW term is
+    O(0.1) -- a wrong reduction shows.
     Forward and grad_x against float64 references built per channel (autograd through the excitation only:
-    grad_x = grad_y·s + (∂L/∂pooled)/HW, ∂L/∂s = Σ_hw grad_y·x); peak ~35 GB of device memory."""
+    grad_x = grad_y·s + (∂L/∂pooled)/HW, ∂L/∂s = Σ_hw grad_y·x); peak ~50 GB of device memory."""
     reason = _backend.unavailable_reason(backend, "cuda")
     if reason is not None:
         pytest.skip(reason)
-    n, c, hw = 2, 4, 2 ** 28 + 2 ** 26
-    if torch.cuda.mem_get_info()[0] < 40 * 2 ** 30:
-        pytest.skip("needs 40 GiB of free GPU memory")
+    n, c, hw = 2, 4, 2 ** 28 + 2 ** 27
+    with _one_big_case_at_a_time():
+        if torch.cuda.mem_get_info()[0] < 64 * 2 ** 30:
+            pytest.skip("needs 64 GiB of free GPU memory")
+        _dense_past_2_31(op, backend, n, c, hw)
+
+
+@contextlib.contextmanager
+def _one_big_case_at_a_time():
+    """An exclusive lock shared by every process on the machine (pytest-xdist workers)."""
+    with open(os.path.join(tempfile.gettempdir(), "attn_kernels_gpu_bigmem.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _dense_past_2_31(op, backend, n, c, hw):
     try:
         mu_x, mu_g = torch.randn(n, c, 1, device="cuda"), torch.randn(n, c, 1, device="cuda")
         x = (torch.randn(n, c, hw, device="cuda", dtype=torch.float16) + mu_x.half())
         grad_y = (torch.randn(n, c, hw, device="cuda", dtype=torch.float16) + mu_g.half())
-        assert x.numel() > 2 ** 31 + 2 * hw  # sample 1, channels 2 and 3: past 2^31
+        assert (n * c - 2) * hw > 2 ** 31  # sample 1, channels 2 and 3: wholly past 2^31
         if op == "se":
             params = [torch.randn(1, c, device="cuda"), torch.rand(1, device="cuda") + 0.5,
                       torch.randn(c, 1, device="cuda"), torch.randn(c, device="cuda") * 0.5]

@@ -566,7 +566,7 @@ def _num_stages(cfg: dict, elem_size: int, loads: int) -> int:
     """Software-pipeline depth of the streaming loops (tl.range num_stages): each stage holds ``loads``
     [BLOCK_C, BLOCK_HW] tiles of ``elem_size`` bytes in shared memory; at most _STAGE_SMEM of them (under
     the 163 KB an sm_80 block may have), 2 … 4 stages, 1 (not pipelined) when even two do not fit (fp64
-    backward with a shortcut). Not tuned: chosen from the shared-memory budget, no GPU has timed it."""
+    with more than one streamed tensor). Not tuned: chosen from the shared-memory budget, no GPU has timed it."""
     per_stage = cfg["BLOCK_C"] * cfg["BLOCK_HW"] * elem_size * loads
     stages = min(4, _STAGE_SMEM // max(1, per_stage))
     return stages if stages >= 2 else 1

@@ -149,6 +149,22 @@ def bi_case(dtype, cl=False, bias=True, shape=(2, 1100, 6, 6), r=8):
     D.bi_eca_backward(torch.randn_like(x), x, wf, wb, w1, w2, p, s, h, blend)
 
 
+def tuned(text, fn):
+    """``fn`` under ATTN_KERNELS_SE_TUNE=text: the launch parameters a GPU run picks from the compiled kernel's
+    occupancy (narrow channels_last tiles, more programs) or a tuning sweep forces."""
+    def run():
+        old = os.environ.get("ATTN_KERNELS_SE_TUNE")
+        os.environ["ATTN_KERNELS_SE_TUNE"] = text
+        try:
+            fn()
+        finally:
+            if old is None:
+                os.environ.pop("ATTN_KERNELS_SE_TUNE")
+            else:
+                os.environ["ATTN_KERNELS_SE_TUNE"] = old
+    return run
+
+
 def cases():
     """(name, fn, multi): multi=True reports SMS SMs to the launchers (schedule (b) where it applies)."""
     out = []
@@ -175,6 +191,15 @@ def cases():
             (f"se 8x256x56x56{tag}", lambda: se_case(torch.bfloat16, shape=(8, 256, 56, 56), r=16), multi),
             # SE-ResNet-50 stage 4 at N = 64: 16 samples per program (no SMs), 8 with schedule (b)
             (f"se 64x2048x7x7 grouped{tag}", lambda: se_case(torch.bfloat16, shape=(64, 2048, 7, 7), r=128), multi),
+            # the 64-channel channels_last tiles the plan takes where 256-channel ones cannot fill the GPU
+            (f"se 8x256x56x56 channels_last 64-channel tiles{tag}",
+             tuned("BLOCK_C=64,BLOCK_HW=64", lambda: se_case(torch.bfloat16, shape=(8, 256, 56, 56), r=16, cl=True)),
+             multi),
+            (f"se 4x1024x14x14 4 warps, 2 stages{tag}",
+             tuned("num_warps=4,NUM_STAGES=2", lambda: se_case(torch.float16, shape=(4, 1024, 14, 14), r=64, cl=True)),
+             multi),
+            (f"se 4x1024x14x14 maxnreg=128{tag}",
+             tuned("maxnreg=128", lambda: se_case(torch.bfloat16, shape=(4, 1024, 14, 14), r=64, cl=True)), multi),
             (f"se ese 16x512x7x7 channels_last{tag}",
              lambda: se_case(torch.float32, ese=True, shape=(16, 512, 7, 7), cl=True), multi),
             # BiECA at stage 4, N = 64: 16 samples per program (no SMs), 8 with 132 SMs

@@ -239,6 +239,26 @@ def attention_time_us(events, device_type: str, use_ranges: bool) -> float:
     return total
 
 
+def device_busy_us(events) -> float:
+    """Sum of the GPU kernels' and copies' own time in ``events`` (the device's busy time; 0 off CUDA).
+    Against the step's wall time it tells a GPU-bound step from one waiting on the host."""
+    total = 0.0
+    for e in events:
+        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+            total += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+    return total
+
+
+def attention_ops(events) -> str:
+    """The package's ops that ran, with their counts ("attn_kernels_ext::se_fwd x16, ..."): which backend
+    each attention block took (attn_kernels_ext: csrc/; attn_kernels: Triton)."""
+    counts: Dict[str, int] = {}
+    for e in events:
+        if e.name.startswith("attn_kernels") and "::" in e.name:
+            counts[e.name] = counts.get(e.name, 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -333,6 +353,9 @@ def run_one(model_name: str, variant: str, dtype: str, layout: str, args, device
             step_us = sum(e.cpu_time_total for e in events if e.name.startswith("ProfilerStep")) / active
             row["attn_ms"] = us / 1e3
             row["profiled_step_ms"] = step_us / 1e3 if step_us else None
+            if device.type == "cuda":
+                row["gpu_busy_ms"] = device_busy_us(events) / active / 1e3
+            row["attn_ops"] = attention_ops(events)
             # share of the profiled steps' own wall time (the same steps the attention time comes from)
             row["attn_share"] = us / step_us if step_us else None
     finally:
@@ -355,14 +378,16 @@ def compare_losses(rows: List[dict], tol: Dict[str, float]) -> None:
 
 
 ROW_FIELDS = ["model", "variant", "source", "dtype", "layout", "batch", "res", "steps", "step_ms", "p20_ms", "p80_ms",
-              "images_per_s", "vs_plain", "peak_mem_mb", "attn_ms", "profiled_step_ms", "attn_share", "attn_modules", "swapped",
+              "images_per_s", "vs_plain", "peak_mem_mb", "attn_ms", "profiled_step_ms", "gpu_busy_ms", "attn_share",
+              "attn_ops", "attn_modules", "swapped",
               "follows_eager", "max_rel_loss_diff", "losses", "trace", "error"]
 
 
 def markdown(rows: List[dict], meta: dict) -> str:
     cols = [("model", "model"), ("variant", "variant"), ("dtype", "dtype"), ("layout", "layout"),
             ("step_ms", "step ms"), ("images_per_s", "img/s"), ("vs_plain", "vs plain"), ("peak_mem_mb", "peak MB"),
-            ("attn_ms", "attn ms"), ("attn_share", "attn share"), ("follows_eager", "follows eager")]
+            ("attn_ms", "attn ms"), ("attn_share", "attn share"), ("gpu_busy_ms", "GPU busy ms"),
+            ("follows_eager", "follows eager")]
     out = [f"Device: {meta['device']} · torch {meta['torch']} · commit {meta['commit'] or 'n/a'} · {meta['date']}",
            "", "| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:

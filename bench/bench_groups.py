@@ -1,25 +1,31 @@
-"""GROUP sweep: how many samples a Triton program should serve (SE, BidirectionalECA, CBAM).
+"""Launch-parameter sweep on a GPU: GROUP (how many samples a Triton program serves) by default, any of
+ATTN_KERNELS_SE_TUNE's parameters and the schedule with --configs (SE, BidirectionalECA, CBAM).
 
 These three ops read an MLP's weights whole in every program; a program that serves GROUP samples reads
-them once for all of them (ops/_split.py). ``_split.sample_group`` picks GROUP from byte counts and SM
-counts -- reasoned, never measured. This script measures it: each op at the SE-ResNet-50 stages where
-the weights outweigh a sample (1024×14², 2048×7²; R = C/16) for several batches, forward and
-forward+backward, with the launch config's own choice (``auto``) and with GROUP forced to 1, 2, 4, 8, 16
-(the schedule re-planned for the forced group count, as the launcher would). Per row: median ms of each
-GROUP, the fastest, and auto's time over the fastest.
+them once for all of them (ops/_split.py). ``_split.group_plan`` picks GROUP and the schedule from byte
+counts, SM counts and the compiled kernel's occupancy -- reasoned, never measured. This script measures
+it: each op at the SE-ResNet-50 stages where the weights outweigh a sample (1024×14², 2048×7²; R = C/16)
+for several batches, forward and forward+backward, with the launcher's own choice (``auto``) and with
+each configuration of --configs forced. A configuration is comma-separated KEY=VALUE items: the keys of
+ATTN_KERNELS_SE_TUNE (GROUP, P, BLOCK_C, BLOCK_HW, num_warps, NUM_STAGES, PREFETCH; the last five SE
+only) and ``schedule=single|multi`` (ATTN_KERNELS_SE_SCHEDULE); configurations are separated by ``;``.
+The default is the GROUP sweep: ``GROUP=1;GROUP=2;GROUP=4;GROUP=8;GROUP=16`` (the schedule re-planned
+for the forced group count, as the launcher would; a GROUP above the batch is skipped). Per row: median ms
+of each configuration, the fastest, and auto's time over the fastest.
 
     python bench/bench_groups.py [--ops se,bi_eca,cbam] [--batches 64,256,1024] [--dtype bfloat16]
-                                 [--layout nchw|channels_last] [--modes fwd,fwd+bwd] [--max-seconds 480]
-                                 [--out bench/results]
+                                 [--layout nchw|channels_last] [--modes fwd,fwd+bwd] [--configs "A;B;..."]
+                                 [--stages 1024x14x14,2048x7x7] [--max-seconds 480] [--out bench/results]
+    python bench/bench_groups.py --ops se --configs "schedule=single;GROUP=1,P=2;num_warps=4;NUM_STAGES=2"
     python bench/bench_groups.py --quick   # one tiny case: on CPU through the interpreter (checks the script)
 
 Timing: triton.testing.do_bench (CUDA events; median), inputs rotated through a working set of at least
 256 MB so that x comes from HBM, not L2; the forward also replayed from a CUDA graph (no host launch
 cost, same input each replay). Small batches are host-bound through autograd: read fwd+bwd at N = 64
 with that in mind. Parameters are fp32 (x in --dtype: autocast's setup), which doubles the weight bytes
-auto groups by. Each GROUP is first called untimed with ATTN_KERNELS_SE_CHECK=1 (compile; a timed-out
-schedule (b) wait raises): a failure is recorded in the row and that GROUP skipped. Writes
-``groups_<device>_<stamp>.json`` + ``.csv`` to --out after every case (a killed run keeps what it
+auto groups by. Each configuration is first called untimed with ATTN_KERNELS_SE_CHECK=1 (compile; a
+timed-out schedule (b) wait raises): a failure is recorded in the row and that configuration skipped.
+Writes ``groups_<device>_<stamp>.json`` + ``.csv`` to --out after every case (a killed run keeps what it
 measured; on a lent machine point --out into the folder that comes back), and prints a markdown table.
 A full default sweep is ~140 Triton compiles plus ~200 timings: run one op per command if the command
 limit is 10 minutes. Without a GPU only ``--quick`` runs; its times measure the interpreter and are
@@ -53,38 +59,60 @@ from attn_kernels.ops import dynamic_eca as D  # noqa: E402
 from attn_kernels.ops import se as S  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
-GROUPS = (1, 2, 4, 8, 16)
+GROUP_SWEEP = "GROUP=1;GROUP=2;GROUP=4;GROUP=8;GROUP=16"
 STAGES = ((1024, 14, 14), (2048, 7, 7))
-# op -> (module, launch-config function, MLP tile budget)
-CONFIGS = {"se": (S, "launch_config", S._TILE), "bi_eca": (D, "_bi_launch_cfg", D._TILE_K),
-           "cbam": (CB, "_launch_cfg", CB._TILE)}
+OPS = ("se", "bi_eca", "cbam")
 WORKING_SET = 256 << 20  # bytes of x (and grad_y) cycled through: several times an H100/H200's 50-60 MB L2
 
 
-@contextlib.contextmanager
-def forced_group(op: str, group):
-    """Within the block the op's launcher serves ``group`` samples per program (None: its own choice),
-    with the schedule (MULTI, P) re-planned for cdiv(N, group) groups -- keeping schedule (b)'s grid
-    co-resident -- and the MLP tiles shrunk to the tile budget. The config functions of all three ops
-    take (N, C, ...) first."""
-    if group is None:
-        yield
-        return
-    module, name, tile = CONFIGS[op]
-    launch_cfg = getattr(module, name)
+def parse_configs(text: str):
+    """[(label, env)]: each ';'-separated configuration as the environment it runs under."""
+    out = []
+    for label in (t.strip().replace(" ", "") for t in text.split(";")):
+        if not label:
+            continue
+        tune, env = [], {}
+        for item in label.split(","):
+            key, _, value = item.partition("=")
+            if key == "schedule":
+                if value not in ("single", "multi", "auto"):
+                    raise ValueError(f"--configs: {item!r}: schedule is single, multi or auto")
+                env["ATTN_KERNELS_SE_SCHEDULE"] = value
+            else:
+                tune.append(item)
+        if tune:
+            env["ATTN_KERNELS_SE_TUNE"] = ",".join(tune)
+            _split._parse_tune(env["ATTN_KERNELS_SE_TUNE"])  # bad text fails here, before any timing
+        out.append((label, env))
+    return out
 
-    def forced(n, c, *a, **k):
-        cfg = launch_cfg(n, c, *a, **k)
-        device = next((v for v in list(a) + list(k.values()) if isinstance(v, torch.device)), torch.device("cpu"))
-        multi, p, per = _split.split_plan(-(-n // group), c, cfg["BLOCK_C"], _split.device_sms(device),
-                                          _split.schedule_mode())
-        return dict(cfg, GROUP=group, FC_C=max(1, min(cfg["BLOCK_C"], tile // (group * cfg["FC_R"]))), MULTI=multi,
-                    P=p, chan_per_prog=per)
-    setattr(module, name, forced)
+
+@contextlib.contextmanager
+def environment(env: dict):
+    """The block runs with ``env`` set (the launchers read ATTN_KERNELS_SE_* at every call)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:
-        setattr(module, name, launch_cfg)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def forced_group(op: str, group):
+    """Within the block the launchers serve ``group`` samples per program (None: their own choice), with
+    the schedule re-planned for cdiv(N, group) groups -- keeping schedule (b)'s grid co-resident -- and
+    the MLP tiles shrunk to their budget (``_split.group_plan`` under ATTN_KERNELS_SE_TUNE=GROUP=g; the
+    same for SE, BiECA and CBAM, so ``op`` only documents the call)."""
+    return environment({} if group is None else {"ATTN_KERNELS_SE_TUNE": f"GROUP={group}"})
+
+
+def _launch_cfg_of(op):
+    """(module, name) of the op's launch-config function: the sweep records what the launcher ran."""
+    return {"se": (S, "launch_config"), "bi_eca": (D, "_bi_launch_cfg"), "cbam": (CB, "_launch_cfg")}[op]
 
 
 def _params(op: str, c: int, device):
@@ -134,10 +162,11 @@ def _checked_schedule():
             os.environ["ATTN_KERNELS_SE_CHECK"] = old
 
 
-def run_case(op, n, c, h, w, dtype, layout, modes, device):
-    """Rows (one per mode): ms per GROUP and for auto (forward also replayed from a CUDA graph), the GROUP
-    auto picked, and the (GROUP, MULTI, P) each timing launched with. A GROUP whose first call fails
-    (compile error, timed-out wait, NaN output) gets its error in the row instead of a time."""
+def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
+    """Rows (one per mode): ms per configuration and for auto (forward also replayed from a CUDA graph),
+    the (GROUP, MULTI, P, BLOCK_C, num_warps) each timing launched with (SE's forward config: fit to the
+    compiled kernel's occupancy, as launched). A configuration whose first call fails (compile error,
+    timed-out wait, NaN output) gets its error in the row instead of a time."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     elem = torch.empty((), dtype=dtype).element_size()
     count = max(2, -(-WORKING_SET // (n * c * h * w * elem))) if HAS_CUDA else 1
@@ -145,15 +174,16 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device):
     gys = [torch.randn_like(x) for x in xs]
     params = _params(op, c, device)
     call = _call(op)
-    seen = []
-    module, name, _ = CONFIGS[op]
+    plans, fits = [], []
+    module, name = _launch_cfg_of(op)
     rows = []
     for mode in modes:
         row = dict(op=op, n=n, c=c, h=h, w=w, dtype=str(dtype).replace("torch.", ""), layout=layout, mode=mode)
-        for group in (None,) + GROUPS:
+        for label, env in [("auto", {})] + configs:
+            with environment(env):
+                group = _split.tune().get("GROUP")
             if group is not None and group > n:
                 continue
-            key = "auto" if group is None else f"g{group}"
             state = {"i": 0}
 
             def fn():
@@ -166,30 +196,36 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device):
                 y.backward(gys[i])
                 return x.grad
 
-            with forced_group(op, group):
-                launch_cfg = getattr(module, name)
-                setattr(module, name, lambda *a, **k: seen.append(launch_cfg(*a, **k)) or seen[-1])
-                try:
-                    with _checked_schedule():  # compile outside the timing; records the config the launcher used
-                        out = fn()
-                        if not bool(torch.isfinite(out).all()):
-                            raise RuntimeError("non-finite output")
-                except Exception as exc:
-                    row[f"{key}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                    print(f"  {op} N={n} {mode} {key}: {row[f'{key}_error']}", file=sys.stderr, flush=True)
-                    continue
-                finally:
-                    setattr(module, name, launch_cfg)
-                row[f"{key}_cfg"] = "GROUP={GROUP} MULTI={MULTI} P={P}".format(**seen[-1])  # what the launcher ran
-                row[f"{key}_ms"] = round(_time(fn, params if mode == "fwd+bwd" else None), 5)
-                if mode == "fwd" and HAS_CUDA:
-                    row[f"{key}_graph_ms"] = _graph_time(fn)
-            if group is None:
-                row["auto_group"] = seen[-1]["GROUP"]
-        timed = {g: row[f"g{g}_ms"] for g in GROUPS if f"g{g}_ms" in row}
+            launch_cfg = getattr(module, name)
+            fitted = _split.fit_occupancy
+            setattr(module, name, lambda *a, **k: plans.append(launch_cfg(*a, **k)) or plans[-1])
+            if op == "se":  # SE refits its config to the compiled kernel: record the fitted one
+                S._fit_occupancy = lambda *a, **k: fits.append(fitted(*a, **k)) or fits[-1]
+            first = len(fits) if op == "se" else len(plans)  # the forward's config is the first of the call
+            try:
+                with environment(env), _checked_schedule():  # compile outside the timing; records the config
+                    out = fn()
+                    if not bool(torch.isfinite(out).all()):
+                        raise RuntimeError("non-finite output")
+                    ran = (fits if op == "se" else plans)[first]
+                    row[f"{label}_cfg"] = " ".join(f"{k}={ran[k]}" for k in ("GROUP", "MULTI", "P", "BLOCK_C",
+                                                                             "num_warps") if k in ran)
+                    row[f"{label}_ms"] = round(_time(fn, params if mode == "fwd+bwd" else None), 5)
+                    if mode == "fwd" and HAS_CUDA:
+                        row[f"{label}_graph_ms"] = _graph_time(fn)
+            except Exception as exc:
+                row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                print(f"  {op} N={n} {mode} {label}: {row[f'{label}_error']}", file=sys.stderr, flush=True)
+                continue
+            finally:
+                setattr(module, name, launch_cfg)
+                S._fit_occupancy = fitted
+            if label == "auto":
+                row["auto_group"] = ran["GROUP"]
+        timed = {label: row[f"{label}_ms"] for label, _ in configs if f"{label}_ms" in row}
         if timed:
             best = min(timed, key=timed.get)
-            row["best_group"] = best
+            row["best"] = best
             if "auto_ms" in row:
                 row["auto_over_best"] = round(row["auto_ms"] / timed[best], 3)
         rows.append(row)
@@ -223,18 +259,19 @@ def _write(rows, meta, out_dir, quiet=False):
         print(f"wrote {base}.json and .csv")
 
 
-def _table(rows):
-    print("| op | N | C×H×W | mode | auto GROUP | auto ms | " + " | ".join(f"G={g} ms" for g in GROUPS)
+def _table(rows, configs):
+    labels = [label for label, _ in configs]
+    print("| op | N | C×H×W | mode | auto config | auto ms | " + " | ".join(f"{lb} ms" for lb in labels)
           + " | best | auto / best |")
-    print("|---|---|---|---|---|---|" + "---|" * len(GROUPS) + "---|---|")
+    print("|---|---|---|---|---|---|" + "---|" * len(labels) + "---|---|")
 
     def ms(r, key):
         return f"{r[key + '_ms']:.4f}" if key + "_ms" in r else ("error" if key + "_error" in r else "-")
     for r in rows:
-        cells = " | ".join(ms(r, f"g{g}") for g in GROUPS)
+        cells = " | ".join(ms(r, lb) for lb in labels)
         ratio = f"{r['auto_over_best']:.2f}×" if "auto_over_best" in r else "-"
-        print(f"| {r['op']} | {r['n']} | {r['c']}×{r['h']}×{r['w']} | {r['mode']} | {r.get('auto_group', '-')} | "
-              f"{ms(r, 'auto')} | {cells} | {r.get('best_group', '-')} | {ratio} |")
+        print(f"| {r['op']} | {r['n']} | {r['c']}×{r['h']}×{r['w']} | {r['mode']} | {r.get('auto_cfg', '-')} | "
+              f"{ms(r, 'auto')} | {cells} | {r.get('best', '-')} | {ratio} |")
 
 
 def main(argv=None) -> int:
@@ -244,15 +281,26 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--layout", default="nchw", choices=["nchw", "channels_last"])
     ap.add_argument("--modes", default="fwd,fwd+bwd")
+    ap.add_argument("--configs", default=GROUP_SWEEP,
+                    help="';'-separated configurations of KEY=VALUE items (ATTN_KERNELS_SE_TUNE keys, schedule=)")
+    ap.add_argument("--stages", default=",".join(f"{c}x{h}x{w}" for c, h, w in STAGES),
+                    help="comma list of CxHxW per sample")
     ap.add_argument("--quick", action="store_true", help="one tiny case (CPU: the interpreter; checks the script)")
     ap.add_argument("--max-seconds", type=float, default=480,
                     help="start no new case after this many seconds (results are written after every case)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
     ops = [o for o in args.ops.split(",") if o]
-    unknown = [o for o in ops if o not in CONFIGS]
+    unknown = [o for o in ops if o not in OPS]
     if unknown:
-        ap.error(f"--ops: unknown {', '.join(unknown)}; expected from {', '.join(CONFIGS)}")
+        ap.error(f"--ops: unknown {', '.join(unknown)}; expected from {', '.join(OPS)}")
+    try:
+        configs = parse_configs(args.configs)
+        stages = [tuple(int(v) for v in st.split("x")) for st in args.stages.split(",") if st]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if any(len(st) != 3 for st in stages):
+        ap.error("--stages: CxHxW items")
     modes = [m for m in args.modes.split(",") if m]
     if any(m not in ("fwd", "fwd+bwd") for m in modes):
         ap.error("--modes: fwd and/or fwd+bwd")
@@ -264,9 +312,10 @@ def main(argv=None) -> int:
               "--quick runs one tiny case to check the script.")
         return 0
     else:
-        cases = [(n,) + s for s in STAGES for n in (int(b) for b in args.batches.split(","))]
+        cases = [(n,) + st for st in stages for n in (int(b) for b in args.batches.split(","))]
     dtype = getattr(torch, args.dtype)
-    meta = dict(_meta(), params="fp32 (x in --dtype: the autocast setup)", max_seconds=args.max_seconds)
+    meta = dict(_meta(), params="fp32 (x in --dtype: the autocast setup)", max_seconds=args.max_seconds,
+                configs=args.configs)
     rows, start = [], time.monotonic()
     for op in ops:
         for (n, c, h, w) in cases:
@@ -276,9 +325,9 @@ def main(argv=None) -> int:
                 meta["stopped_early"] = True
                 break
             print(f"case {op} N={n} C={c} {h}×{w} {args.dtype} {args.layout}", file=sys.stderr, flush=True)
-            rows += run_case(op, n, c, h, w, dtype, args.layout, modes, device)
+            rows += run_case(op, n, c, h, w, dtype, args.layout, modes, device, configs)
             _write(rows, meta, args.out, quiet=True)  # after every case: a killed run keeps what it measured
-    _table(rows)
+    _table(rows, configs)
     _write(rows, meta, args.out)
     return 0
 

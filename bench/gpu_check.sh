@@ -28,6 +28,7 @@
 #   tests_gpu_triton 120  30    pytest -m gpu tests/ops/test_se.py (Triton schedules, CUDA graphs)  [during build]
 #   tests_triton     180  60-90 pytest -m "not gpu" on the four Triton op test files                [during build]
 #   info             30   ~5    attn-kernels info (is the cuda backend there?)
+#   cpu_diag         150  ~10   bench/cpu_diag.sh: the CPU kernels in a fresh process (+ A/B rebuild on a crash)
 #   tests_gpu_ext    150  30-40 pytest -m gpu on the rest (the CUDA kernels of csrc/, both schedules)
 #   tests_rest       180  40-60 pytest -m "not gpu" on the rest                                  [background]
 #   memcheck         150  30-60 compute-sanitizer --tool memcheck  python bench/sanitize_check.py [during tests_rest]
@@ -35,7 +36,8 @@
 #   bench_quick      200  90-150 attn-kernels bench --quick (compile dominates)                    [alone: timings]
 #   bench_key_shapes 120  45-75 se, eca, se_residual, se_silu at every model site, fwd+bwd, bf16, channels_last
 #   auto_table       30   ~3    bench/auto_table.py: auto's table entry for this GPU from the bench JSON files
-#   profile          150  60-120 SE-ResNet-50 then EfficientNet-B0 training steps, plain/eager/fused/fused_residual
+#   tune_se          150  60-120 bench/bench_groups.py: SE's auto plan vs forced configs, 3 stages x N 64, 128
+#   profile          150  60-120 SE-ResNet-50, ECA-ResNet-50, EfficientNet-B0 training steps, plain/eager/fused/fused_residual
 #   synccheck        90   30    compute-sanitizer --tool synccheck  (only if the budget allows)
 #   initcheck        90   30    compute-sanitizer --tool initcheck  (only if the budget allows)
 # Expected total on a fresh machine: ~480-600 s of work, so with the default budget the profile and the two
@@ -102,11 +104,13 @@ keyline() {  # the log line that says most about a finished step
     tests*) line=$(grep -E "(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s" "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//') ;;
     memcheck|racecheck|synccheck|initcheck)
       line="$(grep -E "(ERROR|RACECHECK|SYNCCHECK|INITCHECK) SUMMARY" "$log" | tail -n 1 | sed 's/^=* *//'); $(grep -E "^sanitize_check: [0-9]+ ok" "$log" | tail -n 1)" ;;
+    tune_se) line="$(grep -cE "^\| se " "$log") rows" ;;
     bench*) line="$(grep -oE "[0-9]+ rows in [0-9.]+s" "$log" | tail -n 1); $(grep -oE "[0-9]+ row\(s\) with errors" "$log" | tail -n 1) $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     profile) line="$(grep -oE "[0-9]+ run\(s\) (not measured|do not follow eager's loss curve)" "$log" | tr '\n' ' ') $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     install*) line="$(grep -E "attn_kernels: building" "$log" | tail -n 1 | sed 's/^ *//'); $(grep -c "WARNING (attn_kernels)" "$log") attn_kernels build warning(s)" ;;
     auto_table) line=$(grep -E "cases from" "$log" | head -n 2 | tr '\n' ' ') ;;
     info) line=$(grep -A3 -E "^  cuda:" "$log" | grep -E "^ +cuda " | head -n 1 | sed 's/^ */cuda backend: /') ;;
+    cpu_diag) line="$(grep -E "^cpu_diag:|smoke exit" "$log" | tr '\n' ' ')" ;;
   esac
   line=$(echo "$line" | sed 's/^[; ]*//; s/[; ]*$//')
   [ -n "$line" ] && echo " | $line"
@@ -228,6 +232,8 @@ if [[ ! " 0 124 137 skip " == *" ${RC[install]:-skip} "* ]] && plan install_inpl
   run_fg install_inplace env TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$NPROC" "$PY" setup.py build_ext --inplace
 fi
 plan info 30 && run_fg info "$PY" -m attn_kernels.cli info
+# the C++ CPU kernels in a fresh process; on a crash: gdb backtrace and a rebuild with the system compiler
+plan cpu_diag 150 30 && run_fg cpu_diag bash bench/cpu_diag.sh "$PY"
 
 # ---- 2. the CUDA kernels: GPU tests, then the sanitizers while the remaining tests run ------------------
 if plan tests_gpu_ext 150 30; then
@@ -265,8 +271,15 @@ if plan auto_table 30 5; then
   cp -f attn_kernels/auto_table.json "$RES/auto_table.json" 2>/dev/null
   run_fg auto_table "$PY" bench/auto_table.py "$RES" --table "$RES/auto_table.json"
 fi
+# SE's launch plan against forced alternatives at the stage shapes (bench_groups.py; each config compiles)
+if plan tune_se 150 60; then
+  run_fg tune_se "$PY" bench/bench_groups.py --ops se --batches 64,128 --layout channels_last \
+    --stages 256x56x56,1024x14x14,2048x7x7 --modes fwd,fwd+bwd \
+    --configs "schedule=single;GROUP=1;NUM_STAGES=2;num_warps=4;BLOCK_C=64,BLOCK_HW=64;maxnreg=255" \
+    --max-seconds $(( STEP_T - 40 )) --out "$RES"
+fi
 if plan profile 150 75; then
-  run_fg profile "$PY" -m attn_kernels.cli profile --models se_resnet50,efficientnet_b0 \
+  run_fg profile "$PY" -m attn_kernels.cli profile --models se_resnet50,eca_resnet50,efficientnet_b0 \
     --variants plain,eager,fused,fused_residual --dtypes bf16 --layouts channels_last --steps 10 --warmup 3 \
     --active 2 --no-trace --max-seconds $(( STEP_T - 45 )) --out "$RES"
 fi

@@ -41,7 +41,7 @@ DTYPE_NAMES = ("fp32", "bf16")
 # ‖out − ref‖ / ‖ref‖ against the float64 reference computed from the same (rounded) inputs:
 # fp32 arithmetic lands far under 1e-4; bf16 outputs carry their own rounding (2^-8 relative).
 REL_TOL = {"fp32": 1e-4, "bf16": 2e-2}
-GROUPED_OPS = ("se", "cbam", "bi_eca")  # the ops whose programs serve groups of samples (bench_groups.CONFIGS)
+GROUPED_OPS = ("se", "cbam", "bi_eca")  # the ops whose programs serve groups of samples (bench_groups.OPS)
 
 
 def parse_args(argv=None):

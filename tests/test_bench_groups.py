@@ -1,7 +1,10 @@
-"""bench/bench_groups.py (the GROUP sweep for a GPU) in its --quick form: the forced groups reach the launcher."""
+"""bench/bench_groups.py (the launch-parameter sweep for a GPU) in its --quick form: the forced
+configurations reach the launchers."""
 import importlib.util
 import json
 import os
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("bench_groups", os.path.join(REPO, "bench", "bench_groups.py"))
@@ -17,32 +20,42 @@ def test_quick_sweep_forces_each_group(tmp_path):
     for r in rows:  # N = 4: groups 1, 2, 4 timed; 8 and 16 exceed the batch
         assert r["auto_group"] == int(r["auto_cfg"].split()[0].split("=")[1])
         for g in (1, 2, 4):
-            assert r[f"g{g}_cfg"].startswith(f"GROUP={g} ") and r[f"g{g}_ms"] > 0
-        assert "g8_ms" not in r and r["best_group"] in (1, 2, 4)
-    # the launch config is restored after the sweep
+            assert r[f"GROUP={g}_cfg"].startswith(f"GROUP={g} ") and r[f"GROUP={g}_ms"] > 0
+        assert "GROUP=8_ms" not in r and r["best"] in ("GROUP=1", "GROUP=2", "GROUP=4")
+    # the launch config and the environment are restored after the sweep
     assert bench_groups.S.launch_config.__name__ == "launch_config"
+    assert bench_groups.S._fit_occupancy is bench_groups._split.fit_occupancy
     assert bench_groups.CB._launch_cfg.__name__ == "_launch_cfg"
+    assert "ATTN_KERNELS_SE_TUNE" not in os.environ
 
 
-def test_failing_group_is_recorded_not_fatal(tmp_path, monkeypatch):
-    """A GROUP whose first call fails (here: the op raises under GROUP = 2) gets its error in the row; the
-    other groups are still timed and the files written."""
-    forced_group = bench_groups.forced_group
+def test_other_parameters_reach_the_launcher(tmp_path, monkeypatch):
+    """--configs beyond GROUP: tiles and warps forced through ATTN_KERNELS_SE_TUNE, the schedule through
+    ATTN_KERNELS_SE_SCHEDULE; the recorded launch shows them."""
+    monkeypatch.delenv("ATTN_KERNELS_SE_SCHEDULE", raising=False)
+    assert bench_groups.main(["--quick", "--ops", "se", "--modes", "fwd", "--out", str(tmp_path), "--configs",
+                              "BLOCK_C=16,num_warps=2;schedule=single,GROUP=2"]) == 0
+    (row,) = json.loads(next(tmp_path.glob("groups_*.json")).read_text())["rows"]
+    assert "BLOCK_C=16 num_warps=2" in row["BLOCK_C=16,num_warps=2_cfg"]
+    assert row["schedule=single,GROUP=2_cfg"].startswith("GROUP=2 MULTI=0 P=1")
+    assert "ATTN_KERNELS_SE_SCHEDULE" not in os.environ
+    with pytest.raises(SystemExit):  # bad text is an argument error before anything runs
+        bench_groups.main(["--quick", "--configs", "GROUP=3"])
+    with pytest.raises(SystemExit):
+        bench_groups.main(["--quick", "--configs", "schedule=fast"])
+
+
+def test_failing_config_is_recorded_not_fatal(tmp_path, monkeypatch):
+    """A configuration whose first call fails (here: the op raises under GROUP = 2) gets its error in the
+    row; the others are still timed and the files written."""
     se = bench_groups.functional.se
 
-    @bench_groups.contextlib.contextmanager
-    def failing(op, group):
-        with forced_group(op, group):
-            if group == 2:
-                def boom(*a, **k):
-                    raise RuntimeError("compile failed")
-                monkeypatch.setattr(bench_groups.functional, "se", boom)
-            try:
-                yield
-            finally:
-                monkeypatch.setattr(bench_groups.functional, "se", se)
-    monkeypatch.setattr(bench_groups, "forced_group", failing)
+    def flaky(*a, **k):
+        if os.environ.get("ATTN_KERNELS_SE_TUNE") == "GROUP=2":
+            raise RuntimeError("compile failed")
+        return se(*a, **k)
+    monkeypatch.setattr(bench_groups.functional, "se", flaky)
     assert bench_groups.main(["--quick", "--ops", "se", "--modes", "fwd", "--out", str(tmp_path)]) == 0
     (row,) = json.loads(next(tmp_path.glob("groups_*.json")).read_text())["rows"]
-    assert row["g2_error"] == "RuntimeError: compile failed" and "g2_ms" not in row
-    assert row["g1_ms"] > 0 and row["g4_ms"] > 0 and row["best_group"] in (1, 4)
+    assert row["GROUP=2_error"] == "RuntimeError: compile failed" and "GROUP=2_ms" not in row
+    assert row["GROUP=1_ms"] > 0 and row["GROUP=4_ms"] > 0 and row["best"] in ("GROUP=1", "GROUP=4")

@@ -127,6 +127,23 @@ def test_profile_tiny(tmp_path, capsys):
     assert rows["eager"]["attn_ms"] > 0 and 0 < rows["eager"]["attn_share"] <= 1
     assert rows["plain"]["attn_share"] == 0
     assert rows["fused"]["swapped"] >= 3 and rows["fused"]["follows_eager"] is True
+    # which op (so which backend) each attention block took; the eager run calls none of the package's ops
+    assert "se_fwd x" in rows["fused"]["attn_ops"] and rows["eager"]["attn_ops"] == ""
+
+
+def test_device_busy_and_attention_ops():
+    """profile's two diagnostics on synthetic events: device time summed over CUDA events only; the
+    package's ops counted by name."""
+    import attn_kernels.profile as prof
+
+    class Ev:
+        def __init__(self, name, device_type, self_device_time_total=0.0):
+            self.name, self.device_type, self.self_device_time_total = name, device_type, self_device_time_total
+    events = [Ev("k1", "DeviceType.CUDA", 5.0), Ev("k2", "DeviceType.CUDA", 7.5), Ev("aten::mm", "DeviceType.CPU", 99.0),
+              Ev("attn_kernels_ext::se_fwd", "DeviceType.CPU"), Ev("attn_kernels_ext::se_fwd", "DeviceType.CPU"),
+              Ev("attn_kernels::eca_bwd", "DeviceType.CPU"), Ev("attn::SEBlock", "DeviceType.CPU")]
+    assert prof.device_busy_us(events) == 12.5
+    assert prof.attention_ops(events) == "attn_kernels::eca_bwd x1, attn_kernels_ext::se_fwd x2"
 
 
 def test_profile_without_swap_message(tmp_path, capsys, monkeypatch):

@@ -34,6 +34,7 @@ where the programs before the last of each sample time out (their peers have not
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -43,7 +44,8 @@ import triton.language as tl
 from ._layout import cdiv, device_of, next_pow2
 
 __all__ = ["MAX_SPIN", "MAX_GROUP", "sample_sync", "meet", "schedule_mode", "device_sms", "split_plan",
-           "sample_group", "group_plan", "emulate_split", "sync_buffer", "check_error", "launch"]
+           "sample_group", "group_plan", "tune", "tune_text", "co_resident_per_sm", "fit_occupancy", "emulate_split",
+           "sync_buffer", "check_error", "launch"]
 
 MAX_SPIN = 1 << 22  # iterations of a wait before it gives up (seconds on any GPU)
 MAX_GROUP = 16  # samples one program may serve (sample_group)
@@ -104,19 +106,22 @@ def device_sms(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def split_plan(n: int, c: int, block_c: int, sms: int, mode: str):
-    """(MULTI, P, chan_per_prog) for N samples of C channels in BLOCK_C tiles on a device with ``sms`` SMs.
+def split_plan(n: int, c: int, block_c: int, sms: int, mode: str, occupancy: int = 1):
+    """(MULTI, P, chan_per_prog) for N samples (or sample groups) of C channels in BLOCK_C tiles on a device
+    with ``sms`` SMs, each of which holds ``occupancy`` of the kernel's programs at once.
 
-    Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (4·N ≤ SMs; 2·N ≤ SMs when
-    forced with ``mode="multi"``): P = min(#tiles, (SMs // 2) // N) programs per sample, each on whole
-    tiles. The grid N·P stays within half the SMs: every program must be resident at once for the
-    meeting, and kernels of other streams (NCCL during an overlapped DDP backward, a data-loader's
-    copies) may hold SMs — with the whole GPU asked for, a few busy SMs would turn into a timed-out wait
-    (seconds, then NaN). ``mode="single"`` or ``sms=0`` → schedule (a).
+    Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (2·N ≤ budget; N ≤ budget
+    when forced with ``mode="multi"``): P = min(#tiles, budget // N) programs per sample, each on whole
+    tiles, where budget = SMs·occupancy // 2: the grid N·P never asks for more than half the programs
+    the GPU can hold at once. Every program must be resident at the same time for the meeting, and
+    kernels of other streams (NCCL during an overlapped DDP backward, a data-loader's copies) may hold
+    SMs — with the whole GPU asked for, a few busy SMs would turn into a timed-out wait (seconds, then
+    NaN). ``occupancy`` is 1 unless the launcher measured the compiled kernel (``fit_occupancy``).
+    ``mode="single"`` or ``sms=0`` → schedule (a).
     """
     tiles = cdiv(c, block_c)
     single = (0, 1, tiles * block_c)
-    budget = sms // 2  # programs schedule (b) may ask to be co-resident
+    budget = sms * max(1, occupancy) // 2  # programs schedule (b) may ask to be co-resident
     if not sms or mode == "single" or tiles < 2 or n * 2 > budget * (2 if mode == "multi" else 1):
         return single
     p = min(tiles, max(1, budget // n))
@@ -125,39 +130,110 @@ def split_plan(n: int, c: int, block_c: int, sms: int, mode: str):
     return (1, p, per) if p >= 2 else single
 
 
-def sample_group(n: int, tiles: int, sms: int, x_bytes: int, w_bytes: int) -> int:
-    """GROUP: how many consecutive samples one program serves, so that weights it reads from L2 once per
-    program (an MLP over the whole pooled vector) stay a small fraction of the x traffic: the smallest
-    power of two with w_bytes / GROUP ≤ x_bytes / 4, at most MAX_GROUP and next_pow2(N). ``x_bytes``:
-    one sample of x (C·HW·|x|); ``w_bytes``: the weights each program reads whole; 0 → no grouping.
-    At the 7×7 stage of SE-ResNet-50 (C = 2048, R = 128, fp32 weights: 2 MB against 200 KB of bf16 x per
-    sample) ungrouped programs read ten times more weight bytes from L2 than x bytes from DRAM. On a GPU
-    (``sms`` > 0) two caps keep the SMs busy: GROUP ≤ N·tiles / SMs, so that the (sample group, channel
-    tile) work of schedule (b) (few groups, P programs each) still fills them; and for N ≥ SMs, where the
-    groups are many and schedule (a) runs one program per group, GROUP ≤ ⌈N / SMs⌉, so that there are
-    about as many programs as SMs (without it N = 1024 at 2048×7×7 ran 64 programs of 16 samples on a
-    132-SM GPU: half of it idle). Not tuned on a GPU yet: the 1/4 ratio and both caps are reasoned
-    from bytes and SM counts, not measured."""
+def sample_group(n: int, x_bytes: int, w_bytes: int) -> int:
+    """The weight rule for GROUP, how many consecutive samples one program serves: the smallest power of
+    two with w_bytes / GROUP ≤ x_bytes / 4, at most MAX_GROUP and next_pow2(N), so that the weights a
+    program reads from L2 once (an MLP over the whole pooled vector) stay a small fraction of the x
+    traffic. ``x_bytes``: one sample of x (C·HW·|x|); ``w_bytes``: the weights each program reads whole;
+    0 → no grouping. At the 7×7 stage of SE-ResNet-50 (C = 2048, R = 128, fp32 weights: 2 MB against
+    200 KB of bf16 x per sample) ungrouped programs read ten times more weight bytes from L2 than x bytes
+    from DRAM. On a GPU ``group_plan`` may serve fewer samples per program so that the grid fills it."""
     if not (w_bytes and x_bytes) or n <= 1:
         return 1
-    group = min(next_pow2(cdiv(4 * w_bytes, x_bytes)), MAX_GROUP, next_pow2(n))
-    if sms:
-        group = min(group, max(1, prev_pow2(n * tiles // sms)))
-        if n >= sms:
-            group = min(group, prev_pow2(cdiv(n, sms)))
-    return group
+    return min(next_pow2(cdiv(4 * w_bytes, x_bytes)), MAX_GROUP, next_pow2(n))
+
+
+FILL = 0.9  # group_plan: a plan within this fraction of the fullest grid counts as filling the GPU
 
 
 def group_plan(n: int, c: int, block_c: int, k: int, sms: int, mode: str, x_bytes: int, w_bytes: int,
-               tile: int = 4096) -> dict:
-    """The sample-group part of a launch config: GROUP (``sample_group``), the schedule over the
-    cdiv(N, GROUP) groups (``split_plan``: MULTI, P, chan_per_prog) and the tiles of the MLP products,
-    [GROUP, FC_C, FC_R] ≤ ``tile`` elements (FC_R ≤ 32 of the k-wide hidden layer, FC_C ≤ BLOCK_C)."""
-    group = sample_group(n, cdiv(c, block_c), sms, x_bytes, w_bytes)
-    multi, p, per = split_plan(cdiv(n, group), c, block_c, sms, mode)
+               tile: int = 4096, occupancy: int = 1) -> dict:
+    """The sample-group part of a launch config: GROUP, the schedule over the cdiv(N, GROUP) groups
+    (``split_plan``: MULTI, P, chan_per_prog) and the tiles of the MLP products, [GROUP, FC_C, FC_R] ≤
+    ``tile`` elements (FC_R ≤ 32 of the k-wide hidden layer, FC_C ≤ BLOCK_C).
+
+    GROUP: off the GPU the weight rule (``sample_group``). On a GPU (``sms`` > 0) the grid must also keep
+    the SMs busy — the first H200 run measured SE with 64 programs on 132 SMs, latency-bound — so each
+    power of two from the weight rule's GROUP down to 1 is planned; of those whose grid reaches FILL of
+    the fullest one (programs counted up to one per SM: more per SM are what schedule (b)'s co-residency
+    needs, not what fills the memory pipes — the streaming loops keep several tiles in flight per
+    program) the one with the fewest L2 bytes besides x is taken (``_overhead``: the weights once per
+    group, and in schedule (b) each program's sum of its peers' P published rows), the larger GROUP on
+    a tie. E.g. SE at 64×2048×7×7 (2 MB of weights, 200 KB of x per sample) serves 16 samples per
+    program in 4 groups × 16 programs rather than 64 programs of one sample; N = 8 at 1024×14×14 runs
+    4 groups of 2 × 16 programs, not one group of 8 × 64 (whose programs would each read 64 peers' rows);
+    N = 1024 serves 8 (128 programs, schedule (a)). Reasoned from bytes and SM counts; the sweep that
+    measures it is bench/bench_groups.py.
+    ``ATTN_KERNELS_SE_TUNE`` (``tune``) overrides GROUP and P for such sweeps."""
+    forced = tune()
+    tiles = cdiv(c, block_c)
+    top = forced.get("GROUP") or sample_group(n, x_bytes, w_bytes)
+    plans = []
+    group = top
+    while group >= 1:
+        plan = split_plan(cdiv(n, group), c, block_c, sms, mode, occupancy)
+        plans.append((group, plan, cdiv(n, group) * plan[1]))
+        group = group // 2 if sms and "GROUP" not in forced else 0
+    most = max(min(programs, sms) for _, _, programs in plans)
+    full = [pl for pl in plans if min(pl[2], sms) >= FILL * most]  # largest GROUP first
+    group, (multi, p, per), _ = min(full, key=lambda pl: _overhead(n, pl[0], pl[1][1], k, w_bytes))
+    if "P" in forced and sms and mode != "single":  # a tuning sweep's P, still within the co-residency budget
+        budget = sms * max(1, occupancy) // 2
+        want = min(tiles, forced["P"], max(1, budget // cdiv(n, group)))
+        if want >= 2 and cdiv(n, group) * want <= budget:
+            per = cdiv(tiles, want) * block_c
+            multi, p = 1, cdiv(c, per)
+        elif forced["P"] == 1:
+            multi, p, per = 0, 1, tiles * block_c
     fc_r = max(1, min(next_pow2(k), 32))
     fc_c = max(1, min(block_c, tile // (group * fc_r)))
     return dict(GROUP=group, FC_C=fc_c, FC_R=fc_r, MULTI=multi, P=p, chan_per_prog=per)
+
+
+def _overhead(n: int, group: int, p: int, k: int, w_bytes: int) -> int:
+    """L2 bytes a plan reads besides x: the weights once per group (split among its P programs), and in
+    schedule (b) every program's sum of the group's P published (GROUP, k) fp32 rows: N·P²·k·4 in all."""
+    return cdiv(n, group) * w_bytes + (n * p * p * k * 4 if p > 1 else 0)
+
+
+_TUNE_KEYS = ("GROUP", "P", "BLOCK_C", "BLOCK_HW", "num_warps", "NUM_STAGES", "PREFETCH", "maxnreg")
+
+
+def tune() -> dict:
+    """``ATTN_KERNELS_SE_TUNE="GROUP=4,P=8,BLOCK_C=64,num_warps=4,NUM_STAGES=3,PREFETCH=1,maxnreg=128"``:
+    launch parameters forced for a tuning sweep (bench/bench_groups.py --configs), any subset; the
+    launchers still keep schedule (b)'s grid co-resident and the tile products within their budgets.
+    ``maxnreg``: Triton's register cap per thread (128 at 8 warps lets two programs share an SM, at the
+    price of spills). For measuring, not for production: it applies to every op on the split schedule
+    (SE, BiECA, CBAM; BLOCK_*, num_warps, NUM_STAGES, PREFETCH and maxnreg to SE only). Bad text raises
+    ValueError."""
+    text = tune_text()
+    return _parse_tune(text) if text else {}
+
+
+def tune_text() -> str:
+    """ATTN_KERNELS_SE_TUNE's text (memoised launch configs take it as part of their key)."""
+    return os.environ.get("ATTN_KERNELS_SE_TUNE", "").strip()
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_tune(text: str) -> dict:
+    out = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in _TUNE_KEYS or not value.strip().isdigit():
+            raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r} is not KEY=INT with KEY one of {', '.join(_TUNE_KEYS)}")
+        v = int(value)
+        pow2 = key in ("GROUP", "BLOCK_C", "BLOCK_HW", "num_warps")
+        if (v < (0 if key == "PREFETCH" else 1) or (pow2 and v & (v - 1)) or (key == "GROUP" and v > MAX_GROUP)
+                or (key == "maxnreg" and not 24 <= v <= 255)):
+            raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r} out of range (GROUP, BLOCK_C, BLOCK_HW and num_warps are "
+                             f"powers of two, GROUP ≤ {MAX_GROUP}, maxnreg 24 … 255, the others ≥ 1; PREFETCH 0 or 1)")
+        if key == "PREFETCH" and v > 1:
+            raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r}: PREFETCH is 0 or 1")
+        out[key] = v
+    return out
 
 
 def prev_pow2(v: int) -> int:
@@ -187,6 +263,72 @@ def check_error(sync: torch.Tensor, multi: int, n: int, op: str) -> None:
                                "outputs are NaN. Set ATTN_KERNELS_SE_SCHEDULE=single to avoid this schedule.")
 
 
+def co_resident_per_sm(n_regs: int, shared: int, num_warps: int, props) -> int:
+    """How many programs of a compiled kernel one SM holds at once, by registers (allocated per thread in
+    units of 8), shared memory (1 KB reserved per block) and threads — the occupancy of Triton's fused
+    softmax tutorial. ``props``: torch.cuda.get_device_properties."""
+    regs = -(-max(1, n_regs) // 8) * 8
+    by_regs = props.regs_per_multiprocessor // (regs * 32 * num_warps)
+    by_smem = props.shared_memory_per_multiprocessor // (shared + 1024)
+    by_threads = props.max_threads_per_multi_processor // (32 * num_warps)
+    return max(1, min(by_regs, by_smem, by_threads, 32))
+
+
+_FITTED = {}  # (kernel, N, cfg, meta, dtypes) -> the config fit_occupancy chose
+
+
+def _kernel_kwargs(cfg: dict, meta):
+    kw = dict(cfg)
+    p, per = kw.pop("P"), kw.pop("chan_per_prog")
+    kw.update(meta(p) if callable(meta) else meta)
+    return kw, p, per
+
+
+def _occupancy(kernel, like, cfg, prepared) -> int:
+    """co_resident_per_sm of ``kernel`` compiled for ``cfg`` (Triton's warm-up: compiles, launches nothing;
+    the launch that follows finds it in Triton's cache)."""
+    n, args, meta = prepared(cfg)
+    kw, p, per = _kernel_kwargs(cfg, meta)
+    sync = torch.empty(n + 1, dtype=torch.int32, device=like.device)  # only its type and alignment matter here
+    with device_of(like):
+        compiled = kernel.warmup(*args(sync, p, per, MAX_SPIN), grid=(n * p,), **kw)
+        compiled._init_handles()  # loads the cubin: n_regs
+    return co_resident_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps,
+                              torch.cuda.get_device_properties(like.device))
+
+
+def fit_occupancy(kernel, like: torch.Tensor, cfg: dict, replan, prepared) -> dict:
+    """The launch config for what the GPU really holds. Launch configs are first planned as if one
+    program fit per SM (``occupancy=1``); when ``kernel`` compiled for ``cfg`` fits ``occ`` ≥ 2 per SM,
+    ``replan(occ)`` plans again with schedule (b)'s co-residency budget at SMs·occ // 2 (more programs
+    per group, other tiles, another GROUP). The new config is taken only if its own compiled kernel fits
+    at least ``occ`` per SM, else ``cfg`` stays. ``prepared(cfg)`` → (groups, args, meta): the launch's
+    grid rows, argument builder and meta-parameters for a config, as ``launch`` takes them (``args`` may
+    hold stand-ins for scratch sized by the config: only dtypes and alignment are read here).
+    Decided once per (kernel, groups, config, meta-parameters, argument dtypes) and remembered, so every
+    later call with the same inputs launches the same grid (same summation order, same bits) for a
+    dict lookup. Nothing changes off the GPU, under a forced schedule or P (``tune``), or when measuring
+    fails (no driver, a compile-only stand-in): ``cfg`` is always safe."""
+    if not device_sms(like.device) or schedule_mode() == "single" or "P" in tune():
+        return cfg
+    n, args, meta = prepared(cfg)
+    dtypes = tuple(a.dtype for a in args(like, 1, 0, 0) if isinstance(a, torch.Tensor))
+    key = (getattr(kernel, "__name__", id(kernel)), n, tuple(cfg.items()),
+           tuple(meta.items()) if isinstance(meta, dict) else meta, dtypes)
+    hit = _FITTED.get(key)
+    if hit is None:
+        hit = cfg
+        try:
+            occ = _occupancy(kernel, like, cfg, prepared)
+            new = replan(occ) if occ > 1 else cfg
+            if new != cfg and _occupancy(kernel, like, new, prepared) >= occ:
+                hit = new
+        except Exception:  # noqa: BLE001 -- measuring is an optimisation; the launch reports real errors
+            hit = cfg
+        _FITTED[key] = hit
+    return hit
+
+
 def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op: str, split: int = 0,
            refill=(), meetings: int = 1) -> None:
     """Launch ``kernel`` on the n·P grid of ``cfg`` (keys MULTI, P, chan_per_prog + the kernel's
@@ -201,9 +343,7 @@ def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op
     rewriting a value while it is read writes the same bits. One meeting: twice (module docstring)."""
     if split:
         cfg = emulate_split(cfg, c, split)
-    kw = dict(cfg)
-    p, per = kw.pop("P"), kw.pop("chan_per_prog")
-    kw.update(meta(p) if callable(meta) else meta)
+    kw, p, per = _kernel_kwargs(cfg, meta)
     rounds = meetings + 1 if split else 1
     for i in range(rounds):
         for t in refill if i and i == rounds - 1 else ():

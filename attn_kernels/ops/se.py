@@ -22,8 +22,9 @@ sample. Two schedules, chosen per call by the launcher and passed as the constex
     then sums the P rows in program order into the hidden vector — identical bits, so the racing
     identical stores of it are benign — and computes the gates and scaling of its own slice from
     W2's rows of its channels. So each program reads only its slice's share of the weights. The
-    grid is N·P ≤ half the SMs (one program per SM is always co-resident, so the spin cannot
-    deadlock while other streams leave half the GPU free); the spin is bounded (``max_spin``
+    grid is N·P ≤ half of what the GPU holds at once — SMs × the compiled kernel's occupancy
+    (``_split.fit_occupancy``: registers, shared memory; one per SM until measured) — so the spin
+    cannot deadlock while other streams leave half the GPU free; the spin is bounded (``max_spin``
     iterations): on timeout the program sets an error flag and poisons its outputs with NaN instead
     of hanging. The launcher reads the flag (a host sync) only with ``ATTN_KERNELS_SE_CHECK=1`` — off
     by default so the launch path has no host sync and CUDA-graph capture works; the NaN poison
@@ -35,8 +36,9 @@ sample. Two schedules, chosen per call by the launcher and passed as the constex
     and its MULTI=1 code with a tiny spin bound under the interpreter; the real schedule only a GPU runs.
 
 Sample groups (both schedules): a program serves GROUP consecutive samples (``GROUP`` constexpr, 1 … 16,
-chosen by ``launch_config`` from the byte counts) — it pools, and later scales, its channel slice of
-each of them, but reads each FC weight tile once for all of them ([GROUP, FC_C, FC_R] register
+chosen by ``launch_config`` from the byte counts, as far as the grid still fills the GPU) — it pools,
+and later scales, its channel slice of each of them, but reads each FC weight tile once for all of them
+([GROUP, FC_C, FC_R] register
 tiles). Without it every sample reads the FC weights from L2 once: at the 7×7 stage (C = 2048,
 R = 128, fp32 weights: 2 MB per sample against 200 KB of bf16 x) that is ten times the x traffic.
 In (b) the meeting, the counters and the published parts are per group.
@@ -83,9 +85,13 @@ memory, several tiles in flight), or, where the tile rows are not 16-byte aligne
 with a one-tile register prefetch (``PREFETCH``); see ``_tile_at`` and ``_pipeline``. The first version
 (three nested loops, one tile in flight per program) was measured on an H200 (2026-12-04, bf16,
 128x1024x14x14): forward 0.48 ms NCHW / 0.43 ms channels_last against eager's 0.12 / 0.17 ms, about 6 %
-of a copy's bandwidth — latency-bound. The pipelined loops have not run on a GPU yet (sm_90 builds: 100 -
-250 registers per thread at 8 warps, no spills; up to 56 KB of shared memory), so they have no measured
-figure; neither have GROUP and the schedule choice beyond that one run (bench/results/nvidia-h200/).
+of a copy's bandwidth — latency-bound, and on half the GPU: every SE training shape of that run
+(N = 64 … 128) launched 64 programs on 132 SMs (the group rule and the half-the-SMs cap of schedule (b)
+together). Now the group plan keeps the grid filling the SMs and schedule (b)'s cap follows the
+compiled kernel's occupancy (``_split.group_plan``, ``_split.fit_occupancy``). Neither the pipelined
+loops nor the new plan have run on a GPU yet (sm_90 builds: 125 - 250 registers per thread at 8 warps,
+no spills; up to 56 KB of shared memory), so they have no measured figure (bench/results/nvidia-h200/
+holds the first run's).
 """
 from __future__ import annotations
 
@@ -101,7 +107,8 @@ from ..reference import apply_act
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
-from ._split import group_plan as _group_plan, schedule_mode as _schedule_mode
+from ._split import FILL as _FILL, fit_occupancy as _fit_occupancy, group_plan as _group_plan
+from ._split import schedule_mode as _schedule_mode, tune as _split_tune, tune_text as _tune_text
 
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
@@ -244,6 +251,18 @@ def _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C: tl.constexpr, BLOCK_H
 
 
 @triton.jit
+def _multiple(v, A: tl.constexpr):
+    """``v`` rewritten as (v // A)·A: the same value (the launcher passes ROW_ALIGN = A only when A divides
+    it), written so that Triton's alignment analysis knows it. An NCHW tile row of bf16 at 14×14 is 392
+    bytes: Triton, which specialises integer arguments only on divisibility by 16, cannot vectorise
+    its loads nor pipeline them as cp.async (≥ 4 bytes per copy); with HW and the strides known to be
+    multiples of 4 it does both, 8 bytes at a time (checked in the sm_90 PTX)."""
+    if A > 1:
+        v = v // A * A
+    return v
+
+
+@triton.jit
 def _load_tile(ptr, n, offs_c, offs_hw, m, sn, sc, shw):
     return tl.load(ptr + n * sn + offs_c[:, None] * sc + offs_hw[None, :] * shw, mask=m, other=0.0)
 
@@ -294,6 +313,7 @@ def _se_fwd_kernel(
     GATE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, MULTI: tl.constexpr,
     ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     FC_C: tl.constexpr, FC_R: tl.constexpr, NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """Program (g, j) of P per group (P = 1 in schedule (a)): samples [g·GROUP, (g + 1)·GROUP), channels
     [j·chan_per_prog, +chan_per_prog).
@@ -303,6 +323,10 @@ def _se_fwd_kernel(
     its slice's share of the FC weights, once for its GROUP samples: W1's columns and W2's rows of
     its channels (2·R·C/P; eSE: W2's rows, C·C/P).
     """
+    HW = _multiple(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
+    sxn, sxc, ssn, ssc = _multiple(sxn, ROW_ALIGN), _multiple(sxc, ROW_ALIGN), _multiple(ssn, ROW_ALIGN), _multiple(
+        ssc, ROW_ALIGN)
+    syn, syc = _multiple(syn, ROW_ALIGN), _multiple(syc, ROW_ALIGN)
     pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
@@ -411,7 +435,7 @@ def _se_bwd_kernel(
     HAS_FC1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, RESIDUAL: tl.constexpr,
     OUT_ACT: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
-    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr,
+    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Program (g, j) as in the forward.
 
@@ -420,6 +444,12 @@ def _se_bwd_kernel(
     for se; plus O(GROUP·(C + P·R)) fp32 vectors and its slice's share of the weights once for its
     GROUP samples (2·R·C/P; eSE: W2's columns of its channels, C·C/P).
     """
+    HW = _multiple(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
+    sgn, sgc, sxn, sxc = _multiple(sgn, ROW_ALIGN), _multiple(sgc, ROW_ALIGN), _multiple(sxn, ROW_ALIGN), _multiple(
+        sxc, ROW_ALIGN)
+    ssn, ssc, sdn, sdc = _multiple(ssn, ROW_ALIGN), _multiple(ssc, ROW_ALIGN), _multiple(sdn, ROW_ALIGN), _multiple(
+        sdc, ROW_ALIGN)
+    son, soc = _multiple(son, ROW_ALIGN), _multiple(soc, ROW_ALIGN)
     pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
@@ -513,53 +543,103 @@ def _se_bwd_kernel(
 
 
 def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.device, *, x_bytes: int = 0,
-                  w_bytes: int = 0) -> dict:
+                  w_bytes: int = 0, occupancy: int = 1) -> dict:
     """The one launch heuristic. ``x_bytes``: one sample of x (C·HW·|x|); ``w_bytes``: the FC weights
     (R·C·(|w1| + |w2|), eSE C·C·|w2|); without them no samples are grouped.
 
     Tiles: the contiguous axis (HW for NCHW, C when stride_c == 1, i.e. channels_last) gets the long
-    side of a ≤ 4096-element [BLOCK_C, BLOCK_HW] x tile (powers of two). Warps: 8 for a full
+    side of a ≤ 4096-element [BLOCK_C, BLOCK_HW] x tile (powers of two; channels_last BLOCK_C ≤ 256, or
+    ≤ 64 on a GPU where 256-channel tiles leave too few (sample group, channel tile) pieces to fill it:
+    SE-ResNet-50's 56×56 stage, C = 256, is one tile per sample, so N = 64 could only ever run 64
+    programs; 64 bf16 channels are still a whole 128-byte line per row). Warps: 8 for a full
     4096-element tile, 4 below.
-    Groups: a program serves GROUP samples so that the FC weights, read from L2 once per program
-    rather than once per sample, stay a small fraction of the x traffic (_split.sample_group, shared
-    with BiECA and CBAM: the smallest power of two with w_bytes / GROUP ≤ x_bytes / 4, ≤ 16; on a GPU
-    also GROUP ≤ N·#tiles / SMs).
+    Groups and schedule: ``_split.group_plan`` — GROUP samples per program so that the FC weights, read
+    from L2 once per program rather than once per sample, stay a small fraction of the x traffic, as far
+    as the grid still fills the GPU; schedule (b) (MULTI, P programs per group, GPU only) when the groups
+    are few and a sample has ≥ 2 channel tiles, its grid within half of what the GPU holds at once.
     FC tiles [GROUP, FC_C, FC_R] ≤ 4096 elements (FC_R ≤ 32 hidden units; k = R, or C for eSE).
-    Schedule: (b) MULTI only on a real GPU (never under the interpreter) when the groups are few
-    (4·groups ≤ SMs) and a sample has ≥ 2 channel tiles: P = min(#tiles, (SMs // 2) // groups) programs
-    per group, so the grid groups·P stays within half the SMs (co-resident: no deadlock, see _split).
-    ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces one (multi still capped to co-residency).
+    ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces a schedule (multi still capped to co-residency);
+    ``ATTN_KERNELS_SE_TUNE`` forces any of GROUP, P, BLOCK_C, BLOCK_HW, num_warps, maxnreg (``_split.tune``).
+    ``occupancy``: programs of the compiled kernel one SM holds (schedule (b)'s budget is SMs·occupancy
+    // 2); the launchers plan with 1, then again with the compiled kernel's (``_split.fit_occupancy``).
     Memoised on the shape (SE layers are small and many: this runs on every call).
     """
     return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_mode(), _device_sms(device), x_bytes,
-                               w_bytes))
+                               w_bytes, _tune_text(), occupancy))
 
 
-@functools.lru_cache(maxsize=4096)
-def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: str, sms: int, x_bytes: int,
-                   w_bytes: int) -> dict:
-    """launch_config for a device with ``sms`` SMs (0: no multi-program schedule: CPU / interpreter)."""
+_CL_BLOCK_C = (256, 64)  # channels_last BLOCK_C: the default, and the one for grids that 256 cannot fill
+
+
+def _tiles(c: int, hw: int, c_contiguous: bool, block_c_max: int) -> Tuple[int, int]:
     if c_contiguous and c > 1 and hw > 1:
-        block_c = min(_next_pow2(c), 256)
+        block_c = min(_next_pow2(c), block_c_max)
         block_hw = max(1, min(_next_pow2(hw), _MAX_BLOCK_HW, _TILE // block_c))
     else:
         block_hw = min(_next_pow2(hw), _MAX_BLOCK_HW)
         block_c = max(1, min(_next_pow2(c), _TILE // block_hw))
-    return dict(BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=8 if block_c * block_hw >= _TILE else 4,
-                **_group_plan(n, c, block_c, k, sms, mode, x_bytes, w_bytes, _TILE))
+    return block_c, block_hw
 
 
-def _pipeline(cfg: dict, x: torch.Tensor, sx, loads: int) -> dict:
-    """NUM_STAGES and PREFETCH of the streaming loops (_tile_at). Triton pipelines a tile load only when
-    its contiguous runs are 4-byte aligned, i.e. when the rows' pitch (the stride of the tile's other axis)
-    is a multiple of 16 bytes and the unit stride is 1 (its specialisation knows divisibility by 16 only);
-    otherwise the loops prefetch one tile by hand and are not pipelined by Triton."""
-    contiguous_c = sx[1] == 1 and cfg["BLOCK_C"] > 1
-    unit, pitch = (sx[1], sx[2]) if contiguous_c else (sx[2], sx[1])
-    aligned = unit == 1 and (pitch * x.element_size()) % 16 == 0 and (sx[0] * x.element_size()) % 16 == 0
-    if aligned:
-        return dict(NUM_STAGES=_num_stages(cfg, x.element_size(), loads), PREFETCH=0)
-    return dict(NUM_STAGES=1, PREFETCH=1)
+@functools.lru_cache(maxsize=4096)
+def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: str, sms: int, x_bytes: int,
+                   w_bytes: int, tune_text: str = "", occupancy: int = 1) -> dict:
+    """launch_config for a device with ``sms`` SMs (0: no multi-program schedule: CPU / interpreter);
+    ``tune_text``: ATTN_KERNELS_SE_TUNE's value (part of the memo's key)."""
+    forced = _split_tune()
+
+    def plan(block_c, block_hw):
+        return dict(BLOCK_C=block_c, BLOCK_HW=block_hw,
+                    **_group_plan(n, c, block_c, k, sms, mode, x_bytes, w_bytes, _TILE, occupancy))
+
+    def programs(cfg):
+        return _cdiv(n, cfg["GROUP"]) * cfg["P"]
+
+    if "BLOCK_C" in forced or "BLOCK_HW" in forced:
+        block_c, block_hw = _tiles(c, hw, c_contiguous, _CL_BLOCK_C[0])
+        cfg = plan(forced.get("BLOCK_C", block_c), forced.get("BLOCK_HW", block_hw))
+    else:
+        cfg = plan(*_tiles(c, hw, c_contiguous, _CL_BLOCK_C[0]))
+        if sms and c_contiguous and programs(cfg) < _FILL * sms:
+            narrow = plan(*_tiles(c, hw, c_contiguous, _CL_BLOCK_C[1]))
+            if programs(narrow) > programs(cfg):
+                cfg = narrow
+    warps = 8 if cfg["BLOCK_C"] * cfg["BLOCK_HW"] >= _TILE else 4
+    cfg["num_warps"] = forced.get("num_warps", warps)
+    if "maxnreg" in forced:  # Triton's compile option, passed through the launch like num_warps
+        cfg["maxnreg"] = forced["maxnreg"]
+    return cfg
+
+
+def _pipeline(cfg: dict, x: torch.Tensor, hw: int, strides, loads: int) -> dict:
+    """NUM_STAGES, PREFETCH and ROW_ALIGN of the streaming loops (_tile_at) for tensors with the (N, C, HW)
+    ``strides`` (x first, then the others a kernel streams: shortcut, y / grad_y, grad_x, ...).
+
+    Triton pipelines a tile load (cp.async) only when each thread's contiguous piece is ≥ 4 bytes and it
+    knows that piece is aligned; it learns alignment from integer arguments divisible by 16 only.
+    Channels_last tiles (rows along C): pipelined when the rows' pitch and the sample stride are
+    multiples of 16 bytes. NCHW tiles (rows along HW, every unit stride 1): ROW_ALIGN = the largest
+    power of two A ≤ 16 bytes / |x| that divides HW and every row and sample stride; the kernels rewrite
+    those as multiples of A (_multiple), so Triton copies A elements at a time, pipelined when A·|x| ≥ 4
+    bytes (bf16 at 14×14: A = 4; at 7×7: A = 1, 2 bytes, not pipelined). Where they are not, the loops
+    prefetch one tile by hand into registers (PREFETCH). ``ATTN_KERNELS_SE_TUNE`` may force NUM_STAGES
+    (where pipelined) or PREFETCH."""
+    forced = _split_tune()
+    elem = x.element_size()
+    sx = strides[0]
+    row_align = 1
+    if sx[1] == 1 and cfg["BLOCK_C"] > 1:  # channels_last: rows along C
+        aligned = (sx[2] * elem) % 16 == 0 and (sx[0] * elem) % 16 == 0
+    else:
+        if all(st[2] == 1 for st in strides):
+            row_align = max(1, 16 // elem)
+            while row_align > 1 and any(v % row_align for v in [hw] + [st[i] for st in strides for i in (0, 1)]):
+                row_align //= 2
+        aligned = row_align * elem >= 4
+    if forced.get("PREFETCH", 0 if aligned else 1):
+        return dict(NUM_STAGES=1, PREFETCH=1, ROW_ALIGN=row_align)
+    stages = forced.get("NUM_STAGES", _num_stages(cfg, elem, loads)) if aligned else 1
+    return dict(NUM_STAGES=stages, PREFETCH=0, ROW_ALIGN=row_align)
 
 
 def _num_stages(cfg: dict, elem_size: int, loads: int) -> int:
@@ -570,6 +650,22 @@ def _num_stages(cfg: dict, elem_size: int, loads: int) -> int:
     per_stage = cfg["BLOCK_C"] * cfg["BLOCK_HW"] * elem_size * loads
     stages = min(4, _STAGE_SMEM // max(1, per_stage))
     return stages if stages >= 2 else 1
+
+
+_FWD_MAXNREG = 128  # registers per thread of the 8-warp forward kernel: two programs per SM (_fwd_register_cap)
+
+
+def _fwd_register_cap(cfg: dict, x: torch.Tensor) -> dict:
+    """Triton's ``maxnreg`` for the forward kernel: 128 at 8 warps (not fp64), so that two programs fit an
+    SM's 64K registers and schedule (b) may ask for twice the programs (``_split.fit_occupancy``). Left
+    alone, ptxas gives the fp32 / fp16 / eSE forward 163 - 189 registers (one program per SM); capped at
+    128, 22 of the 23 non-fp64 8-warp sm_90 forward builds of .ci/compile_triton.py spill nothing (the
+    grouped 64x2048x7x7 schedule-(b) build 32 bytes per thread; fp64 would spill 56 - 104, so it is not
+    capped; the backward, 180 - 250 registers, would spill 8 - 250 bytes and is not capped either).
+    Reasoned from the builds, not timed: ``ATTN_KERNELS_SE_TUNE=maxnreg=255`` lifts it for an A/B."""
+    if "maxnreg" in cfg or cfg["num_warps"] != 8 or x.dtype == torch.float64:
+        return {}
+    return dict(maxnreg=_FWD_MAXNREG)
 
 
 def _sizes(x: torch.Tensor, w1, w2) -> dict:
@@ -592,6 +688,17 @@ def _check_x(x: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
+def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int):
+    """(config, sample groups, meta-parameters) of a launch: ``plan(occupancy=1)``, then fitted to what
+    the compiled kernel lets an SM hold (``_split.fit_occupancy``; not for the emulated split, a test
+    hook that plans its own partition). ``prepared(cfg)`` → (groups, args, meta) as for the launch."""
+    cfg = plan()
+    if not split:
+        cfg = _fit_occupancy(kernel, like, cfg, lambda occ: plan(occupancy=occ), prepared)
+    groups, _, meta = prepared(cfg)
+    return cfg, groups, meta
+
+
 def _hidden_parts(groups: int, p: int, group: int, r: int, acc: torch.dtype, device) -> torch.Tensor:
     """(groups·P·GROUP, R) scratch for the programs' parts of W1 p (forward) / W2ᵀ dz (backward); P = the
     emulated split's (test hook) or the schedule's."""
@@ -619,20 +726,23 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
         sck, ss = _as_flat(shortcut)
     else:
         sck, ss = xk, sx
-    cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
-    groups = _cdiv(n, cfg["GROUP"])
+    plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
     w2c = w2.contiguous()
     w1c = w1.contiguous() if w1 is not None else w2c
     b1c = b1.contiguous() if b1 is not None else w2c
     b2c = b2.contiguous() if b2 is not None else w2c
-    hpart = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
-    _launch(_se_fwd_kernel, xk, groups, c, cfg,
-            lambda sync, p, per, spin: (xk, sck, y_buf, w1c, b1c, w2c, b2c, pooled, u, z, hpart, sync,
-                                        n, c, max(r, 1), hw, p, per, spin, *sx, *ss, *sy),
-            dict(HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None),
-                 ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act],
-                 ACC=acc_tl, **_pipeline(cfg, x, sx, 1 + int(shortcut is not None))),
-            "SE", _split, (y_buf, u, z))
+    hpart = [pooled]  # the scratch, sized by the config below; until then a stand-in of its dtype
+    args = lambda sync, p, per, spin: (xk, sck, y_buf, w1c, b1c, w2c, b2c, pooled, u, z, hpart[0], sync,  # noqa: E731
+                                       n, c, max(r, 1), hw, p, per, spin, *sx, *ss, *sy)
+
+    def prepared(cfg):
+        return _cdiv(n, cfg["GROUP"]), args, dict(
+            HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None), ACT=_ACTS[act],
+            GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl,
+            **_pipeline(cfg, x, hw, (sx, ss, sy), 1 + int(shortcut is not None)), **_fwd_register_cap(cfg, x))
+    cfg, groups, meta = _fitted(_se_fwd_kernel, xk, plan, prepared, _split)
+    hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
+    _launch(_se_fwd_kernel, xk, groups, c, cfg, args, meta, "SE", _split, (y_buf, u, z))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, u, z
@@ -679,21 +789,24 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
             sck, ss = _as_flat(shortcut)
         else:
             sck, ss = xk, sx
-        cfg = launch_config(n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
-        groups = _cdiv(n, cfg["GROUP"])
+        plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
         w2c = w2.contiguous()
         w1c = w1.contiguous() if w1 is not None else w2c
         u, z = u.contiguous(), z.contiguous()  # (N, R), (N, C) as the forward returned them: no-ops
-        hpart = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
         dp = _alloc.empty((n, c), dtype=acc, device=x.device)
         gsc_arg = gsc_buf if shortcut is not None else gx_buf
-        _launch(_se_bwd_kernel, gyk, groups, c, cfg,
-                lambda sync, p, per, spin: (gyk, xk, sck, gx_buf, gsc_arg, w1c, w2c, u, z, dz, du, dp, hpart, sync,
-                                            n, c, max(r, 1), hw, p, per, spin, *sg, *sx, *ss, *sd, *so),
-                dict(HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate],
-                     RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl,
-                     **_pipeline(cfg, x, sx, 2 + int(shortcut is not None))),
-                "SE", _split, (gx_buf, gsc_buf, du))
+        hpart = [dp]  # the scratch, sized by the config below; until then a stand-in of its dtype
+        args = lambda sync, p, per, spin: (gyk, xk, sck, gx_buf, gsc_arg, w1c, w2c, u, z, dz, du, dp,  # noqa: E731
+                                           hpart[0], sync, n, c, max(r, 1), hw, p, per, spin, *sg, *sx, *ss, *sd, *so)
+
+        def prepared(cfg):
+            return _cdiv(n, cfg["GROUP"]), args, dict(
+                HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
+                OUT_ACT=_ACTS[out_act], ACC=acc_tl,
+                **_pipeline(cfg, x, hw, (sx, sg, ss, sd, so), 2 + int(shortcut is not None)))
+        cfg, groups, meta = _fitted(_se_bwd_kernel, gyk, plan, prepared, _split)
+        hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
+        _launch(_se_bwd_kernel, gyk, groups, c, cfg, args, meta, "SE", _split, (gx_buf, gsc_buf, du))
         if gx_buf is not gx:
             gx.copy_(gx_buf)
         if shortcut is not None and gsc_buf is not gsc:

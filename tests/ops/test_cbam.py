@@ -255,7 +255,7 @@ def test_sample_groups_low_precision_and_gradcheck(device, monkeypatch):
 
 def test_group_choice():
     """GROUP from the byte counts (_split.sample_group on W1 + W2): the weight-heavy 7×7 stage groups,
-    the 56×56 stage does not; on a GPU the (sample-group, channel-tile) work still fills the SMs."""
+    the 56×56 stage does not; on a GPU the grid still fills the SMs (_split.group_plan)."""
     def cfg(n, c, hw, sms):
         x, w1, w2 = torch.empty(1, c, hw, dtype=torch.bfloat16), torch.empty(c // 16, c), torch.empty(c, c // 16)
         sizes = CB._sizes(x, w1, w2)
@@ -266,8 +266,8 @@ def test_group_choice():
         finally:
             CB._device_sms = monkey
     assert cfg(64, 2048, 49, 0)["GROUP"] == 16  # 2 MB of fp32 weights against 200 KB of bf16 x per sample
-    big = cfg(64, 2048, 49, 132)
-    assert big["GROUP"] == 8 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= CB._TILE
+    big = cfg(64, 2048, 49, 132)  # any GROUP gives 64 programs (half the SMs): the largest, P = 16
+    assert big["GROUP"] == 16 and big["P"] == 16 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= CB._TILE
     assert cfg(1024, 2048, 49, 132)["GROUP"] == 8 and cfg(1024, 2048, 49, 132)["MULTI"] == 0  # ~1 program per SM
     assert cfg(64, 256, 3136, 132)["GROUP"] == 1
     assert cfg(1, 2048, 49, 0)["GROUP"] == 1

@@ -223,7 +223,7 @@ def test_bi_sample_groups_low_precision_and_gradcheck(device, monkeypatch):
 
 def test_bi_group_choice():
     """GROUP from the byte counts (_split.sample_group): weight-heavy late stages group, early stages do
-    not; on a GPU the (sample-group, channel-tile) work still fills the SMs."""
+    not; on a GPU the grid still fills the SMs (_split.group_plan)."""
     def cfg(n, c, hw, sms, dtype=torch.bfloat16):
         x, w1 = torch.empty(1, c, hw, dtype=dtype), torch.empty(c // 16, c)
         monkey = D._device_sms
@@ -234,8 +234,10 @@ def test_bi_group_choice():
             D._device_sms = monkey
     # 7x7 stage: W1 (1 MB fp32) against 200 KB of bf16 x per sample -> 16 samples per program (CPU)
     assert cfg(64, 2048, 49, 0)["GROUP"] == 16
-    big = cfg(64, 2048, 49, 132)  # 132 SMs: 64 samples x 32 channel tiles / 132 -> at most 8 per program
-    assert big["GROUP"] == 8 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= D._TILE_K
+    # 132 SMs: every GROUP gives 64 programs (half the SMs); the fewest L2 bytes besides x: W1 (1 MB) once
+    # per group + each program's P published rows -- 8 groups x 8 programs (GROUP 16 x P 16 reads more rows)
+    big = cfg(64, 2048, 49, 132)
+    assert big["GROUP"] == 8 and big["P"] == 8 and big["GROUP"] * big["FC_C"] * big["FC_R"] <= D._TILE_K
     assert cfg(1024, 2048, 49, 132)["GROUP"] == 8  # large batch: about one program per SM (schedule (a))
     assert cfg(64, 256, 3136, 132)["GROUP"] == 1  # 56x56 stage: W1 is 1 % of a sample
     assert cfg(1, 2048, 49, 0)["GROUP"] == 1  # one sample: nothing to share

@@ -325,36 +325,179 @@ def test_sample_groups(group, layout, ese, residual, device, monkeypatch):
 
 
 def test_group_choice():
-    """GROUP from the byte counts: weight-heavy late stages group, early stages do not; on a GPU the
-    (sample-group, channel-tile) work still fills the SMs and schedule (b) splits the few groups."""
+    """GROUP from the byte counts: weight-heavy late stages group, early stages do not; on a GPU the grid
+    still fills the SMs (a GROUP within _split.FILL of the fullest grid, the fewest L2 bytes besides x)
+    and schedule (b) splits the few groups, within half of what the GPU holds at once."""
     bf16, fp32 = 2, 4
     def sizes(c, hw, r):
         return dict(x_bytes=c * hw * bf16, w_bytes=2 * r * c * fp32)
+
+    def programs(cfg, n):
+        return -(-n // cfg["GROUP"]) * cfg["P"]
     # SE-ResNet-50 stage 4 (N = 64, 2048 x 7 x 7, R = 128): 2 MB of weights against 200 KB of x per sample
     cpu = S._launch_config(64, 2048, 128, 49, False, "auto", 0, **sizes(2048, 49, 128))
     assert cpu["GROUP"] == 16 and cpu["P"] == 1 and cpu["MULTI"] == 0
+    # on 132 SMs every GROUP from 16 down gives 64 programs (half the SMs: the co-residency budget at
+    # one program per SM); the fewest L2 bytes besides x (weights once per group, P published rows per
+    # program): 4 groups of 16 x 16 programs
+    # (and at N = 8, 1024 x 14 x 14: 4 groups of 2 x 16 programs, not 1 group of 8 x 64)
     gpu = S._launch_config(64, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
-    assert gpu["GROUP"] == 8 and gpu["MULTI"] == 1 and gpu["P"] == 8 and (64 // 8) * gpu["P"] <= 132 // 2
+    assert gpu["GROUP"] == 16 and gpu["MULTI"] == 1 and gpu["P"] == 16 and programs(gpu, 64) == 64
     assert gpu["GROUP"] * gpu["FC_C"] * gpu["FC_R"] <= 4096
-    # large batches run schedule (a), one program per group: about one program per SM (GROUP <=
-    # ceil(N / SMs)), not 64 programs of 16 samples at N = 1024; no batch leaves more than about half
-    # of a 132-SM GPU without a program (schedule (b) asks for at most half)
+    small = S._launch_config(8, 1024, 64, 196, False, "auto", 132, **sizes(1024, 196, 64))
+    assert (small["GROUP"], small["P"]) == (2, 16)
+    # a kernel that fits two programs per SM doubles the budget: 128 programs
+    two = S._launch_config(64, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128), occupancy=2)
+    assert two["MULTI"] == 1 and programs(two, 64) == 128
+    # large batches run schedule (a), one program per group: about one program per SM, not 64 programs
+    # of 16 samples at N = 1024
     for n, group in ((256, 2), (1024, 8), (4096, 16)):
         big = S._launch_config(n, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
         assert big["GROUP"] == group and big["MULTI"] == 0 and -(-n // group) >= 128
-    for n in range(2, 2100):
-        cfg = S._launch_config(n, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128))
-        assert -(-n // cfg["GROUP"]) * cfg["P"] >= 0.45 * min(n, 132), n
+    for occ in (1, 2):
+        for n in range(2, 2100):
+            cfg = S._launch_config(n, 2048, 128, 49, False, "auto", 132, **sizes(2048, 49, 128), occupancy=occ)
+            assert programs(cfg, n) >= 0.45 * occ * min(n, 132), (n, occ)
+            assert not cfg["MULTI"] or programs(cfg, n) <= 132 * occ // 2, (n, occ)
     # stage 1 (256 x 56 x 56, R = 16): weights are 2 % of a sample's x: no grouping
     assert S._launch_config(64, 256, 16, 3136, False, "auto", 132, **sizes(256, 3136, 16))["GROUP"] == 1
-    # schedule (b) asks for at most half the SMs to be co-resident (room for other streams' kernels)
+    # channels_last stage 1: one 256-channel tile per sample; with room for schedule (b) (two programs per
+    # SM), 64-channel tiles give it four to split: 128 programs instead of 64
+    cl = S._launch_config(64, 256, 16, 3136, True, "auto", 132, **sizes(256, 3136, 16))
+    assert cl["BLOCK_C"] == 256 and programs(cl, 64) == 64  # nothing fills better at one program per SM
+    cl2 = S._launch_config(64, 256, 16, 3136, True, "auto", 132, **sizes(256, 3136, 16), occupancy=2)
+    assert cl2["BLOCK_C"] == 64 and cl2["BLOCK_HW"] == 64 and cl2["MULTI"] == 1 and programs(cl2, 64) == 128
+    assert S._launch_config(256, 256, 16, 3136, True, "auto", 132, **sizes(256, 3136, 16))["BLOCK_C"] == 256
+    # schedule (b) asks for at most half of what the GPU holds at once
     for n in range(1, 80):
         for mode in ("auto", "multi"):
-            multi, p, per = _split.split_plan(n, 2048, 64, 132, mode)
-            assert (not multi or n * p <= 66) and (multi == 0) == (p == 1) and per % 64 == 0
+            for occ in (1, 2, 3):
+                multi, p, per = _split.split_plan(n, 2048, 64, 132, mode, occ)
+                assert (not multi or n * p <= 132 * occ // 2) and (multi == 0) == (p == 1) and per % 64 == 0
     # no byte counts (or one sample): no grouping
     assert S._launch_config(64, 2048, 128, 49, False, "auto", 132, 0, 0)["GROUP"] == 1
     assert S._launch_config(1, 2048, 128, 49, False, "auto", 0, **sizes(2048, 49, 128))["GROUP"] == 1
+
+
+def test_co_resident_per_sm():
+    """The occupancy behind schedule (b)'s budget, by registers, shared memory and threads (H100 limits)."""
+    class H100:
+        regs_per_multiprocessor, shared_memory_per_multiprocessor, max_threads_per_multi_processor = 65536, 233472, 2048
+    assert _split.co_resident_per_sm(128, 28672, 8, H100) == 2  # 128 regs x 256 threads = half the file
+    assert _split.co_resident_per_sm(122, 28672, 8, H100) == 2  # allocated in units of 8 registers
+    assert _split.co_resident_per_sm(129, 1024, 8, H100) == 1
+    assert _split.co_resident_per_sm(64, 120000, 4, H100) == 1  # shared memory bound
+    assert _split.co_resident_per_sm(32, 0, 8, H100) == 8  # threads bound (2048 / 256)
+    assert _split.co_resident_per_sm(255, 0, 8, H100) == 1
+
+
+def test_fit_occupancy(monkeypatch):
+    """fit_occupancy re-plans for what the compiled kernel fits per SM, keeps the new plan only if its own
+    kernel fits as many, remembers the choice per call signature, and changes nothing off the GPU, under a
+    forced schedule, or when measuring fails."""
+    x = torch.zeros(4)
+    args = lambda sync, p, per, spin: (x, sync, p, per)  # noqa: E731
+    base = dict(GROUP=1, MULTI=0, P=1, chan_per_prog=8, BLOCK_C=8)
+    wide = dict(base, MULTI=1, P=4, chan_per_prog=2)
+
+    def prepared(cfg):
+        return 4, args, dict(ACC=0)
+    occ = {"base": 2, "wide": 2}
+    monkeypatch.setattr(_split, "_occupancy", lambda k, like, cfg, prep: occ["wide" if cfg["MULTI"] else "base"])
+    monkeypatch.setattr(_split, "_FITTED", {})
+    replans = []
+
+    def replan(o):
+        replans.append(o)
+        return wide
+    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base  # CPU tensor: no SMs
+    monkeypatch.setattr(_split, "device_sms", lambda device: 132)
+    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) == wide and replans == [2]
+    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) == wide and replans == [2]  # remembered
+    monkeypatch.setattr(_split, "_FITTED", {})
+    occ["wide"] = 1  # the re-planned kernel holds fewer per SM than the budget assumed: keep the safe plan
+    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base
+    monkeypatch.setattr(_split, "_FITTED", {})
+    occ["base"] = 1  # one per SM: nothing to re-plan
+    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base and replans == [2, 2]
+    monkeypatch.setattr(_split, "_FITTED", {})
+
+    def broken(*a):
+        raise RuntimeError("no driver")
+    monkeypatch.setattr(_split, "_occupancy", broken)
+    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base
+    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", "single")
+    monkeypatch.setattr(_split, "_occupancy", lambda *a: 2)
+    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base
+
+
+def test_tune_overrides(monkeypatch):
+    """ATTN_KERNELS_SE_TUNE (tuning sweeps) forces launch parameters, still within the co-residency budget,
+    and bad text is a clear error."""
+    bf16, fp32 = 2, 4
+    sizes = dict(x_bytes=2048 * 49 * bf16, w_bytes=2 * 128 * 2048 * fp32)
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "GROUP=4, P=8, num_warps=4")
+    cfg = S.launch_config(64, 2048, 128, 49, 49, torch.device("cpu"), **sizes)
+    assert cfg["GROUP"] == 4 and cfg["num_warps"] == 4 and cfg["MULTI"] == 0  # no SMs: no schedule (b)
+    gpu = S._launch_config(64, 2048, 128, 49, False, "auto", 132, **sizes, tune_text=_split.tune_text())
+    assert gpu["GROUP"] == 4 and gpu["MULTI"] == 1 and gpu["P"] == 4  # 16 groups x 8 > 66: capped to 4
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "BLOCK_C=32,BLOCK_HW=32,NUM_STAGES=2")
+    cfg = S.launch_config(2, 64, 4, 49, 49, torch.device("cpu"))
+    assert (cfg["BLOCK_C"], cfg["BLOCK_HW"], cfg["num_warps"]) == (32, 32, 4)
+    x = torch.zeros(2, 64, 8, 8)  # rows of 256 bytes: pipelined, NUM_STAGES forced
+    assert S._pipeline(cfg, x, 64, [(64 * 64, 64, 1)], 1) == dict(NUM_STAGES=2, PREFETCH=0, ROW_ALIGN=4)
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "PREFETCH=1")
+    assert S._pipeline(cfg, x, 64, [(64 * 64, 64, 1)], 1) == dict(NUM_STAGES=1, PREFETCH=1, ROW_ALIGN=4)
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "maxnreg=128")
+    assert S.launch_config(2, 64, 4, 49, 49, torch.device("cpu"))["maxnreg"] == 128
+    for bad in ("GROUP=3", "GROUP=32", "P=0", "FOO=1", "P=x", "PREFETCH=2", "BLOCK_C", "maxnreg=8"):
+        monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", bad)
+        with pytest.raises(ValueError, match="ATTN_KERNELS_SE_TUNE"):
+            S.launch_config(2, 64, 4, 49, 49, torch.device("cpu"))
+    # parity under a forced configuration (interpreter: schedule (a), GROUP 2, narrow tiles)
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "GROUP=2,BLOCK_C=4,BLOCK_HW=8,num_warps=2")
+    _run_parity((3, 12, 3, 3), 3, torch.float32, act="relu", device="cpu")
+
+
+def test_row_alignment():
+    """ROW_ALIGN (_pipeline): the largest power of two ≤ 16 bytes that divides HW and every row / sample
+    stride of every streamed NCHW tensor; pipelined (cp.async) when that is ≥ 4 bytes, else the register
+    prefetch. Channels_last rows: 16-byte pitch and sample stride."""
+    cfg = dict(BLOCK_C=16, BLOCK_HW=256)
+    bf16, fp32 = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
+
+    def plan(x, hw, *strides):
+        p = S._pipeline(cfg, x, hw, list(strides), 1)
+        return p["ROW_ALIGN"], p["PREFETCH"], p["NUM_STAGES"] > 1
+    nchw = lambda c, hw: (c * hw, hw, 1)  # noqa: E731
+    assert plan(bf16, 196, nchw(1024, 196)) == (4, 0, True)  # 14x14: 8-byte copies, pipelined
+    assert plan(bf16, 784, nchw(512, 784)) == (8, 0, True)  # 28x28: 16 bytes
+    assert plan(bf16, 49, nchw(2048, 49)) == (1, 1, False)  # 7x7: 2 bytes, hand prefetch
+    assert plan(fp32, 49, nchw(2048, 49)) == (1, 0, True)  # 7x7 fp32: 4-byte copies, pipelined
+    assert plan(fp32, 196, nchw(1024, 196)) == (4, 0, True)
+    # one misaligned stream (grad_y with a row stride of 17) lowers the alignment of all of them
+    assert plan(fp32, 16, nchw(8, 16), (136, 17, 1)) == (1, 0, True)
+    assert plan(bf16, 16, nchw(8, 16), (136, 17, 1)) == (1, 1, False)
+    assert plan(bf16, 16, nchw(8, 16), (0, 0, 0))[:2] == (1, 1)  # an expanded grad_y: no unit stride
+    cl = dict(BLOCK_C=256, BLOCK_HW=16)
+    assert S._pipeline(cl, bf16, 49, [(49 * 1024, 1, 1024)], 1)["NUM_STAGES"] > 1
+    assert S._pipeline(cl, bf16, 49, [(49 * 20, 1, 20)], 1)["PREFETCH"] == 1  # 40-byte rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_alignment_parity(dtype, device):
+    """The kernels read HW and the strides as multiples of ROW_ALIGN: x aligned but grad_y (row stride 17)
+    or x (row stride 18: 2 divides, 4 does not) not, both schedules' arithmetic against float64."""
+    ins = se_inputs((2, 8, 4, 4), 3, device=device)
+    big = torch.randn(2 * 8 * 17 + 8, device=device, dtype=dtype)
+    gy = big.as_strided((2, 8, 4, 4), (136, 17, 4, 1))
+    check_parity(fused_se("relu", "sigmoid"), ref_se("relu", "sigmoid"), ins, dtype=dtype, names=NAMES, grad_out=gy)
+    xbig = torch.randn(2 * 8 * 18, device=device, dtype=dtype)
+    xv = xbig.as_strided((2, 8, 4, 4), (144, 18, 4, 1))
+    x0 = xv.detach().clone().requires_grad_()
+    params = [t.detach().to(dtype).requires_grad_() for t in ins[1:]]
+    check_parity(fused_se("relu", "sigmoid"), ref_se("relu", "sigmoid"), [x0] + ins[1:], dtype=dtype, names=NAMES,
+                 fused_inputs=[xv.requires_grad_()] + params)
 
 
 def test_dispatch_and_schedule_choice(device):
@@ -408,6 +551,28 @@ def test_gpu_natural_groups(n, monkeypatch):
     assert cfg["GROUP"] > 1
     check_parity(fused_se("relu", "sigmoid"), ref_se("relu", "sigmoid"), ins, dtype=torch.bfloat16,
                  param_dtype=torch.float32, names=NAMES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,rd,channels_last", [((64, 256, 56, 56), 16, True), ((8, 1024, 14, 14), 64, False),
+                                                    ((128, 1024, 14, 14), 64, False), ((64, 2048, 7, 7), 128, True)])
+def test_gpu_fitted_plans(shape, rd, channels_last, monkeypatch):
+    """The launch plans a GPU run takes at SE-ResNet-50's stage shapes: fitted to the compiled kernels'
+    occupancy (_split.fit_occupancy; 64-channel channels_last tiles, more programs per group), NCHW rows
+    told aligned (ROW_ALIGN 4 at bf16 14×14), the forward's register cap; bf16 x and fp32 weights
+    against float64, the split schedule's error flag checked, the grid within half of what the GPU holds."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    fits = []
+    fit = _split.fit_occupancy
+    monkeypatch.setattr(S, "_fit_occupancy", lambda *a: fits.append(fit(*a)) or fits[-1])
+    view = LAYOUTS["channels_last"] if channels_last else None
+    _run_parity(shape, rd, torch.bfloat16, act="relu", param_dtype=torch.float32, device="cuda", view=view)
+    props = torch.cuda.get_device_properties(0)
+    for cfg in fits:
+        programs = -(-shape[0] // cfg["GROUP"]) * cfg["P"]
+        most = props.multi_processor_count * (props.max_threads_per_multi_processor // (32 * cfg["num_warps"])) // 2
+        assert not cfg["MULTI"] or programs <= most, cfg
+    assert fits
 
 
 @pytest.mark.gpu

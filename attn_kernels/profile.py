@@ -240,12 +240,14 @@ def attention_time_us(events, device_type: str, use_ranges: bool) -> float:
 
 
 def device_busy_us(events) -> float:
-    """Sum of the GPU kernels' and copies' own time in ``events`` (the device's busy time; 0 off CUDA).
-    Against the step's wall time it tells a GPU-bound step from one waiting on the host."""
+    """Sum of the GPU kernels' and copies' own time in ``events`` (0 off CUDA): the device's busy time when
+    one stream runs at a time (kernels overlapping on several streams count twice). Against the step's
+    wall time it tells a GPU-bound step from one waiting on the host."""
     total = 0.0
     for e in events:
         if str(getattr(e, "device_type", "")).endswith("CUDA"):
-            total += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+            t = getattr(e, "self_device_time_total", None)  # (self_cuda_time_total: older torch, deprecated)
+            total += t if t is not None else getattr(e, "self_cuda_time_total", 0.0)
     return total
 
 

@@ -7,8 +7,9 @@ counts, SM counts and the compiled kernel's occupancy -- reasoned, never measure
 it: each op at the SE-ResNet-50 stages where the weights outweigh a sample (1024×14², 2048×7²; R = C/16)
 for several batches, forward and forward+backward, with the launcher's own choice (``auto``) and with
 each configuration of --configs forced. A configuration is comma-separated KEY=VALUE items: the keys of
-ATTN_KERNELS_SE_TUNE (GROUP, P, BLOCK_C, BLOCK_HW, num_warps, NUM_STAGES, PREFETCH; the last five SE
-only) and ``schedule=single|multi`` (ATTN_KERNELS_SE_SCHEDULE); configurations are separated by ``;``.
+ATTN_KERNELS_SE_TUNE (GROUP, P, BLOCK_C, BLOCK_HW, num_warps, NUM_STAGES, PREFETCH, maxnreg; the last
+six SE only) and ``schedule=single|auto`` (ATTN_KERNELS_SE_SCHEDULE; multi plans as auto); configurations
+are separated by ``;``.
 The default is the GROUP sweep: ``GROUP=1;GROUP=2;GROUP=4;GROUP=8;GROUP=16`` (the schedule re-planned
 for the forced group count, as the launcher would; a GROUP above the batch is skipped). Per row: median ms
 of each configuration, the fastest, and auto's time over the fastest.
@@ -110,11 +111,6 @@ def forced_group(op: str, group):
     return environment({} if group is None else {"ATTN_KERNELS_SE_TUNE": f"GROUP={group}"})
 
 
-def _launch_cfg_of(op):
-    """(module, name) of the op's launch-config function: the sweep records what the launcher ran."""
-    return {"se": (S, "launch_config"), "bi_eca": (D, "_bi_launch_cfg"), "cbam": (CB, "_launch_cfg")}[op]
-
-
 def _params(op: str, c: int, device):
     r = max(1, c // 16)
     if op == "se":
@@ -162,11 +158,33 @@ def _checked_schedule():
             os.environ["ATTN_KERNELS_SE_CHECK"] = old
 
 
+_LAUNCH_KEYS = ("GROUP", "MULTI", "P", "BLOCK_C", "BLOCK_HW", "num_warps", "NUM_STAGES", "PREFETCH", "ROW_ALIGN",
+                "maxnreg")
+
+
+@contextlib.contextmanager
+def recording_launches(op: str, seen: list):
+    """Within the block every launch of ``op``'s kernels appends its config and meta-parameters (one dict,
+    _LAUNCH_KEYS among them) to ``seen``: what ran, after SE's occupancy fit. The launcher is restored
+    after the block (whatever it was before)."""
+    module = S if op == "se" else (D if op == "bi_eca" else CB)
+    before = module._launch
+
+    def recorded(kernel, like, n, c, cfg, args, meta, *rest, **kw):
+        seen.append(dict(cfg, **(meta(cfg["P"]) if callable(meta) else meta)))
+        return before(kernel, like, n, c, cfg, args, meta, *rest, **kw)
+    module._launch = recorded
+    try:
+        yield
+    finally:
+        module._launch = before
+
+
 def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
     """Rows (one per mode): ms per configuration and for auto (forward also replayed from a CUDA graph),
-    the (GROUP, MULTI, P, BLOCK_C, num_warps) each timing launched with (SE's forward config: fit to the
-    compiled kernel's occupancy, as launched). A configuration whose first call fails (compile error,
-    timed-out wait, NaN output) gets its error in the row instead of a time."""
+    and the launch parameters each timing's forward ran with (_LAUNCH_KEYS: after SE's occupancy fit, as
+    launched; recorded in the untimed first call, nothing wraps the timed ones). A configuration whose
+    first call fails (compile error, timed-out wait, NaN output) gets its error in the row instead of a time."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     elem = torch.empty((), dtype=dtype).element_size()
     count = max(2, -(-WORKING_SET // (n * c * h * w * elem))) if HAS_CUDA else 1
@@ -174,8 +192,6 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
     gys = [torch.randn_like(x) for x in xs]
     params = _params(op, c, device)
     call = _call(op)
-    plans, fits = [], []
-    module, name = _launch_cfg_of(op)
     rows = []
     for mode in modes:
         row = dict(op=op, n=n, c=c, h=h, w=w, dtype=str(dtype).replace("torch.", ""), layout=layout, mode=mode)
@@ -196,20 +212,15 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
                 y.backward(gys[i])
                 return x.grad
 
-            launch_cfg = getattr(module, name)
-            fitted = _split.fit_occupancy
-            setattr(module, name, lambda *a, **k: plans.append(launch_cfg(*a, **k)) or plans[-1])
-            if op == "se":  # SE refits its config to the compiled kernel: record the fitted one
-                S._fit_occupancy = lambda *a, **k: fits.append(fitted(*a, **k)) or fits[-1]
-            first = len(fits) if op == "se" else len(plans)  # the forward's config is the first of the call
+            seen = []
             try:
-                with environment(env), _checked_schedule():  # compile outside the timing; records the config
-                    out = fn()
+                with environment(env):
+                    with _checked_schedule(), recording_launches(op, seen):  # compile outside the timing
+                        out = fn()
                     if not bool(torch.isfinite(out).all()):
                         raise RuntimeError("non-finite output")
-                    ran = (fits if op == "se" else plans)[first]
-                    row[f"{label}_cfg"] = " ".join(f"{k}={ran[k]}" for k in ("GROUP", "MULTI", "P", "BLOCK_C",
-                                                                             "num_warps") if k in ran)
+                    ran = seen[0]  # the forward's launch
+                    row[f"{label}_cfg"] = " ".join(f"{k}={ran[k]}" for k in _LAUNCH_KEYS if k in ran)
                     row[f"{label}_ms"] = round(_time(fn, params if mode == "fwd+bwd" else None), 5)
                     if mode == "fwd" and HAS_CUDA:
                         row[f"{label}_graph_ms"] = _graph_time(fn)
@@ -217,9 +228,6 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
                 row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 print(f"  {op} N={n} {mode} {label}: {row[f'{label}_error']}", file=sys.stderr, flush=True)
                 continue
-            finally:
-                setattr(module, name, launch_cfg)
-                S._fit_occupancy = fitted
             if label == "auto":
                 row["auto_group"] = ran["GROUP"]
         timed = {label: row[f"{label}_ms"] for label, _ in configs if f"{label}_ms" in row}

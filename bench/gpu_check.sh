@@ -28,7 +28,7 @@
 #   tests_gpu_triton 120  30    pytest -m gpu tests/ops/test_se.py (Triton schedules, CUDA graphs)  [during build]
 #   tests_triton     180  60-90 pytest -m "not gpu" on the four Triton op test files                [during build]
 #   info             30   ~5    attn-kernels info (is the cuda backend there?)
-#   cpu_diag         150  ~10   bench/cpu_diag.sh: the CPU kernels in a fresh process (+ A/B rebuild on a crash)
+#   cpu_diag         180  ~10   bench/cpu_diag.sh: the CPU kernels in a fresh process (+ A/B rebuild on a crash)
 #   tests_gpu_ext    150  30-40 pytest -m gpu on the rest (the CUDA kernels of csrc/, both schedules)
 #   tests_rest       180  40-60 pytest -m "not gpu" on the rest                                  [background]
 #   memcheck         150  30-60 compute-sanitizer --tool memcheck  python bench/sanitize_check.py [during tests_rest]
@@ -104,7 +104,7 @@ keyline() {  # the log line that says most about a finished step
     tests*) line=$(grep -E "(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s" "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//') ;;
     memcheck|racecheck|synccheck|initcheck)
       line="$(grep -E "(ERROR|RACECHECK|SYNCCHECK|INITCHECK) SUMMARY" "$log" | tail -n 1 | sed 's/^=* *//'); $(grep -E "^sanitize_check: [0-9]+ ok" "$log" | tail -n 1)" ;;
-    tune_se) line="$(grep -cE "^\| se " "$log") rows" ;;
+    tune_se) line="$(grep -cE "^case se " "$log") case(s) started" ;;
     bench*) line="$(grep -oE "[0-9]+ rows in [0-9.]+s" "$log" | tail -n 1); $(grep -oE "[0-9]+ row\(s\) with errors" "$log" | tail -n 1) $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     profile) line="$(grep -oE "[0-9]+ run\(s\) (not measured|do not follow eager's loss curve)" "$log" | tr '\n' ' ') $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     install*) line="$(grep -E "attn_kernels: building" "$log" | tail -n 1 | sed 's/^ *//'); $(grep -c "WARNING (attn_kernels)" "$log") attn_kernels build warning(s)" ;;
@@ -233,7 +233,7 @@ if [[ ! " 0 124 137 skip " == *" ${RC[install]:-skip} "* ]] && plan install_inpl
 fi
 plan info 30 && run_fg info "$PY" -m attn_kernels.cli info
 # the C++ CPU kernels in a fresh process; on a crash: gdb backtrace and a rebuild with the system compiler
-plan cpu_diag 150 30 && run_fg cpu_diag bash bench/cpu_diag.sh "$PY"
+plan cpu_diag 180 30 && run_fg cpu_diag bash bench/cpu_diag.sh "$PY"
 
 # ---- 2. the CUDA kernels: GPU tests, then the sanitizers while the remaining tests run ------------------
 if plan tests_gpu_ext 150 30; then
@@ -273,9 +273,9 @@ if plan auto_table 30 5; then
 fi
 # SE's launch plan against forced alternatives at the stage shapes (bench_groups.py; each config compiles)
 if plan tune_se 150 60; then
-  run_fg tune_se "$PY" bench/bench_groups.py --ops se --batches 64,128 --layout channels_last \
-    --stages 256x56x56,1024x14x14,2048x7x7 --modes fwd,fwd+bwd \
-    --configs "schedule=single;GROUP=1;NUM_STAGES=2;num_warps=4;BLOCK_C=64,BLOCK_HW=64;maxnreg=255" \
+  run_fg tune_se "$PY" bench/bench_groups.py --ops se --batches 128,64 --layout channels_last \
+    --stages 1024x14x14,256x56x56,2048x7x7 --modes fwd,fwd+bwd \
+    --configs "maxnreg=128;maxnreg=255;schedule=single;GROUP=1;NUM_STAGES=2;num_warps=4;BLOCK_C=64,BLOCK_HW=64" \
     --max-seconds $(( STEP_T - 40 )) --out "$RES"
 fi
 if plan profile 150 75; then

@@ -22,10 +22,8 @@ def test_quick_sweep_forces_each_group(tmp_path):
         for g in (1, 2, 4):
             assert r[f"GROUP={g}_cfg"].startswith(f"GROUP={g} ") and r[f"GROUP={g}_ms"] > 0
         assert "GROUP=8_ms" not in r and r["best"] in ("GROUP=1", "GROUP=2", "GROUP=4")
-    # the launch config and the environment are restored after the sweep
-    assert bench_groups.S.launch_config.__name__ == "launch_config"
-    assert bench_groups.S._fit_occupancy is bench_groups._split.fit_occupancy
-    assert bench_groups.CB._launch_cfg.__name__ == "_launch_cfg"
+    # the launchers and the environment are restored after the sweep
+    assert bench_groups.S._launch is bench_groups._split.launch and bench_groups.CB._launch is bench_groups._split.launch
     assert "ATTN_KERNELS_SE_TUNE" not in os.environ
 
 
@@ -33,11 +31,22 @@ def test_other_parameters_reach_the_launcher(tmp_path, monkeypatch):
     """--configs beyond GROUP: tiles and warps forced through ATTN_KERNELS_SE_TUNE, the schedule through
     ATTN_KERNELS_SE_SCHEDULE; the recorded launch shows them."""
     monkeypatch.delenv("ATTN_KERNELS_SE_SCHEDULE", raising=False)
+    se, schedules = bench_groups.functional.se, []
+
+    def se_seen(*a, **k):
+        schedules.append(os.environ.get("ATTN_KERNELS_SE_SCHEDULE"))
+        return se(*a, **k)
+    monkeypatch.setattr(bench_groups.functional, "se", se_seen)
     assert bench_groups.main(["--quick", "--ops", "se", "--modes", "fwd", "--out", str(tmp_path), "--configs",
-                              "BLOCK_C=16,num_warps=2;schedule=single,GROUP=2"]) == 0
+                              "BLOCK_C=16,num_warps=2,NUM_STAGES=2;schedule=single,GROUP=2;PREFETCH=1,maxnreg=96"]) == 0
     (row,) = json.loads(next(tmp_path.glob("groups_*.json")).read_text())["rows"]
-    assert "BLOCK_C=16 num_warps=2" in row["BLOCK_C=16,num_warps=2_cfg"]
+    ran = dict(item.split("=") for item in row["BLOCK_C=16,num_warps=2,NUM_STAGES=2_cfg"].split())
+    # bf16 3x3 rows (18 bytes) cannot be pipelined: the forced NUM_STAGES gives way to the hand prefetch
+    assert (ran["BLOCK_C"], ran["num_warps"], ran["NUM_STAGES"], ran["PREFETCH"]) == ("16", "2", "1", "1")
     assert row["schedule=single,GROUP=2_cfg"].startswith("GROUP=2 MULTI=0 P=1")
+    ran = dict(item.split("=") for item in row["PREFETCH=1,maxnreg=96_cfg"].split())
+    assert (ran["PREFETCH"], ran["maxnreg"]) == ("1", "96")
+    assert "single" in schedules and schedules[0] is None  # auto first, then the forced schedule arrived
     assert "ATTN_KERNELS_SE_SCHEDULE" not in os.environ
     with pytest.raises(SystemExit):  # bad text is an argument error before anything runs
         bench_groups.main(["--quick", "--configs", "GROUP=3"])

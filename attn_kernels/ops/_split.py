@@ -110,19 +110,19 @@ def split_plan(n: int, c: int, block_c: int, sms: int, mode: str, occupancy: int
     """(MULTI, P, chan_per_prog) for N samples (or sample groups) of C channels in BLOCK_C tiles on a device
     with ``sms`` SMs, each of which holds ``occupancy`` of the kernel's programs at once.
 
-    Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (2·N ≤ budget; N ≤ budget
-    when forced with ``mode="multi"``): P = min(#tiles, budget // N) programs per sample, each on whole
-    tiles, where budget = SMs·occupancy // 2: the grid N·P never asks for more than half the programs
+    Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (2·N ≤ budget): P =
+    min(#tiles, budget // N) programs per sample, each on whole tiles, where budget = SMs·occupancy // 2: the grid N·P never asks for more than half the programs
     the GPU can hold at once. Every program must be resident at the same time for the meeting, and
     kernels of other streams (NCCL during an overlapped DDP backward, a data-loader's copies) may hold
     SMs — with the whole GPU asked for, a few busy SMs would turn into a timed-out wait (seconds, then
     NaN). ``occupancy`` is 1 unless the launcher measured the compiled kernel (``fit_occupancy``).
-    ``mode="single"`` or ``sms=0`` → schedule (a).
+    ``mode="single"`` or ``sms=0`` → schedule (a); ``mode="multi"`` plans as "auto" (which already takes
+    schedule (b) wherever the budget allows two or more programs per sample; it never takes more).
     """
     tiles = cdiv(c, block_c)
     single = (0, 1, tiles * block_c)
     budget = sms * max(1, occupancy) // 2  # programs schedule (b) may ask to be co-resident
-    if not sms or mode == "single" or tiles < 2 or n * 2 > budget * (2 if mode == "multi" else 1):
+    if not sms or mode == "single" or tiles < 2 or n * 2 > budget:
         return single
     p = min(tiles, max(1, budget // n))
     per = cdiv(tiles, p) * block_c
@@ -147,7 +147,7 @@ FILL = 0.9  # group_plan: a plan within this fraction of the fullest grid counts
 
 
 def group_plan(n: int, c: int, block_c: int, k: int, sms: int, mode: str, x_bytes: int, w_bytes: int,
-               tile: int = 4096, occupancy: int = 1) -> dict:
+               tile: int = 4096, occupancy: int = 1, forced=None) -> dict:
     """The sample-group part of a launch config: GROUP, the schedule over the cdiv(N, GROUP) groups
     (``split_plan``: MULTI, P, chan_per_prog) and the tiles of the MLP products, [GROUP, FC_C, FC_R] ≤
     ``tile`` elements (FC_R ≤ 32 of the k-wide hidden layer, FC_C ≤ BLOCK_C).
@@ -164,8 +164,8 @@ def group_plan(n: int, c: int, block_c: int, k: int, sms: int, mode: str, x_byte
     4 groups of 2 × 16 programs, not one group of 8 × 64 (whose programs would each read 64 peers' rows);
     N = 1024 serves 8 (128 programs, schedule (a)). Reasoned from bytes and SM counts; the sweep that
     measures it is bench/bench_groups.py.
-    ``ATTN_KERNELS_SE_TUNE`` (``tune``) overrides GROUP and P for such sweeps."""
-    forced = tune()
+    ``ATTN_KERNELS_SE_TUNE`` (``tune``; or ``forced``, its parsed text) overrides GROUP and P for sweeps."""
+    forced = tune() if forced is None else forced
     tiles = cdiv(c, block_c)
     top = forced.get("GROUP") or sample_group(n, x_bytes, w_bytes)
     plans = []
@@ -202,13 +202,14 @@ _TUNE_KEYS = ("GROUP", "P", "BLOCK_C", "BLOCK_HW", "num_warps", "NUM_STAGES", "P
 def tune() -> dict:
     """``ATTN_KERNELS_SE_TUNE="GROUP=4,P=8,BLOCK_C=64,num_warps=4,NUM_STAGES=3,PREFETCH=1,maxnreg=128"``:
     launch parameters forced for a tuning sweep (bench/bench_groups.py --configs), any subset; the
-    launchers still keep schedule (b)'s grid co-resident and the tile products within their budgets.
+    launchers still keep schedule (b)'s grid co-resident and the MLP tiles within their budget (a forced
+    BLOCK_C × BLOCK_HW is taken as given).
     ``maxnreg``: Triton's register cap per thread (128 at 8 warps lets two programs share an SM, at the
     price of spills). For measuring, not for production: it applies to every op on the split schedule
     (SE, BiECA, CBAM; BLOCK_*, num_warps, NUM_STAGES, PREFETCH and maxnreg to SE only). Bad text raises
     ValueError."""
     text = tune_text()
-    return _parse_tune(text) if text else {}
+    return dict(_parse_tune(text)) if text else {}
 
 
 def tune_text() -> str:
@@ -297,7 +298,7 @@ def _occupancy(kernel, like, cfg, prepared) -> int:
                               torch.cuda.get_device_properties(like.device))
 
 
-def fit_occupancy(kernel, like: torch.Tensor, cfg: dict, replan, prepared) -> dict:
+def fit_occupancy(kernel, like: torch.Tensor, cfg: dict, replan, prepared, key) -> dict:
     """The launch config for what the GPU really holds. Launch configs are first planned as if one
     program fit per SM (``occupancy=1``); when ``kernel`` compiled for ``cfg`` fits ``occ`` ≥ 2 per SM,
     ``replan(occ)`` plans again with schedule (b)'s co-residency budget at SMs·occ // 2 (more programs
@@ -305,17 +306,20 @@ def fit_occupancy(kernel, like: torch.Tensor, cfg: dict, replan, prepared) -> di
     at least ``occ`` per SM, else ``cfg`` stays. ``prepared(cfg)`` → (groups, args, meta): the launch's
     grid rows, argument builder and meta-parameters for a config, as ``launch`` takes them (``args`` may
     hold stand-ins for scratch sized by the config: only dtypes and alignment are read here).
-    Decided once per (kernel, groups, config, meta-parameters, argument dtypes) and remembered, so every
-    later call with the same inputs launches the same grid (same summation order, same bits) for a
-    dict lookup. Nothing changes off the GPU, under a forced schedule or P (``tune``), or when measuring
-    fails (no driver, a compile-only stand-in): ``cfg`` is always safe."""
-    if not device_sms(like.device) or schedule_mode() == "single" or "P" in tune():
+    ``key``: everything the plan was made from (shape, byte counts, layout, device — the planner's
+    arguments); with the kernel, the schedule mode, ATTN_KERNELS_SE_TUNE, the meta-parameters and the
+    argument dtypes it keys the decision, made once and remembered, so every later call with the same
+    inputs launches the same grid (same summation order, same bits) for a dict lookup. Nothing changes
+    off the GPU, under a forced schedule or P (``tune``), or when measuring fails (no driver, a
+    compile-only stand-in): ``cfg`` is always safe."""
+    mode = schedule_mode()
+    if not device_sms(like.device) or mode == "single" or "P" in tune():
         return cfg
-    n, args, meta = prepared(cfg)
+    _, args, meta = prepared(cfg)
     dtypes = tuple(a.dtype for a in args(like, 1, 0, 0) if isinstance(a, torch.Tensor))
-    key = (getattr(kernel, "__name__", id(kernel)), n, tuple(cfg.items()),
-           tuple(meta.items()) if isinstance(meta, dict) else meta, dtypes)
-    hit = _FITTED.get(key)
+    full_key = (getattr(kernel, "__name__", id(kernel)), key, mode, tune_text(),
+                tuple(meta.items()) if isinstance(meta, dict) else meta, dtypes)
+    hit = _FITTED.get(full_key)
     if hit is None:
         hit = cfg
         try:
@@ -325,7 +329,9 @@ def fit_occupancy(kernel, like: torch.Tensor, cfg: dict, replan, prepared) -> di
                 hit = new
         except Exception:  # noqa: BLE001 -- measuring is an optimisation; the launch reports real errors
             hit = cfg
-        _FITTED[key] = hit
+        if len(_FITTED) >= 4096:  # a bound, like the planners' lru caches
+            _FITTED.clear()
+        _FITTED[full_key] = hit
     return hit
 
 
@@ -344,6 +350,8 @@ def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op
     if split:
         cfg = emulate_split(cfg, c, split)
     kw, p, per = _kernel_kwargs(cfg, meta)
+    if p * per < c:  # a plan that leaves channels to nobody would leave outputs unwritten: never launch it
+        raise RuntimeError(f"fused {op}: launch plan covers {p * per} of {c} channels (P={p}, {per} per program)")
     rounds = meetings + 1 if split else 1
     for i in range(rounds):
         for t in refill if i and i == rounds - 1 else ():

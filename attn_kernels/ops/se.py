@@ -76,22 +76,23 @@ grad_y, write grad_x) — fraction of a measured device copy, see bench/bench_se
 
 L2 weight traffic: every group reads the FC weights once — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048,
 R = 128, fp32 weights), split among its P programs in schedule (b) — so N/GROUP times that per call
-(the 7×7 stage at N = 64: 16 MB with GROUP = 8 on a 132-SM GPU, against 38 MB of bf16 x traffic;
+(the 7×7 stage at N = 64: 8 MB with GROUP = 16 on a 132-SM GPU, against 38 MB of bf16 x traffic;
 128 MB ungrouped).
 
 Streaming loops: each pass runs one loop over (sample of the group, channel tile, hw tile), flattened so
 that Triton can software-pipeline its loads (``tl.range(num_stages=NUM_STAGES)``: cp.async into shared
-memory, several tiles in flight), or, where the tile rows are not 16-byte aligned and Triton cannot,
-with a one-tile register prefetch (``PREFETCH``); see ``_tile_at`` and ``_pipeline``. The first version
+memory, several tiles in flight), or, where a tile row's pieces cannot be copied 4 bytes at a time
+(bf16 NCHW at 7×7: 98-byte rows), with a one-tile register prefetch (``PREFETCH``); see ``_tile_at``,
+``_pipeline`` and ``_multiple`` (ROW_ALIGN). The first version
 (three nested loops, one tile in flight per program) was measured on an H200 (2026-12-04, bf16,
 128x1024x14x14): forward 0.48 ms NCHW / 0.43 ms channels_last against eager's 0.12 / 0.17 ms, about 6 %
 of a copy's bandwidth — latency-bound, and on half the GPU: every SE training shape of that run
 (N = 64 … 128) launched 64 programs on 132 SMs (the group rule and the half-the-SMs cap of schedule (b)
 together). Now the group plan keeps the grid filling the SMs and schedule (b)'s cap follows the
 compiled kernel's occupancy (``_split.group_plan``, ``_split.fit_occupancy``). Neither the pipelined
-loops nor the new plan have run on a GPU yet (sm_90 builds: 125 - 250 registers per thread at 8 warps,
-no spills; up to 56 KB of shared memory), so they have no measured figure (bench/results/nvidia-h200/
-holds the first run's).
+loops nor the new plan have run on a GPU yet (sm_90 builds at 8 warps: forward ≤ 128 registers per
+thread, capped, 0 - 32 bytes of spill; backward 120 - 250, uncapped, no spill; up to 56 KB of shared
+memory), so they have no measured figure (bench/results/nvidia-h200/ holds the first run's).
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_s
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
 from ._split import FILL as _FILL, fit_occupancy as _fit_occupancy, group_plan as _group_plan
-from ._split import schedule_mode as _schedule_mode, tune as _split_tune, tune_text as _tune_text
+from ._split import _parse_tune, schedule_mode as _schedule_mode, tune as _split_tune, tune_text as _tune_text
 
 __all__ = ["se", "se_residual", "se_forward", "se_backward", "launch_config"]
 
@@ -233,10 +234,11 @@ def _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C: tl.constexpr, BLOCK_H
     128x1024x14x14 bf16 at 0.48 ms, 6 % of a copy's bandwidth, 4x slower than eager) the loads could not
     be issued ahead; one loop with ``tl.range(num_stages=NUM_STAGES)`` becomes cp.async copies into
     shared memory NUM_STAGES − 1 tiles ahead of their use (checked in the sm_90 PTX). Only where a
-    thread's piece of a tile row is 4-byte aligned (cp.async copies 4, 8 or 16 bytes): with NCHW rows of
-    HW·|x| bytes not a multiple of 16 (bf16 at 14×14 or 7×7) Triton leaves the loads synchronous, so
-    there the loops prefetch by hand instead (PREFETCH: tile t + 1 is loaded into registers before tile
-    t is used; two tiles in flight)."""
+    thread's piece of a tile row is ≥ 4 bytes and known aligned (cp.async copies 4, 8 or 16 bytes; NCHW
+    rows get their alignment from ROW_ALIGN, see ``_multiple``: bf16 at 14×14 copies 8 bytes). Where
+    it is not (bf16 NCHW at 7×7: 2 bytes) Triton leaves the loads synchronous, so there the loops
+    prefetch by hand instead (PREFETCH: tile t + 1 is loaded into registers before tile t is used; two
+    tiles in flight)."""
     per_sample = n_c * n_hw
     gi = t // per_sample
     rem = t - gi * per_sample
@@ -558,7 +560,7 @@ def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.
     as the grid still fills the GPU; schedule (b) (MULTI, P programs per group, GPU only) when the groups
     are few and a sample has ≥ 2 channel tiles, its grid within half of what the GPU holds at once.
     FC tiles [GROUP, FC_C, FC_R] ≤ 4096 elements (FC_R ≤ 32 hidden units; k = R, or C for eSE).
-    ``ATTN_KERNELS_SE_SCHEDULE=single|multi`` forces a schedule (multi still capped to co-residency);
+    ``ATTN_KERNELS_SE_SCHEDULE=single`` forces schedule (a) (``multi`` plans as auto);
     ``ATTN_KERNELS_SE_TUNE`` forces any of GROUP, P, BLOCK_C, BLOCK_HW, num_warps, maxnreg (``_split.tune``).
     ``occupancy``: programs of the compiled kernel one SM holds (schedule (b)'s budget is SMs·occupancy
     // 2); the launchers plan with 1, then again with the compiled kernel's (``_split.fit_occupancy``).
@@ -585,12 +587,12 @@ def _tiles(c: int, hw: int, c_contiguous: bool, block_c_max: int) -> Tuple[int, 
 def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: str, sms: int, x_bytes: int,
                    w_bytes: int, tune_text: str = "", occupancy: int = 1) -> dict:
     """launch_config for a device with ``sms`` SMs (0: no multi-program schedule: CPU / interpreter);
-    ``tune_text``: ATTN_KERNELS_SE_TUNE's value (part of the memo's key)."""
-    forced = _split_tune()
+    ``tune_text``: ATTN_KERNELS_SE_TUNE's value (part of the memo's key, and what it forces)."""
+    forced = _parse_tune(tune_text) if tune_text else {}
 
     def plan(block_c, block_hw):
         return dict(BLOCK_C=block_c, BLOCK_HW=block_hw,
-                    **_group_plan(n, c, block_c, k, sms, mode, x_bytes, w_bytes, _TILE, occupancy))
+                    **_group_plan(n, c, block_c, k, sms, mode, x_bytes, w_bytes, _TILE, occupancy, forced))
 
     def programs(cfg):
         return _cdiv(n, cfg["GROUP"]) * cfg["P"]
@@ -663,8 +665,8 @@ def _fwd_register_cap(cfg: dict, x: torch.Tensor) -> dict:
     grouped 64x2048x7x7 schedule-(b) build 32 bytes per thread; fp64 would spill 56 - 104, so it is not
     capped; the backward, 180 - 250 registers, would spill 8 - 250 bytes and is not capped either).
     Reasoned from the builds, not timed: ``ATTN_KERNELS_SE_TUNE=maxnreg=255`` lifts it for an A/B."""
-    if "maxnreg" in cfg or cfg["num_warps"] != 8 or x.dtype == torch.float64:
-        return {}
+    if "maxnreg" in cfg or cfg["num_warps"] != 8 or x.dtype == torch.float64 or torch.version.hip is not None:
+        return {}  # (Triton's AMD backend has no maxnreg option)
     return dict(maxnreg=_FWD_MAXNREG)
 
 
@@ -691,10 +693,12 @@ def _check_x(x: torch.Tensor) -> None:
 def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int):
     """(config, sample groups, meta-parameters) of a launch: ``plan(occupancy=1)``, then fitted to what
     the compiled kernel lets an SM hold (``_split.fit_occupancy``; not for the emulated split, a test
-    hook that plans its own partition). ``prepared(cfg)`` → (groups, args, meta) as for the launch."""
+    hook that plans its own partition). ``plan``: functools.partial of ``launch_config`` with the call's
+    shape; ``prepared(cfg)`` → (groups, args, meta) as for the launch."""
     cfg = plan()
     if not split:
-        cfg = _fit_occupancy(kernel, like, cfg, lambda occ: plan(occupancy=occ), prepared)
+        key = (plan.args, tuple(sorted(plan.keywords.items())))  # what launch_config planned from
+        cfg = _fit_occupancy(kernel, like, cfg, lambda occ: plan(occupancy=occ), prepared, key)
     groups, _, meta = prepared(cfg)
     return cfg, groups, meta
 

@@ -393,8 +393,9 @@ def test_co_resident_per_sm():
 
 def test_fit_occupancy(monkeypatch):
     """fit_occupancy re-plans for what the compiled kernel fits per SM, keeps the new plan only if its own
-    kernel fits as many, remembers the choice per call signature, and changes nothing off the GPU, under a
-    forced schedule, or when measuring fails."""
+    kernel fits as many, remembers the choice per call (the planner's inputs are part of the key: two
+    shapes with the same first plan are fitted apart), and changes nothing off the GPU, under a forced
+    schedule or P, or when measuring fails."""
     x = torch.zeros(4)
     args = lambda sync, p, per, spin: (x, sync, p, per)  # noqa: E731
     base = dict(GROUP=1, MULTI=0, P=1, chan_per_prog=8, BLOCK_C=8)
@@ -410,25 +411,35 @@ def test_fit_occupancy(monkeypatch):
     def replan(o):
         replans.append(o)
         return wide
-    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base  # CPU tensor: no SMs
+
+    def fit(key="shape A"):
+        return _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared, key)
+    assert fit() is base  # CPU tensor: no SMs
     monkeypatch.setattr(_split, "device_sms", lambda device: 132)
-    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) == wide and replans == [2]
-    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) == wide and replans == [2]  # remembered
+    assert fit() == wide and replans == [2]
+    assert fit() == wide and replans == [2]  # remembered
+    assert fit("shape B") == wide and replans == [2, 2]  # another call signature: fitted on its own
     monkeypatch.setattr(_split, "_FITTED", {})
     occ["wide"] = 1  # the re-planned kernel holds fewer per SM than the budget assumed: keep the safe plan
-    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base
+    assert fit() is base
     monkeypatch.setattr(_split, "_FITTED", {})
     occ["base"] = 1  # one per SM: nothing to re-plan
-    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base and replans == [2, 2]
-    monkeypatch.setattr(_split, "_FITTED", {})
+    assert fit() is base and replans == [2, 2, 2]
 
     def broken(*a):
         raise RuntimeError("no driver")
+    monkeypatch.setattr(_split, "_FITTED", {})
     monkeypatch.setattr(_split, "_occupancy", broken)
-    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base
-    monkeypatch.setenv("ATTN_KERNELS_SE_SCHEDULE", "single")
+    assert fit() is base
+    # forced schedule or P: never measured nor re-planned (a fresh memo, an occupancy that would re-plan)
     monkeypatch.setattr(_split, "_occupancy", lambda *a: 2)
-    assert _split.fit_occupancy(S._se_fwd_kernel, x, base, replan, prepared) is base
+    for env, value in (("ATTN_KERNELS_SE_SCHEDULE", "single"), ("ATTN_KERNELS_SE_TUNE", "P=2")):
+        monkeypatch.setattr(_split, "_FITTED", {})
+        monkeypatch.setenv(env, value)
+        assert fit() is base and not _split._FITTED
+        monkeypatch.delenv(env)
+    monkeypatch.setattr(_split, "_FITTED", {})
+    assert fit() == wide  # and without them it would have
 
 
 def test_tune_overrides(monkeypatch):
@@ -487,7 +498,8 @@ def test_row_alignment():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_row_alignment_parity(dtype, device):
     """The kernels read HW and the strides as multiples of ROW_ALIGN: x aligned but grad_y (row stride 17)
-    or x (row stride 18: 2 divides, 4 does not) not, both schedules' arithmetic against float64."""
+    or x (row stride 18: 2 divides, 4 does not) or se_residual's shortcut (row stride 17) not, forward
+    and every gradient against float64."""
     ins = se_inputs((2, 8, 4, 4), 3, device=device)
     big = torch.randn(2 * 8 * 17 + 8, device=device, dtype=dtype)
     gy = big.as_strided((2, 8, 4, 4), (136, 17, 4, 1))
@@ -498,6 +510,16 @@ def test_row_alignment_parity(dtype, device):
     params = [t.detach().to(dtype).requires_grad_() for t in ins[1:]]
     check_parity(fused_se("relu", "sigmoid"), ref_se("relu", "sigmoid"), [x0] + ins[1:], dtype=dtype, names=NAMES,
                  fused_inputs=[xv.requires_grad_()] + params)
+    # se_residual: x aligned, the shortcut not (its rows are 17 apart); its gradient is the grad_shortcut
+    x, w1, b1, w2, b2 = se_inputs((2, 8, 4, 4), 3, device=device)
+    scbig = torch.randn(2 * 8 * 17 + 8, device=device, dtype=dtype)
+    scv = scbig.as_strided((2, 8, 4, 4), (136, 17, 4, 1))
+    sc0 = scv.detach().clone().requires_grad_()
+    params = [t.detach().to(dtype).requires_grad_() for t in (w1, b1, w2, b2)]
+    check_parity(lambda *a: functional.se_residual(*a, out_act="relu", backend="triton"),
+                 lambda *a: reference.se_residual(*a, out_act="relu"), [x, sc0, w1, b1, w2, b2], dtype=dtype,
+                 names=RES_NAMES,
+                 fused_inputs=[x.detach().to(dtype).requires_grad_(), scv.requires_grad_()] + params)
 
 
 def test_dispatch_and_schedule_choice(device):
@@ -558,21 +580,38 @@ def test_gpu_natural_groups(n, monkeypatch):
                                                     ((128, 1024, 14, 14), 64, False), ((64, 2048, 7, 7), 128, True)])
 def test_gpu_fitted_plans(shape, rd, channels_last, monkeypatch):
     """The launch plans a GPU run takes at SE-ResNet-50's stage shapes: fitted to the compiled kernels'
-    occupancy (_split.fit_occupancy; 64-channel channels_last tiles, more programs per group), NCHW rows
-    told aligned (ROW_ALIGN 4 at bf16 14×14), the forward's register cap; bf16 x and fp32 weights
-    against float64, the split schedule's error flag checked, the grid within half of what the GPU holds."""
+    occupancy (_split.fit_occupancy: measured without error; the register-capped bf16 forward fits two
+    programs per SM), NCHW rows told aligned (ROW_ALIGN 4 at bf16 14×14), bf16 x and fp32 weights against
+    float64, the split schedule's error flag checked, the grid within half of what the GPU holds."""
     monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
-    fits = []
-    fit = _split.fit_occupancy
+    monkeypatch.setattr(_split, "_FITTED", {})  # measure here, whatever ran before
+    fits, occupancies, errors, launches = [], [], [], []
+    fit, occupancy, launch = _split.fit_occupancy, _split._occupancy, S._launch
+
+    def measured(kernel, like, cfg, prepared):
+        try:
+            occupancies.append((kernel.__name__, occupancy(kernel, like, cfg, prepared)))
+        except Exception as exc:  # fit_occupancy would swallow it: record it for the assertion below
+            errors.append(repr(exc))
+            raise
+        return occupancies[-1][1]
+    monkeypatch.setattr(_split, "_occupancy", measured)
     monkeypatch.setattr(S, "_fit_occupancy", lambda *a: fits.append(fit(*a)) or fits[-1])
+    monkeypatch.setattr(S, "_launch", lambda kernel, *a: launches.append((kernel.__name__, a[5])) or launch(kernel, *a))
     view = LAYOUTS["channels_last"] if channels_last else None
     _run_parity(shape, rd, torch.bfloat16, act="relu", param_dtype=torch.float32, device="cuda", view=view)
+    assert not errors and fits and occupancies
+    fwd_occ = [o for name, o in occupancies if name == "_se_fwd_kernel"]
+    assert fwd_occ and fwd_occ[0] >= 2, occupancies  # 128 registers x 256 threads: two per SM
+    fwd_meta = [meta for name, meta in launches if name == "_se_fwd_kernel"]
+    assert fwd_meta and fwd_meta[0].get("maxnreg") == 128
+    if not channels_last and shape[2:] == (14, 14):
+        assert all(meta["ROW_ALIGN"] == 4 and meta["PREFETCH"] == 0 for _, meta in launches)
     props = torch.cuda.get_device_properties(0)
     for cfg in fits:
         programs = -(-shape[0] // cfg["GROUP"]) * cfg["P"]
-        most = props.multi_processor_count * (props.max_threads_per_multi_processor // (32 * cfg["num_warps"])) // 2
-        assert not cfg["MULTI"] or programs <= most, cfg
-    assert fits
+        most = props.multi_processor_count * max(o for _, o in occupancies) // 2
+        assert not cfg["MULTI"] or programs <= most, (cfg, occupancies)
 
 
 @pytest.mark.gpu

@@ -8,8 +8,9 @@ it: each op at the SE-ResNet-50 stages where the weights outweigh a sample (1024
 for several batches, forward and forward+backward, with the launcher's own choice (``auto``) and with
 each configuration of --configs forced. A configuration is comma-separated KEY=VALUE items: the keys of
 ATTN_KERNELS_SE_TUNE (GROUP, P, BLOCK_C, BLOCK_HW, num_warps, NUM_STAGES, PREFETCH, maxnreg; the last
-six SE only) and ``schedule=single|auto`` (ATTN_KERNELS_SE_SCHEDULE; multi plans as auto); configurations
-are separated by ``;``.
+six SE only), ``schedule=single|auto`` (ATTN_KERNELS_SE_SCHEDULE; multi plans as auto) and, for the ops
+se_cuda / eca_cuda (csrc/'s CUDA kernels), ``rows=0|1`` (their row loops, attn_kernels._C.set_cuda_row_loops);
+configurations are separated by ``;``.
 The default is the GROUP sweep: ``GROUP=1;GROUP=2;GROUP=4;GROUP=8;GROUP=16`` (the schedule re-planned
 for the forced group count, as the launcher would; a GROUP above the batch is skipped). Per row: median ms
 of each configuration, the fastest, and auto's time over the fastest.
@@ -62,7 +63,7 @@ from attn_kernels.ops import se as S  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 GROUP_SWEEP = "GROUP=1;GROUP=2;GROUP=4;GROUP=8;GROUP=16"
 STAGES = ((1024, 14, 14), (2048, 7, 7))
-OPS = ("se", "bi_eca", "cbam")
+OPS = ("se", "bi_eca", "cbam", "se_cuda", "eca_cuda")  # *_cuda: csrc/'s kernels, for rows=0|1 (GPU only)
 WORKING_SET = 256 << 20  # bytes of x (and grad_y) cycled through: several times an H100/H200's 50-60 MB L2
 
 
@@ -79,6 +80,10 @@ def parse_configs(text: str):
                 if value not in ("single", "multi", "auto"):
                     raise ValueError(f"--configs: {item!r}: schedule is single, multi or auto")
                 env["ATTN_KERNELS_SE_SCHEDULE"] = value
+            elif key == "rows":  # the CUDA kernels' row loops (csrc/cuda/common.cuh), set at run time
+                if value not in ("0", "1"):
+                    raise ValueError(f"--configs: {item!r}: rows is 0 or 1")
+                env["ATTN_KERNELS_CUDA_ROW_LOOPS"] = value
             else:
                 tune.append(item)
         if tune:
@@ -90,17 +95,32 @@ def parse_configs(text: str):
 
 @contextlib.contextmanager
 def environment(env: dict):
-    """The block runs with ``env`` set (the launchers read ATTN_KERNELS_SE_* at every call)."""
+    """The block runs with ``env`` set (the launchers read ATTN_KERNELS_SE_* at every call; the CUDA row
+    loops, read by the extension only at load, are also switched through attn_kernels._C)."""
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    rows = env.get("ATTN_KERNELS_CUDA_ROW_LOOPS")
+    before = _set_cuda_row_loops(rows == "1") if rows is not None else None
     try:
         yield
     finally:
+        if before is not None:
+            _set_cuda_row_loops(before == 1)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _set_cuda_row_loops(on: bool) -> int:
+    """attn_kernels._C.set_cuda_row_loops (the previous setting; -1 without the CUDA kernels)."""
+    try:
+        from attn_kernels.ops import ext
+    except ImportError:  # no extension: nothing to switch
+        return -1
+    setter = getattr(ext._C, "set_cuda_row_loops", None)
+    return setter(on) if setter is not None else -1
 
 
 def forced_group(op: str, group):
@@ -113,8 +133,10 @@ def forced_group(op: str, group):
 
 def _params(op: str, c: int, device):
     r = max(1, c // 16)
-    if op == "se":
+    if op in ("se", "se_cuda"):
         shapes = [(r, c), (r,), (c, r), (c,)]
+    elif op == "eca_cuda":
+        shapes = [(1, 1, 5)]
     elif op == "bi_eca":
         shapes = [(1, 1, 5), (1, 1, 5), (r, c), (r,), (2, r), (2,)]
     else:
@@ -125,7 +147,9 @@ def _params(op: str, c: int, device):
 def _call(op: str):
     return {"se": lambda x, p: functional.se(x, *p, "relu", "sigmoid", backend="triton"),
             "bi_eca": lambda x, p: functional.bi_eca(x, *p, backend="triton"),
-            "cbam": lambda x, p: functional.cbam(x, *p, backend="triton")}[op]
+            "cbam": lambda x, p: functional.cbam(x, *p, backend="triton"),
+            "se_cuda": lambda x, p: functional.se(x, *p, "relu", "sigmoid", backend="cuda"),
+            "eca_cuda": lambda x, p: functional.eca(x, *p, backend="cuda")}[op]
 
 
 def _time(fn, grad_to_none=None) -> float:
@@ -167,6 +191,9 @@ def recording_launches(op: str, seen: list):
     """Within the block every launch of ``op``'s kernels appends its config and meta-parameters (one dict,
     _LAUNCH_KEYS among them) to ``seen``: what ran, after SE's occupancy fit. The launcher is restored
     after the block (whatever it was before)."""
+    if op.endswith("_cuda"):  # csrc/'s kernels: nothing to record (their schedule is the extension's)
+        yield
+        return
     module = S if op == "se" else (D if op == "bi_eca" else CB)
     before = module._launch
 
@@ -219,7 +246,7 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
                         out = fn()
                     if not bool(torch.isfinite(out).all()):
                         raise RuntimeError("non-finite output")
-                    ran = seen[0]  # the forward's launch
+                    ran = seen[0] if seen else {}  # the forward's launch (none recorded for csrc/'s kernels)
                     row[f"{label}_cfg"] = " ".join(f"{k}={ran[k]}" for k in _LAUNCH_KEYS if k in ran)
                     row[f"{label}_ms"] = round(_time(fn, params if mode == "fwd+bwd" else None), 5)
                     if mode == "fwd" and HAS_CUDA:
@@ -228,7 +255,7 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
                 row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 print(f"  {op} N={n} {mode} {label}: {row[f'{label}_error']}", file=sys.stderr, flush=True)
                 continue
-            if label == "auto":
+            if label == "auto" and "GROUP" in ran:
                 row["auto_group"] = ran["GROUP"]
         timed = {label: row[f"{label}_ms"] for label, _ in configs if f"{label}_ms" in row}
         if timed:

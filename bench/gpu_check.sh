@@ -37,6 +37,7 @@
 #   bench_key_shapes 120  45-75 se, eca, se_residual, se_silu at every model site, fwd+bwd, bf16, channels_last
 #   auto_table       30   ~3    bench/auto_table.py: auto's table entry for this GPU from the bench JSON files
 #   tune_se          150  60-120 bench/bench_groups.py: SE's auto plan vs forced configs, 3 stages x N 64, 128
+#   cuda_rows        120  30-60 bench/bench_groups.py: csrc/'s SE and ECA kernels, row loops off vs on
 #   profile          150  60-120 SE-ResNet-50, ECA-ResNet-50, EfficientNet-B0 training steps, plain/eager/fused/fused_residual
 #   synccheck        90   30    compute-sanitizer --tool synccheck  (only if the budget allows)
 #   initcheck        90   30    compute-sanitizer --tool initcheck  (only if the budget allows)
@@ -104,7 +105,7 @@ keyline() {  # the log line that says most about a finished step
     tests*) line=$(grep -E "(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s" "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//') ;;
     memcheck|racecheck|synccheck|initcheck)
       line="$(grep -E "(ERROR|RACECHECK|SYNCCHECK|INITCHECK) SUMMARY" "$log" | tail -n 1 | sed 's/^=* *//'); $(grep -E "^sanitize_check: [0-9]+ ok" "$log" | tail -n 1)" ;;
-    tune_se) line="$(grep -cE "^case se " "$log") case(s) started" ;;
+    tune_se|cuda_rows) line="$(grep -cE "^case " "$log") case(s) started" ;;
     bench*) line="$(grep -oE "[0-9]+ rows in [0-9.]+s" "$log" | tail -n 1); $(grep -oE "[0-9]+ row\(s\) with errors" "$log" | tail -n 1) $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     profile) line="$(grep -oE "[0-9]+ run\(s\) (not measured|do not follow eager's loss curve)" "$log" | tr '\n' ' ') $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     install*) line="$(grep -E "attn_kernels: building" "$log" | tail -n 1 | sed 's/^ *//'); $(grep -c "WARNING (attn_kernels)" "$log") attn_kernels build warning(s)" ;;
@@ -277,6 +278,13 @@ if plan tune_se 150 60; then
     --stages 1024x14x14,256x56x56,2048x7x7 --modes fwd,fwd+bwd \
     --configs "maxnreg=128;maxnreg=255;schedule=single;GROUP=1;NUM_STAGES=2;num_warps=4;BLOCK_C=64,BLOCK_HW=64" \
     --max-seconds $(( STEP_T - 40 )) --out "$RES"
+fi
+# csrc/'s CUDA kernels with and without their row loops + cp.async copies (off by default until this A/B
+# and the tests_gpu_ext "-rows" cases have run)
+if plan cuda_rows 120 45; then
+  run_fg cuda_rows "$PY" bench/bench_groups.py --ops se_cuda,eca_cuda --batches 128 --layout channels_last \
+    --stages 1024x14x14,256x56x56 --modes fwd,fwd+bwd --configs "rows=0;rows=1" \
+    --max-seconds $(( STEP_T - 30 )) --out "$RES"
 fi
 if plan profile 150 75; then
   run_fg profile "$PY" -m attn_kernels.cli profile --models se_resnet50,eca_resnet50,efficientnet_b0 \

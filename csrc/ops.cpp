@@ -202,6 +202,19 @@ static PyObject* attn_set_cuda_cluster(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
+// The CUDA kernels' row loops (common.cuh g_row_loops), for tests and A/B benchmarks; returns the previous
+// setting (-1 without CUDA kernels, where it is a no-op).
+static PyObject* attn_set_cuda_row_loops(PyObject*, PyObject* arg) {
+#ifdef WITH_CUDA
+  const int previous = ak_row_loops();
+  ak_set_row_loops(PyObject_IsTrue(arg) ? 1 : 0);
+  return PyLong_FromLong(previous);
+#else
+  (void)arg;
+  return PyLong_FromLong(-1);
+#endif
+}
+
 static PyObject* attn_last_cuda_path(PyObject*, PyObject*) {
 #ifdef WITH_CUDA
   return PyLong_FromLong(ak_last_forward_path());
@@ -228,6 +241,9 @@ static PyMethodDef attn_methods[] = {
      "True when the CPU kernels were built with non-temporal stores (AVX2 / AVX512 builds)."},
     {"set_cuda_cluster", attn_set_cuda_cluster, METH_O,
      "Enable (True, default) or disable the sm_90 thread-block-cluster forward schedule."},
+    {"set_cuda_row_loops", attn_set_cuda_row_loops, METH_O,
+     "Enable or disable (default; ATTN_KERNELS_CUDA_ROW_LOOPS=1 at load enables) the CUDA kernels' row loops "
+     "and cp.async slice copies; returns the previous setting (-1: built without CUDA)."},
     {"last_cpu_schedule", attn_last_cpu_schedule, METH_NOARGS,
      "Schedule of the last CPU SE / ECA forward or backward: 1 one sample per task, 0 phased (-1: none yet)."},
     {"last_cuda_path", attn_last_cuda_path, METH_NOARGS,

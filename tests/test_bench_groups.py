@@ -68,3 +68,22 @@ def test_failing_config_is_recorded_not_fatal(tmp_path, monkeypatch):
     (row,) = json.loads(next(tmp_path.glob("groups_*.json")).read_text())["rows"]
     assert row["GROUP=2_error"] == "RuntimeError: compile failed" and "GROUP=2_ms" not in row
     assert row["GROUP=1_ms"] > 0 and row["GROUP=4_ms"] > 0 and row["best"] in ("GROUP=1", "GROUP=4")
+
+
+def test_cuda_row_loops_config(monkeypatch):
+    """rows=0|1 (csrc/'s CUDA row loops) is switched through the extension for the block and restored."""
+    calls = []
+    state = {"rows": 0}
+
+    def setter(on):
+        calls.append(on)
+        previous, state["rows"] = state["rows"], int(on)
+        return previous
+    monkeypatch.setattr(bench_groups, "_set_cuda_row_loops", setter)
+    (label, env), = bench_groups.parse_configs("rows=1")
+    assert label == "rows=1" and env == {"ATTN_KERNELS_CUDA_ROW_LOOPS": "1"}
+    with bench_groups.environment(env):
+        assert state["rows"] == 1
+    assert state["rows"] == 0 and calls == [True, False] and "ATTN_KERNELS_CUDA_ROW_LOOPS" not in os.environ
+    with pytest.raises(ValueError, match="rows is 0 or 1"):
+        bench_groups.parse_configs("rows=2")

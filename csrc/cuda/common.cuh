@@ -21,6 +21,7 @@
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -42,6 +43,11 @@ constexpr int kThreads = 256;
 // Test / benchmark switches (launchers.h): atomics, as forwards may run on several host threads.
 extern std::atomic<int> g_last_path;
 extern std::atomic<int> g_cluster_enabled;
+// Row loops (ak_set_row_loops; ATTN_KERNELS_CUDA_ROW_LOOPS=1 at load): the cluster forward and the scale
+// kernels walk (row, element) loops -- no 64-bit division per element -- and the cluster forward copies
+// its slice into shared memory with cp.async, 16 bytes per copy, all in flight at once. Off by default
+// until a GPU has run the tests and the A/B (written without one; compile-checked only).
+extern std::atomic<int> g_row_loops;
 
 __device__ __forceinline__ float ld(const float* p) { return *p; }
 __device__ __forceinline__ float ld(const __half* p) { return __half2float(*p); }
@@ -151,6 +157,41 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(const T* x, int64_t xsn
   }
 }
 
+// Row loops (g_row_loops): one warp per row -- (n, c) planar, (n, p) channels_last -- lanes along the row's
+// contiguous axis, so the index math is one division per row, not four 64-bit ones per element (what
+// scale_kernel pays), and each lane's loads are independent (unrolled: several in flight).
+template <typename T, bool kPlanar, bool kAdd>
+__global__ void __launch_bounds__(kThreads) scale_rows_kernel(const T* x, int64_t xsn, int64_t xsc, int64_t xshw, T* y,
+                                                              int64_t ysn, int64_t ysc, int64_t yshw, int64_t N,
+                                                              int64_t C, int64_t HW, const float* s, const float* d) {
+  const int lane = threadIdx.x % 32;
+  const int64_t inner = kPlanar ? HW : C, outer = kPlanar ? C : HW;
+  const int64_t rows = N * outer, step = (int64_t)gridDim.x * (kThreads / 32);
+  for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < rows; row += step) {
+    const int64_t n = row / outer, o = row - n * outer;
+    if (kPlanar) {  // row (n, c): one gate for the whole row
+      const float g = s[n * C + o], add = kAdd ? d[n * C + o] : 0.f;
+      const T* px = x + n * xsn + o * xsc;
+      T* py = y + n * ysn + o * ysc;
+#pragma unroll 4
+      for (int64_t p = lane; p < inner; p += 32) {
+        float v = ld(px + p * xshw) * g;  // as scale_kernel computes it, bit for bit
+        if (kAdd) v += add;
+        st(py + p * yshw, v);
+      }
+    } else {  // row (n, p): the gates of every channel, read along the row
+      const T* px = x + n * xsn + o * xshw;
+      T* py = y + n * ysn + o * yshw;
+#pragma unroll 4
+      for (int64_t c = lane; c < inner; c += 32) {
+        float v = ld(px + c * xsc) * s[n * C + c];
+        if (kAdd) v += d[n * C + c];
+        st(py + c * ysc, v);
+      }
+    }
+  }
+}
+
 // ---- deterministic batch sums: g[r, j] = sum_n a[n, r] * b[n, j]; gb[r] = sum_n a[n, r] --------------
 // One thread per (r, j); with cols == 0 (C == 0 for grad_W1) one thread per row still writes gb[r].
 static __global__ void __launch_bounds__(kThreads) outer_sum_kernel(const float* a, const float* b, int64_t N, int64_t rows,
@@ -206,11 +247,19 @@ cudaError_t scale(int layout, const ak_view& x, const ak_view& y, int64_t N, int
                   const float* d, cudaStream_t st) {
   const int64_t total = N * C * HW;
   if (total == 0) return cudaSuccess;
-  const unsigned grid = blocks_for(total, kThreads);
+  const bool rows = g_row_loops.load(std::memory_order_relaxed) != 0;
+  // row loops: one warp per row (grid-stride, capped like reduce's); else one thread per element
+  const unsigned grid = rows ? blocks_for(N * (layout == 0 ? C : HW), kThreads / 32) : blocks_for(total, kThreads);
   const T* px = static_cast<const T*>(x.ptr);
   T* py = static_cast<T*>(y.ptr);
-#define AK_SCALE(P, ADD)                                                                                         \
-  scale_kernel<T, P, ADD><<<grid, kThreads, 0, st>>>(px, x.sn, x.sc, x.shw, py, y.sn, y.sc, y.shw, N, C, HW, s, d)
+#define AK_SCALE(P, ADD)                                                                                             \
+  do {                                                                                                               \
+    if (rows)                                                                                                        \
+      scale_rows_kernel<T, P, ADD><<<grid, kThreads, 0, st>>>(px, x.sn, x.sc, x.shw, py, y.sn, y.sc, y.shw, N, C, HW, \
+                                                              s, d);                                                 \
+    else                                                                                                             \
+      scale_kernel<T, P, ADD><<<grid, kThreads, 0, st>>>(px, x.sn, x.sc, x.shw, py, y.sn, y.sc, y.shw, N, C, HW, s, d); \
+  } while (0)
   if (layout == 0) {
     if (d) AK_SCALE(true, true); else AK_SCALE(true, false);
   } else {
@@ -235,7 +284,12 @@ inline cudaError_t outer_sum(const float* a, const float* b, int64_t N, int64_t 
 //                                                         float* sgate, float* scratch, Cluster& cluster) const
 // computing the gates of channels [c0, c1) (block-wide; may __syncthreads(); every block of the cluster
 // calls it, so it may also cluster.sync() and read peers' scratch).
-template <typename T, bool kPlanar, typename Ex>
+// With kRows (g_row_loops) the slice is copied with cp.async -- 16-byte copies, all in flight before one
+// wait -- where it is one contiguous run (planar, x.sc == HW: the tile is shifted so that it shares its
+// source's address mod 16, and a scalar head reaches the first 16-byte boundary) or channels_last rows of
+// whole 16-byte chunks on 16-byte boundaries; anything else, and the scaling, walk (row, element) loops:
+// one warp per row, no division per element. Without it, the first version's per-element loops.
+template <typename T, bool kPlanar, typename Ex, bool kRows>
 __global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view y, int64_t C, int64_t HW,
                                                               int64_t slice, int64_t scratch_floats, Ex ex,
                                                               float* pooled, float* s) {
@@ -252,20 +306,60 @@ __global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view
   float* pfull = part + slice;
   float* sgate = pfull + C;
   float* scratch = sgate + slice;
-  T* tile = reinterpret_cast<T*>(scratch + ((scratch_floats + 3) / 4) * 4);
   const T* px = static_cast<const T*>(x.ptr) + n * x.sn;
   T* py = static_cast<T*>(y.ptr) + n * y.sn;
+  const T* src0 = px + c0 * x.sc;  // the slice's first element
+  T* tile = reinterpret_cast<T*>(scratch + ((scratch_floats + 3) / 4) * 4);
+  if (kRows) {  // 16-byte aligned, then shifted by src0's misalignment (the host allows 32 bytes of slack)
+    const uintptr_t base = ((uintptr_t)tile + 15) & ~(uintptr_t)15;
+    tile = reinterpret_cast<T*>(base + ((uintptr_t)src0 & 15));
+  }
   const float inv = 1.f / (float)HW;
   const int64_t elems = nc * HW;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
   // 1. load the slice once (coalesced along the contiguous axis), keep it in shared memory
-  for (int64_t i = threadIdx.x; i < elems; i += blockDim.x) {
-    int64_t c, p;
-    if (kPlanar) { c = i / HW; p = i % HW; } else { p = i / nc; c = i % nc; }
-    tile[i] = px[(c0 + c) * x.sc + p * x.shw];
+  if (kRows) {
+    constexpr int64_t kPer = 16 / sizeof(T);  // elements per 16-byte copy
+    if (kPlanar && x.shw == 1 && x.sc == HW) {  // one contiguous run: head, 16-byte copies, tail
+      int64_t head = (int64_t)(((16 - ((uintptr_t)src0 & 15)) & 15) / sizeof(T));
+      head = head < elems ? head : elems;
+      const int64_t chunks = (elems - head) / kPer;
+      for (int64_t i = threadIdx.x; i < head; i += blockDim.x) tile[i] = src0[i];
+      for (int64_t j = threadIdx.x; j < chunks; j += blockDim.x) {
+        __pipeline_memcpy_async(tile + head + j * kPer, src0 + head + j * kPer, 16);
+      }
+      for (int64_t i = head + chunks * kPer + threadIdx.x; i < elems; i += blockDim.x) tile[i] = src0[i];
+    } else if (!kPlanar && x.sc == 1 && ((uintptr_t)src0 & 15) == 0 && (x.shw * (int64_t)sizeof(T)) % 16 == 0 &&
+               (nc * (int64_t)sizeof(T)) % 16 == 0) {  // channels_last rows of whole 16-byte chunks
+      const unsigned per_row = (unsigned)(nc / kPer), chunks = (unsigned)HW * per_row;  // < 2^16: shared memory
+      for (unsigned j = threadIdx.x; j < chunks; j += blockDim.x) {
+        const unsigned p = j / per_row, k = j - p * per_row;
+        __pipeline_memcpy_async(tile + p * nc + k * kPer, src0 + p * x.shw + k * kPer, 16);
+      }
+    } else if (kPlanar) {  // rows (channels) of the slice, lanes along HW
+      for (int64_t c = warp; c < nc; c += nwarps) {
+        const T* row = src0 + c * x.sc;
+#pragma unroll 4
+        for (int64_t p = lane; p < HW; p += 32) tile[c * HW + p] = row[p * x.shw];
+      }
+    } else {  // rows (pixels), lanes along the slice's channels
+      for (int64_t p = warp; p < HW; p += nwarps) {
+        const T* row = src0 + p * x.shw;
+#pragma unroll 4
+        for (int64_t c = lane; c < nc; c += 32) tile[p * nc + c] = row[c * x.sc];
+      }
+    }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+  } else {
+    for (int64_t i = threadIdx.x; i < elems; i += blockDim.x) {
+      int64_t c, p;
+      if (kPlanar) { c = i / HW; p = i % HW; } else { p = i / nc; c = i % nc; }
+      tile[i] = px[(c0 + c) * x.sc + p * x.shw];
+    }
   }
   __syncthreads();
   // 2. pool the slice from shared memory: one warp per channel, fixed order
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
   for (int64_t c = warp; c < nc; c += nwarps) {
     float acc = 0.f;
     for (int64_t p = lane; p < HW; p += 32) acc += ld(kPlanar ? tile + c * HW + p : tile + p * nc + c);
@@ -288,10 +382,25 @@ __global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view
     s[n * C + c0 + c] = sgate[c];
   }
   // 5. scale straight from shared memory
-  for (int64_t i = threadIdx.x; i < elems; i += blockDim.x) {
-    int64_t c, p;
-    if (kPlanar) { c = i / HW; p = i % HW; } else { p = i / nc; c = i % nc; }
-    st(py + (c0 + c) * y.sc + p * y.shw, ld(tile + i) * sgate[c]);
+  if (kRows && kPlanar) {
+    for (int64_t c = warp; c < nc; c += nwarps) {
+      const float g = sgate[c];
+      T* row = py + (c0 + c) * y.sc;
+#pragma unroll 4
+      for (int64_t p = lane; p < HW; p += 32) st(row + p * y.shw, ld(tile + c * HW + p) * g);
+    }
+  } else if (kRows) {
+    for (int64_t p = warp; p < HW; p += nwarps) {
+      T* row = py + c0 * y.sc + p * y.shw;
+#pragma unroll 4
+      for (int64_t c = lane; c < nc; c += 32) st(row + c * y.sc, ld(tile + p * nc + c) * sgate[c]);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < elems; i += blockDim.x) {
+      int64_t c, p;
+      if (kPlanar) { c = i / HW; p = i % HW; } else { p = i / nc; c = i % nc; }
+      st(py + (c0 + c) * y.sc + p * y.shw, ld(tile + i) * sgate[c]);
+    }
   }
 #else
   __trap();  // never launched: the host checks that sm_90 code exists (ptxVersion >= 90) first
@@ -443,7 +552,9 @@ cudaError_t try_cluster_forward(int dev, const DeviceFacts& facts, int layout, c
     return cudaErrorNotSupported;
   }
   if (facts.major < 9) return cudaErrorNotSupported;
-  auto kernel = layout == 0 ? cluster_forward_kernel<T, true, Ex> : cluster_forward_kernel<T, false, Ex>;
+  const bool rows = g_row_loops.load(std::memory_order_relaxed) != 0;
+  auto kernel = layout == 0 ? (rows ? cluster_forward_kernel<T, true, Ex, true> : cluster_forward_kernel<T, true, Ex, false>)
+                            : (rows ? cluster_forward_kernel<T, false, Ex, true> : cluster_forward_kernel<T, false, Ex, false>);
   LaunchCache& cache = LaunchCache::get();
   // Smallest power-of-two cluster (>= enough blocks to fill the SMs, capped at 8) whose slice fits.
   int want = 1;
@@ -451,7 +562,7 @@ cudaError_t try_cluster_forward(int dev, const DeviceFacts& facts, int layout, c
   for (int csize = want; csize <= 16; csize *= 2) {
     const int64_t slice = (C + csize - 1) / csize;
     const size_t bytes = (size_t)(2 * slice + C + ((scratch_floats + 3) / 4) * 4) * sizeof(float) +
-                         (size_t)(slice * HW) * sizeof(T) + 16;
+                         (size_t)(slice * HW) * sizeof(T) + 32;  // slack: the row loops' tile alignment
     if (bytes > (size_t)facts.smem_optin) continue;
     const ClusterFit fit = cache.cluster_fit(dev, (const void*)kernel, bytes, csize);
     if (fit == ClusterFit::kNoSm90Code) return cudaErrorNotSupported;

@@ -35,6 +35,11 @@ typedef struct {
 int ak_last_forward_path(void);
 /* 0 disables the sm_90 cluster path (forces the portable one), nonzero (the default) re-enables it. */
 void ak_set_cluster_enabled(int enabled);
+/* Nonzero: the cluster forward copies its slice with cp.async and the cluster forward and scale kernels walk
+ * (row, element) loops (common.cuh g_row_loops); 0 (the default, or ATTN_KERNELS_CUDA_ROW_LOOPS unset at load):
+ * the per-element loops. */
+void ak_set_row_loops(int enabled);
+int ak_row_loops(void);
 
 /* Floats of `scratch` that ak_se_forward needs on the current device: N * R when the portable excitation's
  * working set (C + R floats) passes the opt-in shared memory per block (C ~ 58k on H100/H200) and runs from

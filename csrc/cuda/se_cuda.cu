@@ -5,12 +5,18 @@
 // Schedules: see common.cuh (portable 3-launch path for sm_80+, cluster-per-sample path on sm_90).
 // Bytes: portable forward reads x twice, writes y (3·|x|); cluster forward reads x once, writes y
 // (2·|x|); backward reads gy, x, gy again and writes grad_x (4·|x|), plus O(N·C·R) for the excitation.
+#include <cstdlib>
+
 #include "common.cuh"
 
 namespace ak {
 
 std::atomic<int> g_last_path{0};
 std::atomic<int> g_cluster_enabled{1};
+std::atomic<int> g_row_loops{[] {
+  const char* env = std::getenv("ATTN_KERNELS_CUDA_ROW_LOOPS");
+  return env && *env && std::atoi(env) != 0 ? 1 : 0;
+}()};
 
 struct SEDev {
   const float *w1, *b1, *w2, *b2;
@@ -251,6 +257,8 @@ extern "C" {
 
 int ak_last_forward_path(void) { return ak::g_last_path.load(std::memory_order_relaxed); }
 void ak_set_cluster_enabled(int enabled) { ak::g_cluster_enabled.store(enabled ? 1 : 0, std::memory_order_relaxed); }
+void ak_set_row_loops(int enabled) { ak::g_row_loops.store(enabled ? 1 : 0, std::memory_order_relaxed); }
+int ak_row_loops(void) { return ak::g_row_loops.load(std::memory_order_relaxed); }
 
 int64_t ak_se_forward_scratch_floats(int64_t N, int64_t C, int64_t R, int has_w1) {
   if (!has_w1) return 0;  // effective SE: h is the pooled vector itself

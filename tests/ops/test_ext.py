@@ -637,6 +637,28 @@ def test_auto_picks_cpu_backend():
         assert _backend.resolve("eca_residual", "cpu") is ext.eca_residual
 
 
+def test_cuda_row_loops_switch():
+    """set_cuda_row_loops returns the previous setting (-1: built without the CUDA kernels, a no-op); off by
+    default, ATTN_KERNELS_CUDA_ROW_LOOPS=1 at load turns it on (a child process)."""
+    import os
+    import subprocess
+
+    previous = ext._C.set_cuda_row_loops(True)
+    if previous == -1:
+        assert not ext.has_cuda() and ext._C.set_cuda_row_loops(False) == -1
+        return
+    try:
+        assert ext._C.set_cuda_row_loops(False) == 1
+    finally:
+        ext._C.set_cuda_row_loops(previous == 1)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = "from attn_kernels.ops import ext; print(ext._C.set_cuda_row_loops(False))"
+    for value, expect in (("1", "1"), ("", "0")):
+        env = dict(os.environ, ATTN_KERNELS_CUDA_ROW_LOOPS=value)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+        assert out.stdout.strip().splitlines()[-1] == expect, out.stderr[-2000:]
+
+
 def test_info_reports_cpu_available():
     import attn_kernels
 
@@ -644,12 +666,18 @@ def test_info_reports_cpu_available():
 
 
 # ---- CUDA kernels (GPU only; never run in CI) -----------------------------------------------------
-@pytest.fixture(params=[True, False], ids=["cluster", "portable"])
+@pytest.fixture(params=[(True, False), (False, False), (True, True), (False, True)],
+                ids=["cluster", "portable", "cluster-rows", "portable-rows"])
 def cuda_schedule(request):
-    """Run each CUDA test with the sm_90 cluster forward enabled (used where it applies) and disabled."""
-    ext._C.set_cuda_cluster(request.param)
-    yield request.param
+    """Run each CUDA test with the sm_90 cluster forward enabled (used where it applies) and disabled, each
+    with the per-element loops (default) and with the row loops + cp.async copies (set_cuda_row_loops, off by
+    default until a GPU has run these). Yields whether the cluster forward is enabled."""
+    cluster, rows = request.param
+    ext._C.set_cuda_cluster(cluster)
+    previous = ext._C.set_cuda_row_loops(rows)
+    yield cluster
     ext._C.set_cuda_cluster(True)
+    ext._C.set_cuda_row_loops(previous == 1)
 
 
 @pytest.mark.gpu

@@ -10,7 +10,8 @@ each configuration of --configs forced. A configuration is comma-separated KEY=V
 ATTN_KERNELS_SE_TUNE (GROUP, P, BLOCK_C, BLOCK_HW, num_warps, NUM_STAGES, PREFETCH, maxnreg; the last
 six SE only), ``schedule=single|auto`` (ATTN_KERNELS_SE_SCHEDULE; multi plans as auto) and, for the ops
 se_cuda / eca_cuda (csrc/'s CUDA kernels), ``rows=0|1`` (their row loops, attn_kernels._C.set_cuda_row_loops);
-configurations are separated by ``;``.
+configurations are separated by ``;``. ``auto`` runs with whatever the process has (the row loops: off unless
+ATTN_KERNELS_CUDA_ROW_LOOPS=1 was set before the extension loaded).
 The default is the GROUP sweep: ``GROUP=1;GROUP=2;GROUP=4;GROUP=8;GROUP=16`` (the schedule re-planned
 for the forced group count, as the launcher would; a GROUP above the batch is skipped). Per row: median ms
 of each configuration, the fastest, and auto's time over the fastest.
@@ -99,9 +100,10 @@ def environment(env: dict):
     loops, read by the extension only at load, are also switched through attn_kernels._C)."""
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    rows = env.get("ATTN_KERNELS_CUDA_ROW_LOOPS")
-    before = _set_cuda_row_loops(rows == "1") if rows is not None else None
+    rows, before = env.get("ATTN_KERNELS_CUDA_ROW_LOOPS"), None
     try:
+        if rows is not None:
+            before = _set_cuda_row_loops(rows == "1")
         yield
     finally:
         if before is not None:

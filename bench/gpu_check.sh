@@ -29,7 +29,7 @@
 #   tests_triton     180  60-90 pytest -m "not gpu" on the four Triton op test files                [during build]
 #   info             30   ~5    attn-kernels info (is the cuda backend there?)
 #   cpu_diag         180  ~10   bench/cpu_diag.sh: the CPU kernels in a fresh process (+ A/B rebuild on a crash)
-#   tests_gpu_ext    150  30-40 pytest -m gpu on the rest (the CUDA kernels of csrc/, both schedules)
+#   tests_gpu_ext    220  60-150 pytest -m gpu on the rest (the CUDA kernels of csrc/: both schedules x row loops off/on)
 #   tests_rest       180  40-60 pytest -m "not gpu" on the rest                                  [background]
 #   memcheck         150  30-60 compute-sanitizer --tool memcheck  python bench/sanitize_check.py [during tests_rest]
 #   racecheck        150  30-60 compute-sanitizer --tool racecheck, the csrc/ CUDA kernels only      [during tests_rest]
@@ -237,7 +237,7 @@ plan info 30 && run_fg info "$PY" -m attn_kernels.cli info
 plan cpu_diag 180 30 && run_fg cpu_diag bash bench/cpu_diag.sh "$PY"
 
 # ---- 2. the CUDA kernels: GPU tests, then the sanitizers while the remaining tests run ------------------
-if plan tests_gpu_ext 150 30; then
+if plan tests_gpu_ext 220 30; then
   pytest_cmd tests_gpu_ext "$W_GPU"; run_fg tests_gpu_ext "${PT[@]}" -m gpu tests --ignore=tests/ops/test_se.py
 fi
 if plan tests_rest 180 30; then
@@ -282,7 +282,7 @@ fi
 # csrc/'s CUDA kernels with and without their row loops + cp.async copies (off by default until this A/B
 # and the tests_gpu_ext "-rows" cases have run)
 if plan cuda_rows 120 45; then
-  run_fg cuda_rows "$PY" bench/bench_groups.py --ops se_cuda,eca_cuda --batches 128 --layout channels_last \
+  run_fg cuda_rows "$PY" bench/bench_groups.py --ops se_cuda,eca_cuda --batches 128,8 --layout channels_last \
     --stages 1024x14x14,256x56x56 --modes fwd,fwd+bwd --configs "rows=0;rows=1" \
     --max-seconds $(( STEP_T - 30 )) --out "$RES"
 fi

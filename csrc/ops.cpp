@@ -195,7 +195,9 @@ static PyObject* attn_can_stream(PyObject*, PyObject*) {
 // CUDA forward schedule control, for tests and benchmarks on a GPU (no-ops without CUDA).
 static PyObject* attn_set_cuda_cluster(PyObject*, PyObject* arg) {
 #ifdef WITH_CUDA
-  ak_set_cluster_enabled(PyObject_IsTrue(arg) ? 1 : 0);
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;  // the truth test raised: pass its exception on
+  ak_set_cluster_enabled(on);
 #else
   (void)arg;
 #endif
@@ -206,8 +208,10 @@ static PyObject* attn_set_cuda_cluster(PyObject*, PyObject* arg) {
 // setting (-1 without CUDA kernels, where it is a no-op).
 static PyObject* attn_set_cuda_row_loops(PyObject*, PyObject* arg) {
 #ifdef WITH_CUDA
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;  // the truth test raised: pass its exception on
   const int previous = ak_row_loops();
-  ak_set_row_loops(PyObject_IsTrue(arg) ? 1 : 0);
+  ak_set_row_loops(on);
   return PyLong_FromLong(previous);
 #else
   (void)arg;

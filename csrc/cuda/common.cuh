@@ -157,24 +157,28 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(const T* x, int64_t xsn
   }
 }
 
-// Row loops (g_row_loops): one warp per row -- (n, c) planar, (n, p) channels_last -- lanes along the row's
-// contiguous axis, so the index math is one division per row, not four 64-bit ones per element (what
-// scale_kernel pays), and each lane's loads are independent (unrolled: several in flight).
+// Row loops (g_row_loops): one warp per segment of kRowSeg elements of a row -- (n, c) planar, (n, p)
+// channels_last -- lanes along the row's contiguous axis: the index math is two divisions per segment, not
+// four 64-bit ones per element (what scale_kernel pays), each lane's loads are independent (unrolled:
+// several in flight), and a small batch or a long row still spreads over many warps.
+constexpr int64_t kRowSeg = 256;
 template <typename T, bool kPlanar, bool kAdd>
 __global__ void __launch_bounds__(kThreads) scale_rows_kernel(const T* x, int64_t xsn, int64_t xsc, int64_t xshw, T* y,
                                                               int64_t ysn, int64_t ysc, int64_t yshw, int64_t N,
                                                               int64_t C, int64_t HW, const float* s, const float* d) {
   const int lane = threadIdx.x % 32;
   const int64_t inner = kPlanar ? HW : C, outer = kPlanar ? C : HW;
-  const int64_t rows = N * outer, step = (int64_t)gridDim.x * (kThreads / 32);
-  for (int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; row < rows; row += step) {
-    const int64_t n = row / outer, o = row - n * outer;
+  const int64_t segs = (inner + kRowSeg - 1) / kRowSeg, items = N * outer * segs;
+  const int64_t step = (int64_t)gridDim.x * (kThreads / 32);
+  for (int64_t item = (int64_t)blockIdx.x * (kThreads / 32) + threadIdx.x / 32; item < items; item += step) {
+    const int64_t row = item / segs, n = row / outer, o = row - n * outer;
+    const int64_t lo = (item - row * segs) * kRowSeg, hi = lo + kRowSeg < inner ? lo + kRowSeg : inner;
     if (kPlanar) {  // row (n, c): one gate for the whole row
       const float g = s[n * C + o], add = kAdd ? d[n * C + o] : 0.f;
       const T* px = x + n * xsn + o * xsc;
       T* py = y + n * ysn + o * ysc;
 #pragma unroll 4
-      for (int64_t p = lane; p < inner; p += 32) {
+      for (int64_t p = lo + lane; p < hi; p += 32) {
         float v = ld(px + p * xshw) * g;  // as scale_kernel computes it, bit for bit
         if (kAdd) v += add;
         st(py + p * yshw, v);
@@ -183,7 +187,7 @@ __global__ void __launch_bounds__(kThreads) scale_rows_kernel(const T* x, int64_
       const T* px = x + n * xsn + o * xshw;
       T* py = y + n * ysn + o * yshw;
 #pragma unroll 4
-      for (int64_t c = lane; c < inner; c += 32) {
+      for (int64_t c = lo + lane; c < hi; c += 32) {
         float v = ld(px + c * xsc) * s[n * C + c];
         if (kAdd) v += d[n * C + c];
         st(py + c * ysc, v);
@@ -248,8 +252,9 @@ cudaError_t scale(int layout, const ak_view& x, const ak_view& y, int64_t N, int
   const int64_t total = N * C * HW;
   if (total == 0) return cudaSuccess;
   const bool rows = g_row_loops.load(std::memory_order_relaxed) != 0;
-  // row loops: one warp per row (grid-stride, capped like reduce's); else one thread per element
-  const unsigned grid = rows ? blocks_for(N * (layout == 0 ? C : HW), kThreads / 32) : blocks_for(total, kThreads);
+  // row loops: one warp per row segment (grid-stride, capped like reduce's); else one thread per element
+  const int64_t inner = layout == 0 ? HW : C, segs = (inner + kRowSeg - 1) / kRowSeg;
+  const unsigned grid = rows ? blocks_for(N * (layout == 0 ? C : HW) * segs, kThreads / 32) : blocks_for(total, kThreads);
   const T* px = static_cast<const T*>(x.ptr);
   T* py = static_cast<T*>(y.ptr);
 #define AK_SCALE(P, ADD)                                                                                             \
@@ -329,7 +334,8 @@ __global__ void __launch_bounds__(512) cluster_forward_kernel(ak_view x, ak_view
         __pipeline_memcpy_async(tile + head + j * kPer, src0 + head + j * kPer, 16);
       }
       for (int64_t i = head + chunks * kPer + threadIdx.x; i < elems; i += blockDim.x) tile[i] = src0[i];
-    } else if (!kPlanar && x.sc == 1 && ((uintptr_t)src0 & 15) == 0 && (x.shw * (int64_t)sizeof(T)) % 16 == 0 &&
+    } else if (!kPlanar && x.sc == 1 && ((uintptr_t)src0 & 15) == 0 &&
+               (HW == 1 || (x.shw * (int64_t)sizeof(T)) % 16 == 0) &&
                (nc * (int64_t)sizeof(T)) % 16 == 0) {  // channels_last rows of whole 16-byte chunks
       const unsigned per_row = (unsigned)(nc / kPer), chunks = (unsigned)HW * per_row;  // < 2^16: shared memory
       for (unsigned j = threadIdx.x; j < chunks; j += blockDim.x) {
@@ -562,7 +568,7 @@ cudaError_t try_cluster_forward(int dev, const DeviceFacts& facts, int layout, c
   for (int csize = want; csize <= 16; csize *= 2) {
     const int64_t slice = (C + csize - 1) / csize;
     const size_t bytes = (size_t)(2 * slice + C + ((scratch_floats + 3) / 4) * 4) * sizeof(float) +
-                         (size_t)(slice * HW) * sizeof(T) + 32;  // slack: the row loops' tile alignment
+                         (size_t)(slice * HW) * sizeof(T) + (rows ? 32 : 16);  // rows: the tile's alignment
     if (bytes > (size_t)facts.smem_optin) continue;
     const ClusterFit fit = cache.cluster_fit(dev, (const void*)kernel, bytes, csize);
     if (fit == ClusterFit::kNoSm90Code) return cudaErrorNotSupported;

@@ -111,11 +111,11 @@ def split_plan(n: int, c: int, block_c: int, sms: int, mode: str, occupancy: int
     with ``sms`` SMs, each of which holds ``occupancy`` of the kernel's programs at once.
 
     Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (2·N ≤ budget): P =
-    min(#tiles, budget // N) programs per sample, each on whole tiles, where budget = SMs·occupancy // 2: the grid N·P never asks for more than half the programs
-    the GPU can hold at once. Every program must be resident at the same time for the meeting, and
-    kernels of other streams (NCCL during an overlapped DDP backward, a data-loader's copies) may hold
-    SMs — with the whole GPU asked for, a few busy SMs would turn into a timed-out wait (seconds, then
-    NaN). ``occupancy`` is 1 unless the launcher measured the compiled kernel (``fit_occupancy``).
+    min(#tiles, budget // N) programs per sample, each on whole tiles, where budget = SMs·occupancy // 2:
+    the grid N·P never asks for more than half the programs the GPU can hold at once. Every program
+    must be resident at the same time for the meeting, and kernels of other streams (NCCL during an
+    overlapped DDP backward, a data-loader's copies) may hold SMs — with the whole GPU asked for, a few
+    busy SMs would turn into a timed-out wait (seconds, then NaN). ``occupancy`` is 1 unless the launcher measured the compiled kernel (``fit_occupancy``).
     ``mode="single"`` or ``sms=0`` → schedule (a); ``mode="multi"`` plans as "auto" (which already takes
     schedule (b) wherever the budget allows two or more programs per sample; it never takes more).
     """
@@ -237,11 +237,6 @@ def _parse_tune(text: str) -> dict:
     return out
 
 
-def prev_pow2(v: int) -> int:
-    """Largest power of two <= v (0 for v < 1)."""
-    return 1 << (v.bit_length() - 1) if v >= 1 else 0
-
-
 def emulate_split(cfg: dict, c: int, split: int) -> dict:
     """Test hook (interpreter): schedule (b)'s channel partition, P = ``split`` programs per sample, but
     MULTI=0: the launcher launches twice on the same scratch buffers instead of meeting (see above)."""
@@ -275,7 +270,7 @@ def co_resident_per_sm(n_regs: int, shared: int, num_warps: int, props) -> int:
     return max(1, min(by_regs, by_smem, by_threads, 32))
 
 
-_FITTED = {}  # (kernel, N, cfg, meta, dtypes) -> the config fit_occupancy chose
+_FITTED = {}  # (kernel, planner inputs, mode, tune text, meta, dtypes) -> the config fit_occupancy chose
 
 
 def _kernel_kwargs(cfg: dict, meta):

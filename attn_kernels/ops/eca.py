@@ -24,7 +24,10 @@ ECA-ResNet-50 stages (adaptive k; ρ = 2h/BLOCK_C, the extra fraction of the poo
     256×56² (k 5): BLOCK_C 16 / 16, ρ 25 % / 25 %      512×28² (k 5): 64 / 32, ρ 6.3 % / 12.5 %
     1024×14² (k 5): 128 / 128, ρ 3.1 %                  2048×7² (k 7): 128 / 128, ρ 4.7 %, RESIDENT
 so the forward's DRAM traffic is (2 + ρ)/2 of the floor when the scale pass hits L2 (≤ 12.5 % over).
-Untuned: no GPU was available when this was written (bench/bench_eca.py measures it).
+The streaming loops are software-pipelined (cp.async) where the rows are aligned, NCHW rows told their
+alignment (``_stream_plan``). Measured once, before that, on an H200 (2026-12-04, 128x1024x14x14 bf16):
+forward 0.128 ms NCHW (eager 0.208) but 0.275 ms channels_last (eager 0.100); not measured since
+(bench/bench_eca.py, `attn-kernels bench --ops eca`).
 
 Backward, same grid and halo logic: per channel of tile+halo g_c = Σ_hw grad_u·x (grad_u = grad_y, or
 grad_y·out_act'(x·s + shortcut) recomputed for eca_residual), dz_c = g_c·s_c(1 − s_c) into the scratch
@@ -62,8 +65,8 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
-from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of
-from ._layout import next_pow2 as _next_pow2, out_like as _out_like
+from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, multiple as _aligned
+from ._layout import next_pow2 as _next_pow2, out_like as _out_like, stream_alignment as _stream_alignment
 
 __all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]
 
@@ -136,12 +139,14 @@ def _grad_u(gy, x, s, sc, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr):
 @triton.jit
 def _channel_sums(x_base, gy_base, sc_base, s_base, chan, valid, HW, sxc, sxhw, sgc, sghw, ssc, sshw,
                   BWD: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, ACC: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """Per channel in ``chan``: Σ_hw x (forward) or Σ_hw grad_u·x (backward), 0 where not valid."""
+                  ROWS: tl.constexpr, BLOCK_HW: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Per channel in ``chan``: Σ_hw x (forward) or Σ_hw grad_u·x (backward), 0 where not valid. The loop
+    is software-pipelined (cp.async, NUM_STAGES − 1 tiles ahead) where the launcher found the rows
+    aligned (``_stream_plan``)."""
     acc = tl.zeros([ROWS], dtype=ACC)
     if BWD:
         s = tl.load(s_base + chan, mask=valid, other=0.0)
-    for hw0 in range(0, HW, BLOCK_HW):
+    for hw0 in tl.range(0, HW, BLOCK_HW, num_stages=NUM_STAGES):
         offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
         m = valid[:, None] & (offs_hw < HW)[None, :]
         x = tl.load(x_base + chan[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
@@ -173,13 +178,17 @@ def _eca_fwd_kernel(
     sxn, sxc, sxhw, ssn, ssc, sshw, syn, syc, syhw,
     CIRCULAR: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
-    RESIDENT: tl.constexpr,
+    RESIDENT: tl.constexpr, NUM_STAGES: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Program (n, t): pool channels [c0 − h, c0 + BLOCK_C + h) → gates of [c0, c0 + BLOCK_C) → scale.
     Reads x (1 + 2h/BLOCK_C)·BLOCK_C·HW (pool, halo included) + BLOCK_C·HW again (scale, L2) — or,
     with RESIDENT (the whole [BLOCK_C, HW] tile in one register tile), only the first read — writes y
     BLOCK_C·HW; eca_residual also reads the shortcut BLOCK_C·HW once. Plus k taps, 2·BLOCK_C + W fp32
     vector elements."""
+    HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_stream_plan), told to Triton
+    sxn, sxc, ssn, ssc = _aligned(sxn, ROW_ALIGN), _aligned(sxc, ROW_ALIGN), _aligned(ssn, ROW_ALIGN), _aligned(
+        ssc, ROW_ALIGN)
+    syn, syc = _aligned(syn, ROW_ALIGN), _aligned(syc, ROW_ALIGN)
     pid = tl.program_id(0).to(tl.int64)
     n = pid // T
     c0 = (pid % T) * BLOCK_C
@@ -196,7 +205,7 @@ def _eca_fwd_kernel(
         p = tl.sum(xt, axis=1) / HW
     else:
         p = _channel_sums(x_base, x_base, x_base, s_ptr, chan, valid, HW, sxc, sxhw, sxc, sxhw, sxc, sxhw,
-                          0, 0, 0, ACC, BLOCK_C, BLOCK_HW) / HW
+                          0, 0, 0, ACC, BLOCK_C, BLOCK_HW, NUM_STAGES) / HW
     tl.store(ext_base + half + offs_i, p)
     own = (c0 + offs_i) < C
     tl.store(pooled_ptr + n * C + c0 + offs_i, p, mask=own)
@@ -208,7 +217,7 @@ def _eca_fwd_kernel(
         chan_h, valid_h = _ext_channels(pos, c_end, C, half, CIRCULAR)
         valid_h = valid_h & (offs_h < 2 * half)
         ph = _channel_sums(x_base, x_base, x_base, s_ptr, chan_h, valid_h, HW, sxc, sxhw, sxc, sxhw, sxc,
-                           sxhw, 0, 0, 0, ACC, BLOCK_H, BLOCK_HW) / HW
+                           sxhw, 0, 0, 0, ACC, BLOCK_H, BLOCK_HW, NUM_STAGES) / HW
         tl.store(ext_base + tl.where(left, offs_h, BLOCK_C + offs_h), ph, mask=offs_h < 2 * half)
     tl.debug_barrier()  # the scratch row written above by all threads is read back shifted below
     # 2. gates of the tile: z_i = Σ_j t_j · ext[i + j]
@@ -225,7 +234,7 @@ def _eca_fwd_kernel(
     offs_c = c0 + offs_i
     y_base = y_ptr + n * syn
     sc_base = sc_ptr + n * ssn
-    for hw0 in range(0, HW, BLOCK_HW):  # one iteration when RESIDENT
+    for hw0 in tl.range(0, HW, BLOCK_HW, num_stages=NUM_STAGES):  # one iteration when RESIDENT
         offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
         m = own[:, None] & (offs_hw < HW)[None, :]
         if RESIDENT:
@@ -254,12 +263,18 @@ def _eca_bwd_kernel(
     sgn, sgc, sghw, sxn, sxc, sxhw, ssn, ssc, sshw, sdn, sdc, sdhw, sen, sec, sehw,
     CIRCULAR: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_K: tl.constexpr,
-    RESIDENT: tl.constexpr,
+    RESIDENT: tl.constexpr, NUM_STAGES: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Program (n, t). Pass 1 reads grad_y and x (and the shortcut) on the tile + halo:
     (1 + 2h/BLOCK_C)·BLOCK_C·HW each; pass 2 reads them again on the tile (L2; not at all with
     RESIDENT, which keeps grad_u in registers) and writes grad_x (and grad_shortcut) BLOCK_C·HW each.
     Plus O(W + k) vector elements."""
+    HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_stream_plan), told to Triton
+    sgn, sgc, sxn, sxc = _aligned(sgn, ROW_ALIGN), _aligned(sgc, ROW_ALIGN), _aligned(sxn, ROW_ALIGN), _aligned(
+        sxc, ROW_ALIGN)
+    ssn, ssc, sdn, sdc = _aligned(ssn, ROW_ALIGN), _aligned(ssc, ROW_ALIGN), _aligned(sdn, ROW_ALIGN), _aligned(
+        sdc, ROW_ALIGN)
+    sen, sec = _aligned(sen, ROW_ALIGN), _aligned(sec, ROW_ALIGN)
     pid = tl.program_id(0).to(tl.int64)
     n = pid // T
     c0 = (pid % T) * BLOCK_C
@@ -285,7 +300,7 @@ def _eca_bwd_kernel(
         dz = tl.sum(gu_t * x_t, axis=1) * s_t * (1.0 - s_t)
     else:
         dz = _channel_sums(x_base, gy_base, sc_base, s_base, chan, valid, HW, sxc, sxhw, sgc, sghw, ssc, sshw,
-                           1, RESIDUAL, OUT_ACT, ACC, BLOCK_C, BLOCK_HW)
+                           1, RESIDUAL, OUT_ACT, ACC, BLOCK_C, BLOCK_HW, NUM_STAGES)
     tl.store(ext_base + half + offs_i, dz)
     for h0 in range(0, 2 * half, BLOCK_H):
         offs_h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)
@@ -294,7 +309,7 @@ def _eca_bwd_kernel(
         chan_h, valid_h = _ext_channels(pos, c_end, C, half, CIRCULAR)
         valid_h = valid_h & (offs_h < 2 * half)
         dzh = _channel_sums(x_base, gy_base, sc_base, s_base, chan_h, valid_h, HW, sxc, sxhw, sgc, sghw, ssc,
-                            sshw, 1, RESIDUAL, OUT_ACT, ACC, BLOCK_H, BLOCK_HW)
+                            sshw, 1, RESIDUAL, OUT_ACT, ACC, BLOCK_H, BLOCK_HW, NUM_STAGES)
         tl.store(ext_base + tl.where(left, offs_h, BLOCK_C + offs_h), dzh, mask=offs_h < 2 * half)
     # taps' gradient partial: G_j = Σ_{own c} dz_c · p_{c+j−h}
     own = (c0 + offs_i) < C
@@ -319,7 +334,7 @@ def _eca_bwd_kernel(
     offs_c = c0 + offs_i
     gx_base = gx_ptr + n * sdn
     gsc_base = gsc_ptr + n * sen
-    for hw0 in range(0, HW, BLOCK_HW):  # one iteration when RESIDENT
+    for hw0 in tl.range(0, HW, BLOCK_HW, num_stages=NUM_STAGES):  # one iteration when RESIDENT
         offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
         m = own[:, None] & (offs_hw < HW)[None, :]
         if RESIDENT:
@@ -377,6 +392,26 @@ def settings(channels: int, hw: int, elem_bytes: int, k: int) -> dict:
                 num_warps=8 if block_c * block_hw >= 4096 else 4)
 
 
+_STAGE_SMEM = 64 * 1024  # bytes of shared memory the pipelined loops may hold (_stream_plan)
+
+
+def _stream_plan(cfg: dict, x: torch.Tensor, hw: int, strides, loads: int) -> dict:
+    """NUM_STAGES and ROW_ALIGN of the streaming loops for tensors with the (N, C, HW) ``strides`` (x first,
+    then the others the kernel streams): pipelined (cp.async into shared memory, NUM_STAGES − 1 tiles
+    ahead) where ``_layout.stream_alignment`` finds the rows aligned, 2 … 3 stages of ``loads`` [BLOCK_C,
+    BLOCK_HW] tiles within _STAGE_SMEM; NCHW rows get ROW_ALIGN (bf16 at 14×14: 4). RESIDENT tiles are one
+    iteration: nothing to pipeline. Before this the loops were plain ``range`` loops, which Triton did
+    not pipeline (no cp.async in the sm_90 PTX): one tile in flight per program -- the H200 run measured
+    the channels_last forward at 0.275 ms against eager's 0.100 (128x1024x14x14 bf16). Not measured since."""
+    aligned, row_align = _stream_alignment(x.element_size(), hw, strides, cfg["BLOCK_C"])
+    stages = 1
+    if aligned and not cfg["RESIDENT"]:
+        per_stage = cfg["BLOCK_C"] * cfg["BLOCK_HW"] * x.element_size() * loads
+        stages = min(3, _STAGE_SMEM // max(1, per_stage))
+        stages = stages if stages >= 2 else 1
+    return dict(NUM_STAGES=stages, ROW_ALIGN=row_align)
+
+
 def _check_x(x: torch.Tensor) -> None:
     if x.dtype not in _X_DTYPES:
         raise TypeError(f"the triton ECA kernel supports x of dtype float16/bfloat16/float32/float64, got {x.dtype}")
@@ -418,7 +453,7 @@ def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch
         _eca_fwd_kernel[(n * tiles,)](
             xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy,
             CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **cfg)
+            ACC=_tl_acc(acc), **cfg, **_stream_plan(cfg, x, hw, (sx, ss, sy), 1 + int(residual)))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s
@@ -448,7 +483,7 @@ def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch
             gyk, xk, sck, gx_buf, gsc_buf, taps, pooled, s, ext, gt, c, hw, k, k // 2, tiles, width,
             *sg, *sx, *ss, *sd, *se,
             CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **cfg)
+            ACC=_tl_acc(acc), **cfg, **_stream_plan(cfg, x, hw, (sx, sg, ss, sd, se), 2 + int(residual)))
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     if residual and gsc_buf is not gsc:

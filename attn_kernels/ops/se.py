@@ -83,7 +83,7 @@ Streaming loops: each pass runs one loop over (sample of the group, channel tile
 that Triton can software-pipeline its loads (``tl.range(num_stages=NUM_STAGES)``: cp.async into shared
 memory, several tiles in flight), or, where a tile row's pieces cannot be copied 4 bytes at a time
 (bf16 NCHW at 7×7: 98-byte rows), with a one-tile register prefetch (``PREFETCH``); see ``_tile_at``,
-``_pipeline`` and ``_multiple`` (ROW_ALIGN). The first version
+``_pipeline`` and ``_layout.multiple`` (ROW_ALIGN). The first version
 (three nested loops, one tile in flight per program) was measured on an H200 (2026-12-04, bf16,
 128x1024x14x14): forward 0.48 ms NCHW / 0.43 ms channels_last against eager's 0.12 / 0.17 ms, about 6 %
 of a copy's bandwidth — latency-bound, and on half the GPU: every SE training shape of that run
@@ -106,7 +106,8 @@ import triton.language as tl
 from .. import _alloc
 from ..reference import apply_act
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
-from ._layout import next_pow2 as _next_pow2, out_like as _out_like
+from ._layout import multiple as _aligned, next_pow2 as _next_pow2, out_like as _out_like
+from ._layout import stream_alignment as _stream_alignment
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
 from ._split import FILL as _FILL, fit_occupancy as _fit_occupancy, group_plan as _group_plan
 from ._split import _parse_tune, schedule_mode as _schedule_mode, tune as _split_tune, tune_text as _tune_text
@@ -235,7 +236,7 @@ def _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C: tl.constexpr, BLOCK_H
     be issued ahead; one loop with ``tl.range(num_stages=NUM_STAGES)`` becomes cp.async copies into
     shared memory NUM_STAGES − 1 tiles ahead of their use (checked in the sm_90 PTX). Only where a
     thread's piece of a tile row is ≥ 4 bytes and known aligned (cp.async copies 4, 8 or 16 bytes; NCHW
-    rows get their alignment from ROW_ALIGN, see ``_multiple``: bf16 at 14×14 copies 8 bytes). Where
+    rows get their alignment from ROW_ALIGN, see ``_layout.multiple``: bf16 at 14×14 copies 8 bytes). Where
     it is not (bf16 NCHW at 7×7: 2 bytes) Triton leaves the loads synchronous, so there the loops
     prefetch by hand instead (PREFETCH: tile t + 1 is loaded into registers before tile t is used; two
     tiles in flight)."""
@@ -250,18 +251,6 @@ def _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C: tl.constexpr, BLOCK_H
     offs_hw = (hi * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
     m = mask_c[:, None] & (offs_hw < HW)[None, :]
     return n, offs_c, mask_c, offs_hw, m, hi == n_hw - 1
-
-
-@triton.jit
-def _multiple(v, A: tl.constexpr):
-    """``v`` rewritten as (v // A)·A: the same value (the launcher passes ROW_ALIGN = A only when A divides
-    it), written so that Triton's alignment analysis knows it. An NCHW tile row of bf16 at 14×14 is 392
-    bytes: Triton, which specialises integer arguments only on divisibility by 16, cannot vectorise
-    its loads nor pipeline them as cp.async (≥ 4 bytes per copy); with HW and the strides known to be
-    multiples of 4 it does both, 8 bytes at a time (checked in the sm_90 PTX)."""
-    if A > 1:
-        v = v // A * A
-    return v
 
 
 @triton.jit
@@ -325,10 +314,10 @@ def _se_fwd_kernel(
     its slice's share of the FC weights, once for its GROUP samples: W1's columns and W2's rows of
     its channels (2·R·C/P; eSE: W2's rows, C·C/P).
     """
-    HW = _multiple(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
-    sxn, sxc, ssn, ssc = _multiple(sxn, ROW_ALIGN), _multiple(sxc, ROW_ALIGN), _multiple(ssn, ROW_ALIGN), _multiple(
+    HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
+    sxn, sxc, ssn, ssc = _aligned(sxn, ROW_ALIGN), _aligned(sxc, ROW_ALIGN), _aligned(ssn, ROW_ALIGN), _aligned(
         ssc, ROW_ALIGN)
-    syn, syc = _multiple(syn, ROW_ALIGN), _multiple(syc, ROW_ALIGN)
+    syn, syc = _aligned(syn, ROW_ALIGN), _aligned(syc, ROW_ALIGN)
     pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
@@ -446,12 +435,12 @@ def _se_bwd_kernel(
     for se; plus O(GROUP·(C + P·R)) fp32 vectors and its slice's share of the weights once for its
     GROUP samples (2·R·C/P; eSE: W2's columns of its channels, C·C/P).
     """
-    HW = _multiple(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
-    sgn, sgc, sxn, sxc = _multiple(sgn, ROW_ALIGN), _multiple(sgc, ROW_ALIGN), _multiple(sxn, ROW_ALIGN), _multiple(
+    HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
+    sgn, sgc, sxn, sxc = _aligned(sgn, ROW_ALIGN), _aligned(sgc, ROW_ALIGN), _aligned(sxn, ROW_ALIGN), _aligned(
         sxc, ROW_ALIGN)
-    ssn, ssc, sdn, sdc = _multiple(ssn, ROW_ALIGN), _multiple(ssc, ROW_ALIGN), _multiple(sdn, ROW_ALIGN), _multiple(
+    ssn, ssc, sdn, sdc = _aligned(ssn, ROW_ALIGN), _aligned(ssc, ROW_ALIGN), _aligned(sdn, ROW_ALIGN), _aligned(
         sdc, ROW_ALIGN)
-    son, soc = _multiple(son, ROW_ALIGN), _multiple(soc, ROW_ALIGN)
+    son, soc = _aligned(son, ROW_ALIGN), _aligned(soc, ROW_ALIGN)
     pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
@@ -617,27 +606,14 @@ def _pipeline(cfg: dict, x: torch.Tensor, hw: int, strides, loads: int) -> dict:
     """NUM_STAGES, PREFETCH and ROW_ALIGN of the streaming loops (_tile_at) for tensors with the (N, C, HW)
     ``strides`` (x first, then the others a kernel streams: shortcut, y / grad_y, grad_x, ...).
 
-    Triton pipelines a tile load (cp.async) only when each thread's contiguous piece is ≥ 4 bytes and it
-    knows that piece is aligned; it learns alignment from integer arguments divisible by 16 only.
-    Channels_last tiles (rows along C): pipelined when the rows' pitch and the sample stride are
-    multiples of 16 bytes. NCHW tiles (rows along HW, every unit stride 1): ROW_ALIGN = the largest
-    power of two A ≤ 16 bytes / |x| that divides HW and every row and sample stride; the kernels rewrite
-    those as multiples of A (_multiple), so Triton copies A elements at a time, pipelined when A·|x| ≥ 4
-    bytes (bf16 at 14×14: A = 4; at 7×7: A = 1, 2 bytes, not pipelined). Where they are not, the loops
-    prefetch one tile by hand into registers (PREFETCH). ``ATTN_KERNELS_SE_TUNE`` may force NUM_STAGES
+    Pipelined (cp.async) and ROW_ALIGN as ``_layout.stream_alignment`` says (channels_last: 16-byte row
+    pitch; NCHW: the alignment A of HW and every row / sample stride, told to Triton by the kernels'
+    ``_aligned`` rewrites; bf16 at 14×14: A = 4, pipelined; at 7×7: A = 1, 2 bytes, not). Where they are
+    not, the loops prefetch one tile by hand into registers (PREFETCH). ``ATTN_KERNELS_SE_TUNE`` may force NUM_STAGES
     (where pipelined) or PREFETCH."""
     forced = _split_tune()
     elem = x.element_size()
-    sx = strides[0]
-    row_align = 1
-    if sx[1] == 1 and cfg["BLOCK_C"] > 1:  # channels_last: rows along C
-        aligned = (sx[2] * elem) % 16 == 0 and (sx[0] * elem) % 16 == 0
-    else:
-        if all(st[2] == 1 for st in strides):
-            row_align = max(1, 16 // elem)
-            while row_align > 1 and any(v % row_align for v in [hw] + [st[i] for st in strides for i in (0, 1)]):
-                row_align //= 2
-        aligned = row_align * elem >= 4
+    aligned, row_align = _stream_alignment(elem, hw, strides, cfg["BLOCK_C"])
     if forced.get("PREFETCH", 0 if aligned else 1):
         return dict(NUM_STAGES=1, PREFETCH=1, ROW_ALIGN=row_align)
     stages = forced.get("NUM_STAGES", _num_stages(cfg, elem, loads)) if aligned else 1

@@ -264,3 +264,39 @@ def test_eca_residual_two_read_path(circular, device):
     check_parity(lambda a, b, c: functional.eca_residual(a, b, c, circular, "silu", backend="triton"),
                  lambda a, b, c: reference.eca_residual(a, b, c, circular, "silu"), [x, sc, w],
                  dtype=torch.float32, names=RES_NAMES)
+
+
+def test_stream_plan():
+    """NUM_STAGES / ROW_ALIGN of the streaming loops (_stream_plan): pipelined where the rows are aligned,
+    NCHW rows told aligned to the largest power of two dividing HW and every stride (bf16 14x14: 4),
+    channels_last by its 16-byte pitch; RESIDENT tiles (one iteration) not pipelined."""
+    bf16, fp32 = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
+    cfg = E.settings(1024, 196, 2, 5)
+    assert cfg["RESIDENT"] == 0
+    assert E._stream_plan(cfg, bf16, 196, [(1024 * 196, 196, 1)], 1) == dict(NUM_STAGES=3, ROW_ALIGN=4)
+    assert E._stream_plan(cfg, bf16, 196, [(1024 * 196, 1, 1024)], 1) == dict(NUM_STAGES=3, ROW_ALIGN=1)  # CL
+    assert E._stream_plan(cfg, bf16, 196, [(20 * 196, 1, 20)], 1)["NUM_STAGES"] == 1  # 40-byte CL rows
+    assert E._stream_plan(cfg, bf16, 196, [(1024 * 196, 196, 1), (136, 17, 1)], 2) == dict(NUM_STAGES=1,
+                                                                                           ROW_ALIGN=1)
+    assert E._stream_plan(cfg, fp32, 196, [(1024 * 196, 196, 1), (136, 17, 1)], 2)["NUM_STAGES"] == 2  # 4-B copies, 2 x 32 KB
+    small = E.settings(2048, 49, 2, 7)
+    assert small["RESIDENT"] == 1 and E._stream_plan(small, bf16, 49, [(2048 * 49, 1, 2048)], 1)["NUM_STAGES"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_row_alignment_parity(dtype, device):
+    """The kernels read HW and the strides as multiples of ROW_ALIGN: x aligned but grad_y (row stride 17)
+    or x (row stride 18) or eca_residual's shortcut (row stride 17) not, forward and every gradient."""
+    x, w = inputs((2, 8, 4, 4), 3, device)
+    gy = torch.randn(2 * 8 * 17 + 8, device=device, dtype=dtype).as_strided((2, 8, 4, 4), (136, 17, 4, 1))
+    check_parity(fused(False), eager(False), [x, w], dtype=dtype, names=NAMES, grad_out=gy)
+    xv = torch.randn(2 * 8 * 18, device=device, dtype=dtype).as_strided((2, 8, 4, 4), (144, 18, 4, 1))
+    check_parity(fused(True), eager(True), [xv.detach().clone().requires_grad_(), w], dtype=dtype, names=NAMES,
+                 fused_inputs=[xv.requires_grad_(), w.detach().to(dtype).requires_grad_()])
+    scv = torch.randn(2 * 8 * 17 + 8, device=device, dtype=dtype).as_strided((2, 8, 4, 4), (136, 17, 4, 1))
+    x2 = torch.randn(2, 8, 4, 4, device=device, requires_grad=True)
+    check_parity(lambda a, b, c: functional.eca_residual(a, b, c, False, "relu", backend="triton"),
+                 lambda a, b, c: reference.eca_residual(a, b, c, False, "relu"),
+                 [x2, scv.detach().clone().requires_grad_(), w], dtype=dtype, names=RES_NAMES,
+                 fused_inputs=[x2.detach().to(dtype).requires_grad_(), scv.requires_grad_(),
+                               w.detach().to(dtype).requires_grad_()])

@@ -23,7 +23,8 @@ def test_quick_sweep_forces_each_group(tmp_path):
             assert r[f"GROUP={g}_cfg"].startswith(f"GROUP={g} ") and r[f"GROUP={g}_ms"] > 0
         assert "GROUP=8_ms" not in r and r["best"] in ("GROUP=1", "GROUP=2", "GROUP=4")
     # the launchers and the environment are restored after the sweep
-    assert bench_groups.S._launch is bench_groups._split.launch and bench_groups.CB._launch is bench_groups._split.launch
+    launch = bench_groups._split.launch
+    assert bench_groups.S._launch is launch and bench_groups.CB._launch is launch
     assert "ATTN_KERNELS_SE_TUNE" not in os.environ
 
 

@@ -115,7 +115,8 @@ def split_plan(n: int, c: int, block_c: int, sms: int, mode: str, occupancy: int
     the grid N·P never asks for more than half the programs the GPU can hold at once. Every program
     must be resident at the same time for the meeting, and kernels of other streams (NCCL during an
     overlapped DDP backward, a data-loader's copies) may hold SMs — with the whole GPU asked for, a few
-    busy SMs would turn into a timed-out wait (seconds, then NaN). ``occupancy`` is 1 unless the launcher measured the compiled kernel (``fit_occupancy``).
+    busy SMs would turn into a timed-out wait (seconds, then NaN). ``occupancy`` is 1 unless the launcher
+    measured the compiled kernel (``fit_occupancy``).
     ``mode="single"`` or ``sms=0`` → schedule (a); ``mode="multi"`` plans as "auto" (which already takes
     schedule (b) wherever the budget allows two or more programs per sample; it never takes more).
     """
@@ -229,8 +230,9 @@ def _parse_tune(text: str) -> dict:
         pow2 = key in ("GROUP", "BLOCK_C", "BLOCK_HW", "num_warps")
         if (v < (0 if key == "PREFETCH" else 1) or (pow2 and v & (v - 1)) or (key == "GROUP" and v > MAX_GROUP)
                 or (key == "maxnreg" and not 24 <= v <= 255)):
-            raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r} out of range (GROUP, BLOCK_C, BLOCK_HW and num_warps are "
-                             f"powers of two, GROUP ≤ {MAX_GROUP}, maxnreg 24 … 255, the others ≥ 1; PREFETCH 0 or 1)")
+            raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r} out of range (GROUP, BLOCK_C, BLOCK_HW and num_warps "
+                             f"are powers of two, GROUP ≤ {MAX_GROUP}, maxnreg 24 … 255, the others ≥ 1; PREFETCH 0 "
+                             "or 1)")
         if key == "PREFETCH" and v > 1:
             raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r}: PREFETCH is 0 or 1")
         out[key] = v
@@ -262,11 +264,14 @@ def check_error(sync: torch.Tensor, multi: int, n: int, op: str) -> None:
 def co_resident_per_sm(n_regs: int, shared: int, num_warps: int, props) -> int:
     """How many programs of a compiled kernel one SM holds at once, by registers (allocated per thread in
     units of 8), shared memory (1 KB reserved per block) and threads — the occupancy of Triton's fused
-    softmax tutorial. ``props``: torch.cuda.get_device_properties."""
+    softmax tutorial. ``props``: torch.cuda.get_device_properties (fields a torch may lack default to every
+    sm_70+ GPU's 64K registers and 2048 threads per SM, and to the opt-in shared memory of one block)."""
     regs = -(-max(1, n_regs) // 8) * 8
-    by_regs = props.regs_per_multiprocessor // (regs * 32 * num_warps)
-    by_smem = props.shared_memory_per_multiprocessor // (shared + 1024)
-    by_threads = props.max_threads_per_multi_processor // (32 * num_warps)
+    smem_sm = (getattr(props, "shared_memory_per_multiprocessor", None)
+               or getattr(props, "shared_memory_per_block_optin"))
+    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // (regs * 32 * num_warps)
+    by_smem = smem_sm // (shared + 1024)
+    by_threads = getattr(props, "max_threads_per_multi_processor", 2048) // (32 * num_warps)
     return max(1, min(by_regs, by_smem, by_threads, 32))
 
 

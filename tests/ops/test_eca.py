@@ -278,7 +278,8 @@ def test_stream_plan():
     assert E._stream_plan(cfg, bf16, 196, [(20 * 196, 1, 20)], 1)["NUM_STAGES"] == 1  # 40-byte CL rows
     assert E._stream_plan(cfg, bf16, 196, [(1024 * 196, 196, 1), (136, 17, 1)], 2) == dict(NUM_STAGES=1,
                                                                                            ROW_ALIGN=1)
-    assert E._stream_plan(cfg, fp32, 196, [(1024 * 196, 196, 1), (136, 17, 1)], 2)["NUM_STAGES"] == 2  # 4-B copies, 2 x 32 KB
+    # fp32: 4-byte copies, two 32 KB stages
+    assert E._stream_plan(cfg, fp32, 196, [(1024 * 196, 196, 1), (136, 17, 1)], 2)["NUM_STAGES"] == 2
     small = E.settings(2048, 49, 2, 7)
     assert small["RESIDENT"] == 1 and E._stream_plan(small, bf16, 49, [(2048 * 49, 1, 2048)], 1)["NUM_STAGES"] == 1
 

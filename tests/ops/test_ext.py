@@ -655,7 +655,8 @@ def test_cuda_row_loops_switch():
     code = "from attn_kernels.ops import ext; print(ext._C.set_cuda_row_loops(False))"
     for value, expect in (("1", "1"), ("", "0")):
         env = dict(os.environ, ATTN_KERNELS_CUDA_ROW_LOOPS=value)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
+                             timeout=120)
         lines = out.stdout.strip().splitlines()
         assert lines and lines[-1] == expect, out.stderr[-2000:]
 

@@ -390,6 +390,10 @@ def test_co_resident_per_sm():
     assert _split.co_resident_per_sm(32, 0, 8, H100) == 8  # threads bound (2048 / 256)
     assert _split.co_resident_per_sm(255, 0, 8, H100) == 1
 
+    class Older:  # a torch whose device properties lack the per-SM fields
+        shared_memory_per_block_optin = 232448
+    assert _split.co_resident_per_sm(128, 28672, 8, Older) == 2
+
 
 def test_fit_occupancy(monkeypatch):
     """fit_occupancy re-plans for what the compiled kernel fits per SM, keeps the new plan only if its own

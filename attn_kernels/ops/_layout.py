@@ -92,3 +92,9 @@ def multiple(v, A: tl.constexpr):
     if A > 1:
         v = v // A * A
     return v
+
+
+@triton.jit
+def multiple_rows(sn, sc, A: tl.constexpr):
+    """A tensor's sample and row strides (stride_n, stride_c), each as ``multiple`` of A."""
+    return multiple(sn, A), multiple(sc, A)

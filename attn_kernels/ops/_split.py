@@ -106,9 +106,10 @@ def device_sms(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def split_plan(n: int, c: int, block_c: int, sms: int, mode: str, occupancy: int = 1):
+def split_plan(n: int, c: int, block_c: int, sms: int, mode: str, occupancy: int = 1, cap: int = 0):
     """(MULTI, P, chan_per_prog) for N samples (or sample groups) of C channels in BLOCK_C tiles on a device
-    with ``sms`` SMs, each of which holds ``occupancy`` of the kernel's programs at once.
+    with ``sms`` SMs, each of which holds ``occupancy`` of the kernel's programs at once; ``cap`` (> 0): at
+    most that many programs per sample (a tuning sweep's forced P).
 
     Schedule (b) when a sample has ≥ 2 channel tiles and the batch is small (2·N ≤ budget): P =
     min(#tiles, budget // N) programs per sample, each on whole tiles, where budget = SMs·occupancy // 2:
@@ -125,7 +126,7 @@ def split_plan(n: int, c: int, block_c: int, sms: int, mode: str, occupancy: int
     budget = sms * max(1, occupancy) // 2  # programs schedule (b) may ask to be co-resident
     if not sms or mode == "single" or tiles < 2 or n * 2 > budget:
         return single
-    p = min(tiles, max(1, budget // n))
+    p = min(tiles, max(1, budget // n), cap or tiles)
     per = cdiv(tiles, p) * block_c
     p = cdiv(c, per)
     return (1, p, per) if p >= 2 else single
@@ -167,7 +168,6 @@ def group_plan(n: int, c: int, block_c: int, k: int, sms: int, mode: str, x_byte
     measures it is bench/bench_groups.py.
     ``ATTN_KERNELS_SE_TUNE`` (``tune``; or ``forced``, its parsed text) overrides GROUP and P for sweeps."""
     forced = tune() if forced is None else forced
-    tiles = cdiv(c, block_c)
     top = forced.get("GROUP") or sample_group(n, x_bytes, w_bytes)
     plans = []
     group = top
@@ -178,14 +178,8 @@ def group_plan(n: int, c: int, block_c: int, k: int, sms: int, mode: str, x_byte
     most = max(min(programs, sms) for _, _, programs in plans)
     full = [pl for pl in plans if min(pl[2], sms) >= FILL * most]  # largest GROUP first
     group, (multi, p, per), _ = min(full, key=lambda pl: _overhead(n, pl[0], pl[1][1], k, w_bytes))
-    if "P" in forced and sms and mode != "single":  # a tuning sweep's P, still within the co-residency budget
-        budget = sms * max(1, occupancy) // 2
-        want = min(tiles, forced["P"], max(1, budget // cdiv(n, group)))
-        if want >= 2 and cdiv(n, group) * want <= budget:
-            per = cdiv(tiles, want) * block_c
-            multi, p = 1, cdiv(c, per)
-        elif forced["P"] == 1:
-            multi, p, per = 0, 1, tiles * block_c
+    if "P" in forced:  # a tuning sweep's P, still within the co-residency budget
+        multi, p, per = split_plan(cdiv(n, group), c, block_c, sms, mode, occupancy, forced["P"])
     fc_r = max(1, min(next_pow2(k), 32))
     fc_c = max(1, min(block_c, tile // (group * fc_r)))
     return dict(GROUP=group, FC_C=fc_c, FC_R=fc_r, MULTI=multi, P=p, chan_per_prog=per)

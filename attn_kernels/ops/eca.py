@@ -66,6 +66,7 @@ import triton.language as tl
 
 from .. import _alloc
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, multiple as _aligned
+from ._layout import multiple_rows as _aligned_rows
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like, stream_alignment as _stream_alignment
 
 __all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]
@@ -186,9 +187,9 @@ def _eca_fwd_kernel(
     BLOCK_C·HW; eca_residual also reads the shortcut BLOCK_C·HW once. Plus k taps, 2·BLOCK_C + W fp32
     vector elements."""
     HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_stream_plan), told to Triton
-    sxn, sxc, ssn, ssc = _aligned(sxn, ROW_ALIGN), _aligned(sxc, ROW_ALIGN), _aligned(ssn, ROW_ALIGN), _aligned(
-        ssc, ROW_ALIGN)
-    syn, syc = _aligned(syn, ROW_ALIGN), _aligned(syc, ROW_ALIGN)
+    sxn, sxc = _aligned_rows(sxn, sxc, ROW_ALIGN)
+    ssn, ssc = _aligned_rows(ssn, ssc, ROW_ALIGN)
+    syn, syc = _aligned_rows(syn, syc, ROW_ALIGN)
     pid = tl.program_id(0).to(tl.int64)
     n = pid // T
     c0 = (pid % T) * BLOCK_C
@@ -270,11 +271,11 @@ def _eca_bwd_kernel(
     RESIDENT, which keeps grad_u in registers) and writes grad_x (and grad_shortcut) BLOCK_C·HW each.
     Plus O(W + k) vector elements."""
     HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_stream_plan), told to Triton
-    sgn, sgc, sxn, sxc = _aligned(sgn, ROW_ALIGN), _aligned(sgc, ROW_ALIGN), _aligned(sxn, ROW_ALIGN), _aligned(
-        sxc, ROW_ALIGN)
-    ssn, ssc, sdn, sdc = _aligned(ssn, ROW_ALIGN), _aligned(ssc, ROW_ALIGN), _aligned(sdn, ROW_ALIGN), _aligned(
-        sdc, ROW_ALIGN)
-    sen, sec = _aligned(sen, ROW_ALIGN), _aligned(sec, ROW_ALIGN)
+    sgn, sgc = _aligned_rows(sgn, sgc, ROW_ALIGN)
+    sxn, sxc = _aligned_rows(sxn, sxc, ROW_ALIGN)
+    ssn, ssc = _aligned_rows(ssn, ssc, ROW_ALIGN)
+    sdn, sdc = _aligned_rows(sdn, sdc, ROW_ALIGN)
+    sen, sec = _aligned_rows(sen, sec, ROW_ALIGN)
     pid = tl.program_id(0).to(tl.int64)
     n = pid // T
     c0 = (pid % T) * BLOCK_C

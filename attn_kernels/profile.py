@@ -19,7 +19,12 @@ in AMP bf16 (``torch.autocast``) and fp32, NCHW and channels_last. Model definit
 
 Per run: step time (median, p20, p80 of ``--steps`` synchronised steps after ``--warmup``), images/s,
 peak device memory, the time per step spent in attention and its share of the step, a chrome trace, and
-the loss of every step. Runs of one (model, dtype, layout) start from the same seed, weights and batches,
+the loss of every step; for fused runs what ``swap`` did (``swapped`` of ``attn_modules``, and the blocks
+it left alone with the reason: such a run times those original blocks, so the table flags it); from the
+profiled steps the device's busy time, the largest kernels (``top_kernels``), and the kernels -- and on
+CUDA the host-side ops -- whose time per step changed most against the baseline run (``kernel_deltas``:
+eager for the other attention variants, plain for eager), which says where a variant's extra step time
+went. Runs of one (model, dtype, layout) start from the same seed, weights and batches,
 so every non-plain variant's loss curve is compared with eager's (compiled variants use
 ``torch._inductor.config.fallback_random = True`` so dropout draws the same masks): max relative difference over all steps
 ≤ ``--tol`` (default 2e-3 fp32, 5e-2 bf16) → ``follows_eager``.
@@ -71,11 +76,6 @@ def is_attention(module: nn.Module) -> bool:
     name = type(module).__name__
     return name in ATTN_CLASSES or (type(module).__module__.startswith("attn_kernels")
                                     and (name.startswith("Fused") or name in ("SwappedSE", "SwappedECA")))
-
-
-def is_fused(module: nn.Module) -> bool:
-    """A module swap() put in: a Fused*/Swapped* attention module or a Swapped* residual block."""
-    return type(module).__name__.startswith(("Fused", "Swapped")) and type(module).__module__.startswith("attn_kernels")
 
 
 def strip_attention(model: nn.Module) -> int:
@@ -163,12 +163,24 @@ def load_swap():
     return fn, None
 
 
-def apply_swap(model: nn.Module, fuse_residual: bool) -> nn.Module:
+def apply_swap(model: nn.Module, fuse_residual: bool):
+    """(model, swap report) -- the report says which blocks were left alone and why."""
     fn, why = load_swap()
     if fn is None:
         raise RuntimeError(why)
-    out = fn(model, fuse_residual=fuse_residual) if fuse_residual else fn(model)
-    return out if isinstance(out, nn.Module) else model
+    report = fn(model, fuse_residual=fuse_residual) if fuse_residual else fn(model)
+    return model, report
+
+
+def swap_summary(report) -> dict:
+    """Row fields from a swap report: ``swapped`` (attention blocks replaced; fused residual tails, which
+    replace the block around an already swapped attention module, not counted), ``swap_kinds``
+    (``"eca x16, eca_residual x16"``) and ``left_alone`` ("name: reason" of each block left alone, "" when
+    none) -- a fused run that left blocks alone times the original blocks there, so the table shows it."""
+    kinds = report.kinds()
+    return {"swapped": sum(v for k, v in kinds.items() if not k.endswith("_residual")),
+            "swap_kinds": ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())),
+            "left_alone": "; ".join(f"{e.name}: {e.reason}" for e in report.left_alone)}
 
 
 class AttentionRanges:
@@ -251,6 +263,53 @@ def device_busy_us(events) -> float:
     return total
 
 
+def kernel_times(events, device_type: str) -> Dict[str, List[float]]:
+    """{name: [total us, calls]}: the device kernels and copies on CUDA (each one's own time), the ops' self
+    CPU time on the CPU -- what a step's time is made of, to compare one variant with another
+    (``kernel_deltas``)."""
+    out: Dict[str, List[float]] = {}
+    for e in events:
+        if device_type == "cuda":
+            if not str(getattr(e, "device_type", "")).endswith("CUDA"):
+                continue
+            t = getattr(e, "self_device_time_total", None)
+            t = t if t is not None else getattr(e, "self_cuda_time_total", 0.0)
+        else:
+            t = getattr(e, "self_cpu_time_total", 0.0)
+        if not t:
+            continue
+        acc = out.setdefault(e.name, [0.0, 0])
+        acc[0] += t
+        acc[1] += 1
+    return out
+
+
+def top_kernels(times: Dict[str, List[float]], per: int, limit: int = 12) -> List[dict]:
+    """The ``limit`` largest of ``kernel_times`` as rows {name, ms, calls}, per step (``per`` steps profiled)."""
+    top = sorted(times.items(), key=lambda kv: -kv[1][0])[:limit]
+    return [{"name": _short(name), "ms": round(us / per / 1e3, 4), "calls": round(n / per, 2)}
+            for name, (us, n) in top]
+
+
+def kernel_deltas(times: Dict[str, List[float]], base: Dict[str, List[float]], per: int, base_per: int,
+                  limit: int = 8) -> List[dict]:
+    """The ``limit`` kernels (or CPU ops) whose time per step changed most against ``base`` (another
+    variant's ``kernel_times``), largest growth first: where a variant's extra step time went."""
+    names = set(times) | set(base)
+    rows = []
+    for name in names:
+        ms = times.get(name, [0.0, 0])[0] / per / 1e3
+        base_ms = base.get(name, [0.0, 0])[0] / base_per / 1e3
+        rows.append({"name": _short(name), "ms": round(ms, 4), "base_ms": round(base_ms, 4),
+                     "delta_ms": round(ms - base_ms, 4)})
+    rows.sort(key=lambda r: -abs(r["delta_ms"]))
+    return sorted(rows[:limit], key=lambda r: -r["delta_ms"])
+
+
+def _short(name: str, width: int = 100) -> str:
+    return name if len(name) <= width else name[:width - 3] + "..."
+
+
 def attention_ops(events) -> str:
     """The package's ops that ran, with their counts ("attn_kernels_ext::se_fwd x16, ..."): which backend
     each attention block took (attn_kernels_ext: csrc/; attn_kernels: Triton)."""
@@ -277,9 +336,8 @@ def run_one(model_name: str, variant: str, dtype: str, layout: str, args, device
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     model = model.to(memory_format=fmt)
     if variant.startswith("fused"):
-        model = apply_swap(model, fuse_residual=variant == "fused_residual")
-        fused = sum(1 for m in model.modules() if is_fused(m))
-        row["swapped"] = fused
+        model, report = apply_swap(model, fuse_residual=variant == "fused_residual")
+        row.update(swap_summary(report))
     row["attn_modules"] = n_attn
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
@@ -345,18 +403,22 @@ def run_one(model_name: str, variant: str, dtype: str, layout: str, args, device
         if trace_path:
             prof.export_chrome_trace(trace_path)
             row["trace"] = trace_path
+        events = prof.events()
+        if device.type == "cuda":
+            row["gpu_busy_ms"] = device_busy_us(events) / active / 1e3
+        row["_kernels"], row["_per"] = kernel_times(events, device.type), active
+        row["top_kernels"] = top_kernels(row["_kernels"], active)
+        if device.type == "cuda":  # the host side too: a step waiting on Python shows there, not in kernels
+            row["_host"] = kernel_times(events, "cpu")
         if variant == "plain":
             row["attn_ms"], row["attn_share"] = 0.0, 0.0
         elif variant == "compile":
             row["attn_ms"], row["attn_share"] = None, None
         else:
-            events = prof.events()
             us = attention_time_us(events, device.type, use_ranges=not compiled) / active
             step_us = sum(e.cpu_time_total for e in events if e.name.startswith("ProfilerStep")) / active
             row["attn_ms"] = us / 1e3
             row["profiled_step_ms"] = step_us / 1e3 if step_us else None
-            if device.type == "cuda":
-                row["gpu_busy_ms"] = device_busy_us(events) / active / 1e3
             row["attn_ops"] = attention_ops(events)
             # share of the profiled steps' own wall time (the same steps the attention time comes from)
             row["attn_share"] = us / step_us if step_us else None
@@ -381,15 +443,49 @@ def compare_losses(rows: List[dict], tol: Dict[str, float]) -> None:
 
 ROW_FIELDS = ["model", "variant", "source", "dtype", "layout", "batch", "res", "steps", "step_ms", "p20_ms", "p80_ms",
               "images_per_s", "vs_plain", "peak_mem_mb", "attn_ms", "profiled_step_ms", "gpu_busy_ms", "attn_share",
-              "attn_ops", "attn_modules", "swapped",
-              "follows_eager", "max_rel_loss_diff", "losses", "trace", "error"]
+              "attn_ops", "attn_modules", "swapped", "swap_kinds", "left_alone",
+              "follows_eager", "max_rel_loss_diff", "losses", "top_kernels", "kernel_deltas", "trace", "error"]
+
+
+def attach_deltas(rows: List[dict]) -> None:
+    """``kernel_deltas`` of each run against its baseline of the same (model, dtype, layout): eager for the
+    other attention variants, plain for eager -- where the step time went, kernel by kernel."""
+    by = {(r["model"], r["variant"], r["dtype"], r["layout"]): r for r in rows}
+    for r in rows:
+        if r["variant"] == "plain" or not r.get("_kernels"):
+            continue
+        vs = "plain" if r["variant"] == "eager" else "eager"
+        base = by.get((r["model"], vs, r["dtype"], r["layout"]))
+        if base and base.get("_kernels"):
+            r["kernel_deltas"] = {"vs": vs, "rows": kernel_deltas(r["_kernels"], base["_kernels"], r["_per"],
+                                                                    base["_per"])}
+            if r.get("_host") and base.get("_host"):
+                r["kernel_deltas"]["host_rows"] = kernel_deltas(r["_host"], base["_host"], r["_per"], base["_per"])
+
+
+def deltas_markdown(rows: List[dict], per_run: int = 5) -> List[str]:
+    """The largest kernel-time changes of each run against its baseline, as markdown lines."""
+    unit = "GPU kernel ms per step" if any(r.get("gpu_busy_ms") is not None for r in rows) else "CPU op ms per step"
+    out = []
+    for r in rows:
+        d = r.get("kernel_deltas")
+        if not d:
+            continue
+        if not out:
+            out = ["", f"Largest changes against the baseline run ({unit}, profiled steps):"]
+        line = lambda xs: "; ".join(f"{x['delta_ms']:+.3f} `{x['name'][:60]}` ({x['base_ms']:.3f} -> {x['ms']:.3f})"  # noqa: E731
+                                    for x in xs[:per_run])
+        out.append(f"- {r['model']} {r['variant']} {r['dtype']} {r['layout']} vs {d['vs']}: {line(d['rows'])}")
+        if d.get("host_rows"):
+            out.append(f"  - host (CPU op self ms per step): {line(d['host_rows'])}")
+    return out
 
 
 def markdown(rows: List[dict], meta: dict) -> str:
     cols = [("model", "model"), ("variant", "variant"), ("dtype", "dtype"), ("layout", "layout"),
             ("step_ms", "step ms"), ("images_per_s", "img/s"), ("vs_plain", "vs plain"), ("peak_mem_mb", "peak MB"),
             ("attn_ms", "attn ms"), ("attn_share", "attn share"), ("gpu_busy_ms", "GPU busy ms"),
-            ("follows_eager", "follows eager")]
+            ("swapped", "swapped"), ("follows_eager", "follows eager")]
     out = [f"Device: {meta['device']} · torch {meta['torch']} · commit {meta['commit'] or 'n/a'} · {meta['date']}",
            "", "| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
@@ -404,8 +500,15 @@ def markdown(rows: List[dict], meta: dict) -> str:
                 v = f"{'yes' if v else 'NO'} ({r.get('max_rel_loss_diff'):.1e})"
             elif k == "step_ms" and r.get("error") and v is None:
                 v = "error"
+            elif k == "swapped" and v is not None:
+                v = f"{v}/{r.get('attn_modules')}" + (" (LEFT ALONE: see below)" if r.get("left_alone") else "")
             cells.append(benchmark._fmt(v))
         out.append("| " + " | ".join(cells) + " |")
+    alone = [r for r in rows if r.get("left_alone")]
+    if alone:
+        out += ["", "Blocks swap() left alone (those runs timed the original blocks there):"]
+        out += [f"- {r['model']} {r['variant']} {r['dtype']} {r['layout']}: {r['left_alone'][:600]}" for r in alone]
+    out += deltas_markdown(rows)
     errs = [r for r in rows if r.get("error")]
     if errs:
         out += ["", f"{len(errs)} run(s) not measured:"]
@@ -500,6 +603,7 @@ def main(args) -> int:
         base = plain.get((r["model"], r["dtype"], r["layout"]))
         r["vs_plain"] = (r["step_ms"] / base - 1) if (base and r.get("step_ms")) else None
     compare_losses(rows, {k: (args.tol if args.tol is not None else v) for k, v in TOL.items()})
+    attach_deltas(rows)
     os.makedirs(out_dir, exist_ok=True)
     full = [{**meta, **{k: r.get(k) for k in ROW_FIELDS}} for r in rows]
     fields = benchmark.META_FIELDS + ROW_FIELDS
@@ -511,7 +615,8 @@ def main(args) -> int:
         wr = csv.DictWriter(f, fieldnames=fields)
         wr.writeheader()
         for r in full:
-            wr.writerow({**r, "losses": " ".join(f"{v:.6g}" for v in (r.get("losses") or []))})
+            wr.writerow({**r, "losses": " ".join(f"{v:.6g}" for v in (r.get("losses") or [])),
+                         **{k: json.dumps(r[k]) for k in ("top_kernels", "kernel_deltas") if r.get(k) is not None}})
     table = markdown(rows, meta)
     with open(paths["md"], "w") as f:
         f.write(table + "\n")
@@ -519,6 +624,10 @@ def main(args) -> int:
     print(f"\nattention share: {'device (kernel) time' if device.type == 'cuda' else 'CPU time'} of attention ops "
           f"/ wall time of the same profiled steps; see `python -c 'import attn_kernels.profile as p; help(p)'`")
     print("wrote " + ", ".join(paths.values()) + (f", traces in {trace_dir}" if trace_dir else ""))
+    alone = [r for r in rows if r.get("left_alone")]
+    if alone:
+        print(f"WARNING: swap() left attention blocks alone in {len(alone)} fused run(s) (see the table's notes): "
+              "those timings are not of a fully fused model", file=sys.stderr)
     bad = [r for r in rows if r.get("follows_eager") is False]
     if bad:
         print(f"WARNING: {len(bad)} run(s) do not follow eager's loss curve within tolerance", file=sys.stderr)

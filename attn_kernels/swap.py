@@ -37,6 +37,7 @@ removes it from the original only.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from typing import Callable, Iterable, List, Optional, Tuple, Union
@@ -54,7 +55,7 @@ from .models import SEBottleneck
 
 __all__ = ["swap", "unswap", "SwapReport", "SwapEntry", "LeftAlone", "SwappedSE", "SwappedECA",
            "SwappedSEBottleneck", "SwappedTimmBottleneck", "SwappedTimmBasicBlock", "swap_check", "parity",
-           "randomize_norms", "KINDS"]
+           "randomize_norms", "exact_fp32", "KINDS"]
 
 KINDS = ("se", "effective_se", "adaptive_se", "eca", "ceca", "cbam", "dmk_eca", "bi_eca", "se_residual",
          "eca_residual")
@@ -531,6 +532,32 @@ _PROBE_TOL = {torch.float64: (1e-9, 1e-7), torch.float32: (1e-4, 1e-4), torch.fl
               torch.bfloat16: (5e-2, 5e-2)}
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """float32 matmuls and cuDNN convolutions in full fp32 (no TF32) inside the block, the caller's settings
+    restored after. cuDNN convolutions default to TF32 on Ampere and later (``torch.backends.cudnn.conv
+    .fp32_precision == "tf32"``), so on a GPU an original SE block (its FCs are 1×1 convolutions in timm and
+    torchvision) rounds its inputs to 10 mantissa bits, ~1e-3 relative: enough to fail a 1e-4 probe
+    against a fused kernel computing in fp32 -- the H200 profile of 2026-12-04 swapped 1 of SE-ResNet-50's
+    16 SE blocks and 6 of EfficientNet-B0's 16 for that reason. The new per-backend API where torch has it
+    (>= 2.9; reading the legacy ``allow_tf32`` after a user set the new one raises), else the legacy flags."""
+    mm, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision") and hasattr(mm, "fp32_precision"):
+        saved = (mm.fp32_precision, conv.fp32_precision)
+        mm.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            mm.fp32_precision, conv.fp32_precision = saved
+        return
+    saved = (mm.allow_tf32, torch.backends.cudnn.allow_tf32)
+    mm.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        mm.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _param_like(module: nn.Module):
     for t in list(module.parameters()) + list(module.buffers()):
         if t.is_floating_point():
@@ -539,10 +566,11 @@ def _param_like(module: nn.Module):
 
 
 def _probe(original: nn.Module, candidate: nn.Module, shape, random_norms: bool = False) -> Optional[str]:
-    """None when both agree on a random probe (eval mode, no grad), else why not. ``random_norms``: run on
-    copies whose norm layers get random statistics and affine parameters (freshly built ones are close to
-    the identity, which would hide where a folded norm really sits), in eval mode and then in training mode
-    (the candidate's unfused path; the copies' running statistics absorb the update)."""
+    """None when both agree on a random probe (eval mode, no grad, fp32 without TF32: ``exact_fp32``), else
+    why not. ``random_norms``: run on copies whose norm layers get random statistics and affine parameters
+    (freshly built ones are close to the identity, which would hide where a folded norm really sits), in
+    eval mode and then in training mode (the candidate's unfused path; the copies' running statistics
+    absorb the update)."""
     modes = (False,)
     if random_norms:
         original, candidate = copy.deepcopy((original, candidate))  # one copy: the shared children stay shared
@@ -561,7 +589,7 @@ def _probe(original: nn.Module, candidate: nn.Module, shape, random_norms: bool 
         try:
             original.train(train)
             candidate.train(train)
-            with torch.no_grad():
+            with torch.no_grad(), exact_fp32():
                 expected = original(x.clone())
                 actual = candidate(x.clone())
         except Exception as exc:  # the original does not take (N, C, *spatial) or the candidate refuses it
@@ -824,12 +852,12 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 def parity(original: nn.Module, swapped: nn.Module, x: torch.Tensor, *, train: bool, seed: int = 0):
     """(output max abs err, output max abs, gradient max abs err, gradient max abs): both models run in the
     same mode from the same RNG state on the same input, backward of a fixed random projection of the
-    output; the gradient figures are over every parameter gradient."""
+    output; the gradient figures are over every parameter gradient. fp32 without TF32 (``exact_fp32``)."""
     outs, grads = [], []
     for m in (original, swapped):
         m.train(train)
         m.zero_grad(set_to_none=True)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), exact_fp32():
             torch.manual_seed(seed)
             out = m(x.clone())
             proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1)).to(out)

@@ -69,12 +69,12 @@ def _restore_backend():
 def _no_tf32():
     """References in true fp32 on a GPU: cuDNN may run fp32 convolutions in TF32 by default (the ECA /
     DMK / BiECA / CBAM references use F.conv1d / F.conv2d), ~1e-3 relative off, far outside the fp32
-    tolerances of tests that compare the fused op to the fp32 reference directly. No effect on the CPU."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    tolerances of tests that compare the fused op to the fp32 reference directly. No effect on the CPU.
+    (Tests of what a user with TF32 on sees turn it back on inside: tests/test_swap.py.)"""
+    from attn_kernels.swap import exact_fp32
+
+    with exact_fp32():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -126,7 +126,14 @@ def test_profile_tiny(tmp_path, capsys):
         assert len(r["losses"]) == 2
     assert rows["eager"]["attn_ms"] > 0 and 0 < rows["eager"]["attn_share"] <= 1
     assert rows["plain"]["attn_share"] == 0
-    assert rows["fused"]["swapped"] >= 3 and rows["fused"]["follows_eager"] is True
+    assert rows["fused"]["swapped"] == rows["fused"]["attn_modules"] == 3 and rows["fused"]["left_alone"] == ""
+    assert rows["fused"]["follows_eager"] is True
+    # where the time went: the largest CPU ops, and the changes against the baseline run
+    assert rows["eager"]["top_kernels"] and all(k["ms"] > 0 for k in rows["eager"]["top_kernels"])
+    assert rows["fused"]["kernel_deltas"]["vs"] == "eager" and rows["eager"]["kernel_deltas"]["vs"] == "plain"
+    deltas = rows["fused"]["kernel_deltas"]["rows"]
+    assert deltas and all(d["delta_ms"] == pytest.approx(d["ms"] - d["base_ms"], abs=2e-4) for d in deltas)
+    assert "plain" not in {r["variant"] for r in data["rows"] if r.get("kernel_deltas")}
     # which op (so which backend) each attention block took; the eager run calls none of the package's ops
     assert "se_fwd x" in rows["fused"]["attn_ops"] and rows["eager"]["attn_ops"] == ""
 
@@ -144,6 +151,44 @@ def test_device_busy_and_attention_ops():
               Ev("attn_kernels::eca_bwd", "DeviceType.CPU"), Ev("attn::SEBlock", "DeviceType.CPU")]
     assert prof.device_busy_us(events) == 12.5
     assert prof.attention_ops(events) == "attn_kernels::eca_bwd x1, attn_kernels_ext::se_fwd x2"
+
+
+def test_kernel_times_and_deltas():
+    """Per-name totals (device kernels on CUDA, CPU self time otherwise), per step; the deltas against a
+    baseline are the largest changes, growth first."""
+    import attn_kernels.profile as prof
+
+    class Ev:
+        def __init__(self, name, device_type, dev=0.0, cpu=0.0):
+            self.name, self.device_type, self.self_device_time_total, self.self_cpu_time_total = (
+                name, device_type, dev, cpu)
+    run = [Ev("conv", "DeviceType.CUDA", 3000.0), Ev("conv", "DeviceType.CUDA", 1000.0),
+           Ev("eca_kernel", "DeviceType.CUDA", 500.0), Ev("aten::mul", "DeviceType.CPU", cpu=40.0)]
+    base = [Ev("conv", "DeviceType.CUDA", 2000.0), Ev("mul_kernel", "DeviceType.CUDA", 1500.0),
+            Ev("aten::mul", "DeviceType.CPU", cpu=10.0)]
+    t, b = prof.kernel_times(run, "cuda"), prof.kernel_times(base, "cuda")
+    assert t == {"conv": [4000.0, 2], "eca_kernel": [500.0, 1]}
+    assert prof.kernel_times(run, "cpu") == {"aten::mul": [40.0, 1]}
+    assert prof.top_kernels(t, per=2) == [{"name": "conv", "ms": 2.0, "calls": 1.0},
+                                         {"name": "eca_kernel", "ms": 0.25, "calls": 0.5}]
+    d = prof.kernel_deltas(t, b, per=2, base_per=1)
+    assert [(x["name"], x["delta_ms"]) for x in d] == [("eca_kernel", 0.25), ("conv", 0.0), ("mul_kernel", -1.5)]
+    assert prof.kernel_deltas(t, b, per=2, base_per=1, limit=1)[0]["name"] == "mul_kernel"  # largest |change|
+
+
+def test_swap_summary_and_left_alone_in_the_table():
+    """A fused run that left blocks alone says so in its row and in the table (it timed the originals)."""
+    import attn_kernels.profile as prof
+    from attn_kernels.swap import LeftAlone, SwapEntry, SwapReport
+
+    report = SwapReport(replaced=[SwapEntry("a.se", "X", "eca", "current"), SwapEntry("a", "B", "eca_residual", "c")],
+                        left_alone=[LeftAlone("b.se", "X", "probe mismatch (max abs err 0.002)")])
+    summary = prof.swap_summary(report)
+    assert summary == {"swapped": 1, "swap_kinds": "eca x1, eca_residual x1",
+                       "left_alone": "b.se: probe mismatch (max abs err 0.002)"}
+    row = {"model": "m", "variant": "fused", "dtype": "bf16", "layout": "nchw", "attn_modules": 2, **summary}
+    table = prof.markdown([row], {"device": "d", "torch": "t", "commit": "c", "date": "x"})
+    assert "| 1/2 (LEFT ALONE: see below) |" in table and "b.se: probe mismatch" in table
 
 
 def test_profile_without_swap_message(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,7 @@
 """swap/unswap: recognition (by structure, confirmed by a probe), refusals with reasons, exact parity
 (float64, train and eval, output and every parameter gradient), state_dict/checkpoints, unswap,
 torch.compile, autocast, channels_last, and real timm / torchvision / package models."""
+import contextlib
 import copy
 
 import pytest
@@ -465,6 +466,51 @@ def test_real_models(lib, name, kinds):
     # train mode at 64x64: the last stage keeps 2x2 positions, so train-mode BatchNorm does not normalise
     # over just N=2 values (ill-conditioned enough to amplify 1e-16 differences to 1e-6)
     check_exact(original, swapped, torch.randn(2, 3, 32, 32), x_train=torch.randn(2, 3, 64, 64))
+
+
+@contextlib.contextmanager
+def tf32_on():
+    """TF32 for fp32 matmuls and cuDNN convolutions, as a user enables it (cuDNN convolutions default to it)."""
+    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (mm.fp32_precision, conv.fp32_precision)
+    mm.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+    try:
+        yield
+    finally:
+        mm.fp32_precision, conv.fp32_precision = saved
+
+
+def test_probe_runs_without_tf32_and_restores_the_callers_setting():
+    """The probe compares in true fp32 whatever the caller set (a TF32 original is ~1e-3 off the fused fp32
+    op: the H200 profile of 2026-12-04 swapped 1 of SE-ResNet-50's 16 SE blocks), then restores it."""
+    seen = []
+    block = SEModule(64)
+    block.fc1.register_forward_pre_hook(
+        lambda m, a: seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)))
+    model = nn.Sequential(block)
+    with tf32_on():
+        report = ak.swap(model, backend="reference")
+        after = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    assert report.kinds() == {"se": 1}, str(report)
+    assert seen and all(s == ("ieee", "ieee") for s in seen), seen
+    assert after == ("tf32", "tf32")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,kinds", [("seresnet50", {"se": 16}), ("efficientnet_b0", {"se": 16}),
+                                        ("resnet50-eca", {"eca": 16})])
+def test_real_models_swap_every_block_on_the_gpu_with_tf32_on(name, kinds):
+    """On the GPU with TF32 on (cuDNN's default), every attention block of the profiled models is swapped,
+    on the backend ``auto`` picks there."""
+    torch.manual_seed(0)
+    if name == "resnet50-eca":
+        model = timm.create_model("resnet50", num_classes=10, block_args={"attn_layer": "eca"})
+    else:
+        model = timm.create_model(name, num_classes=10)
+    model = model.cuda().to(memory_format=torch.channels_last)
+    with tf32_on():
+        report = ak.swap(model)
+    assert report.kinds() == kinds and report.left_alone == [], str(report)
 
 
 def test_fp32_parity_within_dtype_tolerance():

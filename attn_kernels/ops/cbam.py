@@ -102,6 +102,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from . import _eager
 from ._layout import cdiv as _cdiv, next_pow2 as _next_pow2
 from ._split import device_sms as _device_sms, launch as _launch, sample_sync as _sample_sync
 from ._split import group_plan as _group_plan, schedule_mode as _schedule_mode
@@ -720,11 +721,13 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs, *output[1:])
 
 
-def _backward(ctx, grad_y, *_):
-    return tuple(torch.ops.attn_kernels.cbam_bwd(grad_y, *ctx.saved_tensors))
+def _backward(ctx, grad_y, *_, bwd=None):
+    return tuple((bwd or torch.ops.attn_kernels.cbam_bwd)(grad_y, *ctx.saved_tensors))
 
 
 _cbam_fwd_op.register_autograd(_backward, setup_context=_setup)
+# Eager calls skip the op's dispatch (``_eager``): same launchers, same formula.
+_SPEC = _eager.OpSpec(torch.ops.attn_kernels.cbam_fwd, cbam_forward, _setup, _backward, cbam_backward)
 # Autocast: deliberately no rule — the op runs in x's dtype with fp32 accumulation (as ops/eca.py).
 
 
@@ -733,7 +736,7 @@ def cbam(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, spatial_weight: to
     if x.dim() > 5:
         raise ValueError(f"CBAM supports 1-, 2- or 3-D spatial maps, got {x.dim() - 2}-D")
     _check_params(x, w1, w2, spatial_weight)
-    return torch.ops.attn_kernels.cbam_fwd(x, w1, w2, spatial_weight)[0]
+    return _eager.call(_SPEC, x, w1, w2, spatial_weight)[0]
 
 
 def _check_params(x, w1, w2, spatial_weight) -> None:

@@ -84,6 +84,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from . import _eager
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
@@ -847,9 +848,9 @@ def _dmk_setup(ctx, inputs, output):
     ctx.save_for_backward(x, fc_weight, taps3, taps5, taps7, pooled, s, blend)
 
 
-def _dmk_backward(ctx, grad_y, *_):
+def _dmk_backward(ctx, grad_y, *_, bwd=None):
     x, fc_weight, taps3, taps5, taps7, pooled, s, blend = ctx.saved_tensors
-    gx, gw, gb, g3, g5, g7 = torch.ops.attn_kernels.dmk_eca_bwd(
+    gx, gw, gb, g3, g5, g7 = (bwd or torch.ops.attn_kernels.dmk_eca_bwd)(
         grad_y, x, fc_weight, taps3, taps5, taps7, pooled, s, blend)
     return gx, gw, (gb if ctx.has_bias else None), g3, g5, g7
 
@@ -891,14 +892,18 @@ def _bi_setup(ctx, inputs, output):
     ctx.save_for_backward(x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend)
 
 
-def _bi_backward(ctx, grad_y, *_):
+def _bi_backward(ctx, grad_y, *_, bwd=None):
     x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend = ctx.saved_tensors
-    gx, gf, gb, gw1, gb1, gw2, gb2 = torch.ops.attn_kernels.bi_eca_bwd(
+    gx, gf, gb, gw1, gb1, gw2, gb2 = (bwd or torch.ops.attn_kernels.bi_eca_bwd)(
         grad_y, x, w_fwd, w_bwd, w1, w2, pooled, s, hidden, blend)
     return gx, gf, gb, gw1, (gb1 if ctx.has_b1 else None), gw2, (gb2 if ctx.has_b2 else None)
 
 
 _bi_eca_fwd_op.register_autograd(_bi_backward, setup_context=_bi_setup)
+# Eager calls skip the ops' dispatch (``_eager``): same launchers, same formulas.
+_DMK = _eager.OpSpec(torch.ops.attn_kernels.dmk_eca_fwd, dmk_eca_forward, _dmk_setup, _dmk_backward,
+                     dmk_eca_backward)
+_BI = _eager.OpSpec(torch.ops.attn_kernels.bi_eca_fwd, bi_eca_forward, _bi_setup, _bi_backward, bi_eca_backward)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -906,9 +911,9 @@ _bi_eca_fwd_op.register_autograd(_bi_backward, setup_context=_bi_setup)
 # ----------------------------------------------------------------------------------------------
 def dmk_eca(x, fc_weight, fc_bias, taps3, taps5, taps7) -> torch.Tensor:
     """Fused DynamicMultiKernelECA; arguments as ``reference.dmk_eca`` (validated by the caller)."""
-    return torch.ops.attn_kernels.dmk_eca_fwd(x, fc_weight, fc_bias, taps3, taps5, taps7)[0]
+    return _eager.call(_DMK, x, fc_weight, fc_bias, taps3, taps5, taps7)[0]
 
 
 def bi_eca(x, w_fwd, w_bwd, w1, b1, w2, b2) -> torch.Tensor:
     """Fused BidirectionalECA; arguments as ``reference.bi_eca`` (validated by the caller)."""
-    return torch.ops.attn_kernels.bi_eca_fwd(x, w_fwd, w_bwd, w1, b1, w2, b2)[0]
+    return _eager.call(_BI, x, w_fwd, w_bwd, w1, b1, w2, b2)[0]

@@ -54,7 +54,8 @@ without a copy, any spatial rank, HW = 1; other views are made contiguous first.
 
 Entry points ``eca(x, weight, circular)`` and ``eca_residual(x, shortcut, weight, circular, out_act)``
 (the ``triton`` backend of ``attn_kernels.functional``), registered as
-``torch.ops.attn_kernels.eca_fwd`` / ``eca_bwd`` with fake and autograd kernels.
+``torch.ops.attn_kernels.eca_fwd`` / ``eca_bwd`` with fake and autograd kernels; eager calls run the same
+launchers and formula without the op's dispatch (``_eager``).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from . import _eager
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, multiple as _aligned
 from ._layout import multiple_rows as _aligned_rows
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like, stream_alignment as _stream_alignment
@@ -530,13 +532,16 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(x, shortcut, weight, pooled, s)
 
 
-def _backward(ctx, grad_y, *_):
+def _backward(ctx, grad_y, *_, bwd=None):
     x, shortcut, weight, pooled, s = ctx.saved_tensors
-    gx, gsc, gw = torch.ops.attn_kernels.eca_bwd(grad_y, x, shortcut, weight, pooled, s, ctx.circular, ctx.out_act)
+    gx, gsc, gw = (bwd or torch.ops.attn_kernels.eca_bwd)(grad_y, x, shortcut, weight, pooled, s, ctx.circular,
+                                                         ctx.out_act)
     return gx, (gsc if ctx.residual else None), gw, None, None
 
 
 _eca_fwd_op.register_autograd(_backward, setup_context=_setup)
+# Eager calls skip the op's dispatch (``_eager``): same launchers, same formula.
+_SPEC = _eager.OpSpec(torch.ops.attn_kernels.eca_fwd, eca_forward, _setup, _backward, eca_backward)
 
 
 # Autocast: deliberately no autocast rule. Under autocast the op runs in x's dtype (fp32 accumulation
@@ -549,10 +554,10 @@ _eca_fwd_op.register_autograd(_backward, setup_context=_setup)
 # ----------------------------------------------------------------------------------------------
 def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.Tensor:
     """Fused ECA (CECA when ``circular``); arguments validated by ``functional.eca``."""
-    return torch.ops.attn_kernels.eca_fwd(x, None, weight, bool(circular), "none")[0]
+    return _eager.call(_SPEC, x, None, weight, bool(circular), "none")[0]
 
 
 def eca_residual(x: torch.Tensor, shortcut: torch.Tensor, weight: torch.Tensor, circular: bool = False,
                  out_act: str = "relu") -> torch.Tensor:
     """Fused ECA-ResNet block tail ``out_act(eca(x) + shortcut)``; validated by ``functional.eca_residual``."""
-    return torch.ops.attn_kernels.eca_fwd(x, shortcut, weight, bool(circular), out_act)[0]
+    return _eager.call(_SPEC, x, shortcut, weight, bool(circular), out_act)[0]

@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 
 from .. import _isa
+from . import _eager
 
 __all__ = ["se", "eca", "se_residual", "eca_residual", "ACT_CODES", "GATE_CODES", "OUT_ACT_CODES", "load_error"]
 
@@ -176,17 +177,29 @@ def _saving_setup(n_maps: int, n_codes: int):
 
 
 def _backward_with(bwd_op, n_maps: int):
-    def backward(ctx, grad_y, _gp, _gs):
-        grads = bwd_op(grad_y, *ctx.saved_tensors, *ctx.codes)
+    def backward(ctx, grad_y, *_, bwd=None):
+        grads = (bwd or bwd_op)(grad_y, *ctx.saved_tensors, *ctx.codes)
         params = [g if present else None for g, present in zip(grads[n_maps:], ctx.present)]
         return (*grads[:n_maps], *params, *(None for _ in ctx.codes))
     return backward
 
 
+def _below_autograd(op):
+    """``op`` dispatched straight to its CPU / CUDA kernel, past the autograd kernel registered here (what
+    the eager path's own autograd.Function replaces)."""
+    def run(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return run
+
+
+_SPECS = {}
 for _name, _n_maps, _n_codes in (("se", 1, 2), ("eca", 1, 1), ("se_residual", 2, 3), ("eca_residual", 2, 2)):
-    torch.library.register_autograd(f"attn_kernels_ext::{_name}_fwd",
-                                    _backward_with(getattr(_ops, f"{_name}_bwd"), _n_maps),
-                                    setup_context=_saving_setup(_n_maps, _n_codes))
+    _fwd, _bwd = getattr(_ops, f"{_name}_fwd"), getattr(_ops, f"{_name}_bwd")
+    _setup, _backward = _saving_setup(_n_maps, _n_codes), _backward_with(_bwd, _n_maps)
+    torch.library.register_autograd(f"attn_kernels_ext::{_name}_fwd", _backward, setup_context=_setup)
+    # Eager calls skip the Python autograd kernel's dispatch (``_eager``): same kernels, same formula.
+    _SPECS[_name] = _eager.OpSpec(_fwd, _below_autograd(_fwd), _setup, _backward, _bwd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,21 +207,21 @@ for _name, _n_maps, _n_codes in (("se", 1, 2), ("eca", 1, 1), ("se_residual", 2,
 # ----------------------------------------------------------------------------------------------
 def se(x, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid") -> torch.Tensor:
     """Fused SE on the extension; arguments as ``reference.se`` (validated by ``functional.se``)."""
-    return _ops.se_fwd(x, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate])[0]
+    return _eager.call(_SPECS["se"], x, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate])[0]
 
 
 def eca(x, weight, circular: bool = False) -> torch.Tensor:
     """Fused ECA / CECA on the extension; arguments as ``reference.eca`` (validated by ``functional.eca``)."""
-    return _ops.eca_fwd(x, weight, bool(circular))[0]
+    return _eager.call(_SPECS["eca"], x, weight, bool(circular))[0]
 
 
 def se_residual(x, shortcut, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid",
                 out_act: str = "relu") -> torch.Tensor:
     """Fused out_act(se(x) + shortcut) (CPU); arguments as ``reference.se_residual`` (validated by ``functional``)."""
-    return _ops.se_residual_fwd(x, shortcut, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate],
-                                OUT_ACT_CODES[out_act])[0]
+    return _eager.call(_SPECS["se_residual"], x, shortcut, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate],
+                       OUT_ACT_CODES[out_act])[0]
 
 
 def eca_residual(x, shortcut, weight, circular: bool = False, out_act: str = "relu") -> torch.Tensor:
     """Fused out_act(eca(x) + shortcut) (CPU); arguments as ``reference.eca_residual`` (validated by ``functional``)."""
-    return _ops.eca_residual_fwd(x, shortcut, weight, bool(circular), OUT_ACT_CODES[out_act])[0]
+    return _eager.call(_SPECS["eca_residual"], x, shortcut, weight, bool(circular), OUT_ACT_CODES[out_act])[0]

@@ -104,6 +104,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc
+from . import _eager
 from ..reference import apply_act
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import multiple as _aligned, multiple_rows as _aligned_rows, next_pow2 as _next_pow2
@@ -806,8 +807,10 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
 # torch.library registration
 #
 # custom_op (not triton_op + wrap_triton): it passes opcheck and torch.compile(fullgraph=True) on CPU
-# tensors under the interpreter (triton_op does not), at a per-call CPU cost measured in the report /
-# bench. Optional parameters go in as Optional[Tensor]; missing gradients come back as empty tensors
+# tensors under the interpreter (triton_op does not). Its per-call host cost (~70 us of Python dispatch
+# per forward+backward on the 2-core CPU VM) is why eager calls take ``_eager``'s autograd.Function over
+# the same launchers and formulas instead; compile, export, dispatch modes and transforms see the op.
+# Optional parameters go in as Optional[Tensor]; missing gradients come back as empty tensors
 # (custom ops cannot return None) and are mapped to None in the autograd formula.
 #
 # Autocast: deliberately NOT registered with a cast — the ops fall through autocast and run in their
@@ -836,10 +839,12 @@ def _fake_param_grads(x, w1, w2):
     return w2.new_empty((0,)), w2.new_empty((0,), dtype=acc), torch.empty_like(w2), gb2
 
 
-@torch.library.custom_op("attn_kernels::se_fwd", mutates_args=())
-def _se_fwd_op(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,
-               b2: Optional[torch.Tensor], act: str, gate: str) -> _T4:
+def _se_fwd_impl(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,
+                 b2: Optional[torch.Tensor], act: str, gate: str) -> _T4:
     return tuple(se_forward(x, w1, b1, w2, b2, act, gate))
+
+
+_se_fwd_op = torch.library.custom_op("attn_kernels::se_fwd", mutates_args=())(_se_fwd_impl)
 
 
 @_se_fwd_op.register_fake
@@ -847,11 +852,13 @@ def _(x, w1, b1, w2, b2, act, gate):
     return _fake_fwd(x, w1)
 
 
-@torch.library.custom_op("attn_kernels::se_bwd", mutates_args=())
-def _se_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, w1: Optional[torch.Tensor], w2: torch.Tensor,
-               pooled: torch.Tensor, u: torch.Tensor, z: torch.Tensor, act: str, gate: str) -> _T5:
+def _se_bwd_impl(grad_y: torch.Tensor, x: torch.Tensor, w1: Optional[torch.Tensor], w2: torch.Tensor,
+                 pooled: torch.Tensor, u: torch.Tensor, z: torch.Tensor, act: str, gate: str) -> _T5:
     gx, _, gw1, gb1, gw2, gb2 = se_backward(grad_y, x, w1, w2, pooled, u, z, act, gate)
     return gx, gw1, gb1, gw2, gb2
+
+
+_se_bwd_op = torch.library.custom_op("attn_kernels::se_bwd", mutates_args=())(_se_bwd_impl)
 
 
 @_se_bwd_op.register_fake
@@ -872,9 +879,10 @@ def _bias_grad(g, dtype):
     return None if dtype is None else g.to(dtype)
 
 
-def _se_backward(ctx, grad_y, *_):
+def _se_backward(ctx, grad_y, *_, bwd=None):
     x, w1, w2, pooled, u, z = ctx.saved_tensors
-    gx, gw1, gb1, gw2, gb2 = torch.ops.attn_kernels.se_bwd(grad_y, x, w1, w2, pooled, u, z, ctx.act, ctx.gate)
+    gx, gw1, gb1, gw2, gb2 = (bwd or torch.ops.attn_kernels.se_bwd)(grad_y, x, w1, w2, pooled, u, z, ctx.act,
+                                                                     ctx.gate)
     has_w1 = ctx.has[0]
     return (gx, gw1 if has_w1 else None, _bias_grad(gb1, ctx.b_dtypes[0]), gw2, _bias_grad(gb2, ctx.b_dtypes[1]),
             None, None)
@@ -883,10 +891,13 @@ def _se_backward(ctx, grad_y, *_):
 _se_fwd_op.register_autograd(_se_backward, setup_context=_se_setup)
 
 
-@torch.library.custom_op("attn_kernels::se_residual_fwd", mutates_args=())
-def _se_res_fwd_op(x: torch.Tensor, shortcut: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor],
-                   w2: torch.Tensor, b2: Optional[torch.Tensor], act: str, gate: str, out_act: str) -> _T4:
+def _se_res_fwd_impl(x: torch.Tensor, shortcut: torch.Tensor, w1: Optional[torch.Tensor],
+                     b1: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor], act: str, gate: str,
+                     out_act: str) -> _T4:
     return tuple(se_forward(x, w1, b1, w2, b2, act, gate, shortcut=shortcut, out_act=out_act))
+
+
+_se_res_fwd_op = torch.library.custom_op("attn_kernels::se_residual_fwd", mutates_args=())(_se_res_fwd_impl)
 
 
 @_se_res_fwd_op.register_fake
@@ -894,11 +905,13 @@ def _(x, shortcut, w1, b1, w2, b2, act, gate, out_act):
     return _fake_fwd(x, w1)
 
 
-@torch.library.custom_op("attn_kernels::se_residual_bwd", mutates_args=())
-def _se_res_bwd_op(grad_y: torch.Tensor, x: torch.Tensor, shortcut: torch.Tensor, w1: Optional[torch.Tensor],
-                   w2: torch.Tensor, pooled: torch.Tensor, u: torch.Tensor, z: torch.Tensor, act: str, gate: str,
-                   out_act: str) -> _T6:
+def _se_res_bwd_impl(grad_y: torch.Tensor, x: torch.Tensor, shortcut: torch.Tensor, w1: Optional[torch.Tensor],
+                     w2: torch.Tensor, pooled: torch.Tensor, u: torch.Tensor, z: torch.Tensor, act: str, gate: str,
+                     out_act: str) -> _T6:
     return tuple(se_backward(grad_y, x, w1, w2, pooled, u, z, act, gate, shortcut=shortcut, out_act=out_act))
+
+
+_se_res_bwd_op = torch.library.custom_op("attn_kernels::se_residual_bwd", mutates_args=())(_se_res_bwd_impl)
 
 
 @_se_res_bwd_op.register_fake
@@ -915,15 +928,19 @@ def _se_res_setup(ctx, inputs, output):
     ctx.save_for_backward(x, shortcut, w1, w2, pooled, u, z)
 
 
-def _se_res_backward(ctx, grad_y, *_):
+def _se_res_backward(ctx, grad_y, *_, bwd=None):
     x, shortcut, w1, w2, pooled, u, z = ctx.saved_tensors
-    gx, gsc, gw1, gb1, gw2, gb2 = torch.ops.attn_kernels.se_residual_bwd(
+    gx, gsc, gw1, gb1, gw2, gb2 = (bwd or torch.ops.attn_kernels.se_residual_bwd)(
         grad_y, x, shortcut, w1, w2, pooled, u, z, ctx.act, ctx.gate, ctx.out_act)
     return (gx, gsc, gw1 if ctx.has_w1 else None, _bias_grad(gb1, ctx.b_dtypes[0]), gw2,
             _bias_grad(gb2, ctx.b_dtypes[1]), None, None, None)
 
 
 _se_res_fwd_op.register_autograd(_se_res_backward, setup_context=_se_res_setup)
+# Eager calls skip the ops' dispatch (``_eager``): same launchers, same formulas.
+_SE = _eager.OpSpec(torch.ops.attn_kernels.se_fwd, _se_fwd_impl, _se_setup, _se_backward, _se_bwd_impl)
+_SE_RES = _eager.OpSpec(torch.ops.attn_kernels.se_residual_fwd, _se_res_fwd_impl, _se_res_setup, _se_res_backward,
+                        _se_res_bwd_impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -931,10 +948,10 @@ _se_res_fwd_op.register_autograd(_se_res_backward, setup_context=_se_res_setup)
 # ----------------------------------------------------------------------------------------------
 def se(x, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid") -> torch.Tensor:
     """Fused SE (eSE when w1 is None); arguments as ``reference.se``, already validated."""
-    return torch.ops.attn_kernels.se_fwd(x, w1, b1, w2, b2, act, gate)[0]
+    return _eager.call(_SE, x, w1, b1, w2, b2, act, gate)[0]
 
 
 def se_residual(x, shortcut, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid",
                 out_act: str = "relu") -> torch.Tensor:
     """Fused out_act(se(x) + shortcut); arguments as ``reference.se_residual``, already validated."""
-    return torch.ops.attn_kernels.se_residual_fwd(x, shortcut, w1, b1, w2, b2, act, gate, out_act)[0]
+    return _eager.call(_SE_RES, x, shortcut, w1, b1, w2, b2, act, gate, out_act)[0]

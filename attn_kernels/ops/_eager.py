@@ -12,7 +12,7 @@ showed what host time costs there: forward+backward of every provider took 2-10x
 time under ``do_bench`` (e.g. ECA 128x2048x7x7 Triton 1.01 ms against 0.095 ms in a graph).
 
 When the registered op is still used (``fast`` is False): while ``torch.compile`` / export traces (the
-op is what they see, with its fake kernel), under a ``__torch_dispatch__`` mode (FakeTensorMode,
+op is what they see, with its fake kernel), under ``torch.jit.trace``, under a ``__torch_dispatch__`` mode (FakeTensorMode,
 FlopCounterMode, ...), under functorch transforms (vmap, grad), for tensor subclasses, and everywhere
 with ``ATTN_KERNELS_EAGER_FAST=0`` (read at import; for A/B timings and to rule this path out).
 Results are bit-identical between the two paths (same launchers, same formulas; tested per op).
@@ -40,7 +40,7 @@ class OpSpec(NamedTuple):
 
 def fast(inputs) -> bool:
     """Whether this call may take the eager path (see the module docstring)."""
-    if not ENABLED or torch.compiler.is_compiling():
+    if not ENABLED or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if _get_current_dispatch_mode() is not None or torch._C._are_functorch_transforms_active():
         return False
@@ -61,14 +61,27 @@ class _Eager(torch.autograd.Function):
     def backward(ctx, grad_y, *_):
         if grad_y is None:  # an undefined gradient (gradcheck's check_undefined_grad passes one): all zero
             return (None,) * len(ctx.needs_input_grad)
-        return (None,) + tuple(ctx.spec.backward(ctx, grad_y, bwd=ctx.spec.bwd))
+        # create_graph (double backward): the registered backward op, which refuses to be differentiated
+        # as on the op path, instead of the launcher, whose outputs would carry no history (silently zero)
+        bwd = None if torch.is_grad_enabled() else ctx.spec.bwd
+        return (None,) + tuple(ctx.spec.backward(ctx, grad_y, bwd=bwd))
 
 
 def call(spec: OpSpec, *inputs: Any):
     """``spec.op(*inputs)``, through the eager path where ``fast`` allows: the same (y, *aux) tuple. A call
     autograd does not record (grad mode off, or no input requiring grad) runs the launcher alone."""
     if fast(inputs):
-        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
-            return _Eager.apply(spec, *inputs)
-        return tuple(spec.forward(*inputs))
+        name = getattr(spec.op, "_qualified_op_name", "")
+        if name.startswith("attn_kernels::") and torch._C._autograd._profiler_enabled():
+            # the Triton op is not dispatched here: name the call in profiles ("attn_kernels::eca_fwd[eager]",
+            # what profile.attention_ops counts); the extension's C++ op still shows under its own name
+            with torch.autograd.profiler.record_function(f"{name}[eager]"):
+                return _call_fast(spec, inputs)
+        return _call_fast(spec, inputs)
     return spec.op(*inputs)
+
+
+def _call_fast(spec: OpSpec, inputs):
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+        return _Eager.apply(spec, *inputs)
+    return tuple(spec.forward(*inputs))

@@ -6,14 +6,14 @@ Why: SE and ECA layers are small and many (16 per ResNet-50), so their per-call 
 (the autograd wrapper, the redispatch below autograd, the dynamo-disable wrapper around the kernel,
 default filling) and, because the op returns its saved auxiliaries (pooled means, gates) as outputs,
 autograd materialises a zero gradient for each of them in the backward (one tiny kernel launch each).
-Measured on the 2-core CPU VM, the launch itself replaced by a no-op (``bench/host_overhead.py``):
-ECA forward+backward 166 us through the op, 99 us through this path. The H200 run of 2026-12-04
+Measured on the 2-core CPU VM (timed loops, the kernel launch replaced by a no-op): ECA
+forward+backward through ``functional.eca`` 161 us via the op, 112 us via this path. The H200 run of 2026-12-04
 showed what host time costs there: forward+backward of every provider took 2-10x its CUDA-graph
 time under ``do_bench`` (e.g. ECA 128x2048x7x7 Triton 1.01 ms against 0.095 ms in a graph).
 
 When the registered op is still used (``fast`` is False): while ``torch.compile`` / export traces (the
-op is what they see, with its fake kernel), under ``torch.jit.trace``, under a ``__torch_dispatch__`` mode (FakeTensorMode,
-FlopCounterMode, ...), under functorch transforms (vmap, grad), for tensor subclasses, and everywhere
+op is what they see, with its fake kernel), under ``torch.jit.trace``, under a ``__torch_dispatch__``
+mode (FakeTensorMode, FlopCounterMode, ...), under functorch transforms (vmap, grad), for tensor subclasses, and everywhere
 with ``ATTN_KERNELS_EAGER_FAST=0`` (read at import; for A/B timings and to rule this path out).
 Results are bit-identical between the two paths (same launchers, same formulas; tested per op).
 """
@@ -71,11 +71,10 @@ def call(spec: OpSpec, *inputs: Any):
     """``spec.op(*inputs)``, through the eager path where ``fast`` allows: the same (y, *aux) tuple. A call
     autograd does not record (grad mode off, or no input requiring grad) runs the launcher alone."""
     if fast(inputs):
-        name = getattr(spec.op, "_qualified_op_name", "")
-        if name.startswith("attn_kernels::") and torch._C._autograd._profiler_enabled():
+        if torch._C._autograd._profiler_enabled() and spec.op._qualified_op_name.startswith("attn_kernels::"):
             # the Triton op is not dispatched here: name the call in profiles ("attn_kernels::eca_fwd[eager]",
             # what profile.attention_ops counts); the extension's C++ op still shows under its own name
-            with torch.autograd.profiler.record_function(f"{name}[eager]"):
+            with torch.autograd.profiler.record_function(f"{spec.op._qualified_op_name}[eager]"):
                 return _call_fast(spec, inputs)
         return _call_fast(spec, inputs)
     return spec.op(*inputs)

@@ -175,12 +175,17 @@ def apply_swap(model: nn.Module, fuse_residual: bool):
 def swap_summary(report) -> dict:
     """Row fields from a swap report: ``swapped`` (attention blocks replaced; fused residual tails, which
     replace the block around an already swapped attention module, not counted), ``swap_kinds``
-    (``"eca x16, eca_residual x16"``) and ``left_alone`` ("name: reason" of each block left alone, "" when
-    none) -- a fused run that left blocks alone times the original blocks there, so the table shows it."""
+    (``"eca x16, eca_residual x16"``), ``left_alone`` ("name: reason" of each attention block left alone,
+    "" when none) -- a fused run that left blocks alone times the original blocks there, so the table
+    flags it -- and ``tails_left_alone``: the residual tails ``fuse_residual`` did not fuse (their
+    attention blocks are fused; only the add + activation after them runs eagerly), noted, not flagged."""
     kinds = report.kinds()
+    blocks = [e for e in report.left_alone if not getattr(e, "tail", False)]
+    tails = [e for e in report.left_alone if getattr(e, "tail", False)]
     return {"swapped": sum(v for k, v in kinds.items() if not k.endswith("_residual")),
             "swap_kinds": ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())),
-            "left_alone": "; ".join(f"{e.name}: {e.reason}" for e in report.left_alone)}
+            "left_alone": "; ".join(f"{e.name}: {e.reason}" for e in blocks),
+            "tails_left_alone": "; ".join(f"{e.name}: {e.reason}" for e in tails)}
 
 
 class AttentionRanges:
@@ -443,7 +448,7 @@ def compare_losses(rows: List[dict], tol: Dict[str, float]) -> None:
 
 ROW_FIELDS = ["model", "variant", "source", "dtype", "layout", "batch", "res", "steps", "step_ms", "p20_ms", "p80_ms",
               "images_per_s", "vs_plain", "peak_mem_mb", "attn_ms", "profiled_step_ms", "gpu_busy_ms", "attn_share",
-              "attn_ops", "attn_modules", "swapped", "swap_kinds", "left_alone",
+              "attn_ops", "attn_modules", "swapped", "swap_kinds", "left_alone", "tails_left_alone",
               "follows_eager", "max_rel_loss_diff", "losses", "top_kernels", "kernel_deltas", "trace", "error"]
 
 
@@ -508,6 +513,11 @@ def markdown(rows: List[dict], meta: dict) -> str:
     if alone:
         out += ["", "Blocks swap() left alone (those runs timed the original blocks there):"]
         out += [f"- {r['model']} {r['variant']} {r['dtype']} {r['layout']}: {r['left_alone'][:600]}" for r in alone]
+    tails = [r for r in rows if r.get("tails_left_alone")]
+    if tails:
+        out += ["", "Residual tails fuse_residual left as they were (attention fused, the add + activation eager):"]
+        out += [f"- {r['model']} {r['variant']} {r['dtype']} {r['layout']}: {r['tails_left_alone'][:600]}"
+                for r in tails]
     out += deltas_markdown(rows)
     errs = [r for r in rows if r.get("error")]
     if errs:

@@ -79,6 +79,7 @@ class LeftAlone:
     name: str
     original: str
     reason: str
+    tail: bool = False  # a residual block tail fuse_residual left as it was (its attention may be fused)
 
 
 @dataclasses.dataclass
@@ -738,11 +739,11 @@ def _swap_residual(model, backend, include, records, report, shown):
                 walk(child, qual + ".")
                 continue
             if isinstance(found, _Refusal):
-                report.left_alone.append(LeftAlone(qual, _cls(child), f"residual: {found}"))
+                report.left_alone.append(LeftAlone(qual, _cls(child), f"residual: {found}", tail=True))
                 continue
             cls, kind, out_act, in_channels = found
             if not _included(include, qual, child, kind):
-                report.left_alone.append(LeftAlone(qual, _cls(child), f"{kind}: excluded by include"))
+                report.left_alone.append(LeftAlone(qual, _cls(child), f"{kind}: excluded by include", tail=True))
                 continue
             problem = _backend_problem((kind,), child, backend)
             if problem is None:
@@ -750,7 +751,7 @@ def _swap_residual(model, backend, include, records, report, shown):
                 candidate.fused_out_act, candidate.fused_kind, candidate.backend = out_act, kind, "reference"
                 problem = _probe(child, candidate, (2, in_channels, 8, 8))
             if problem is not None:
-                report.left_alone.append(LeftAlone(qual, _cls(child), f"{kind}: {problem}"))
+                report.left_alone.append(LeftAlone(qual, _cls(child), f"{kind}: {problem}", tail=True))
                 continue
             new = _adopt(cls, child)
             new.fused_out_act, new.fused_kind, new.backend = out_act, kind, backend

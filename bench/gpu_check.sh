@@ -33,6 +33,7 @@
 #   tests_rest       180  40-60 pytest -m "not gpu" on the rest                                  [background]
 #   memcheck         150  30-60 compute-sanitizer --tool memcheck  python bench/sanitize_check.py [during tests_rest]
 #   racecheck        150  30-60 compute-sanitizer --tool racecheck, the csrc/ CUDA kernels only      [during tests_rest]
+#   host             90   20-40 bench/host_overhead.py --cprofile: host us per call, fused vs eager [alone: timings]
 #   bench_quick      200  90-150 attn-kernels bench --quick (compile dominates)                    [alone: timings]
 #   bench_key_shapes 120  45-75 se, eca, se_residual, se_silu at every model site, fwd+bwd, bf16, channels_last
 #   auto_table       30   ~3    bench/auto_table.py: auto's table entry for this GPU from the bench JSON files
@@ -114,6 +115,7 @@ keyline() {  # the log line that says most about a finished step
     auto_table) line=$(grep -E "cases from" "$log" | head -n 2 | tr '\n' ' ') ;;
     info) line=$(grep -A3 -E "^  cuda:" "$log" | grep -E "^ +cuda " | head -n 1 | sed 's/^ */cuda backend: /') ;;
     cpu_diag) line="$(grep -E "^cpu_diag:|smoke exit" "$log" | tr '\n' ' ')" ;;
+    host) line="fwd+bwd us/call: $(grep -E "^(se|eca) +fwd\+bwd +(eager|triton|triton:launches|cuda) " "$log" | awk '{printf "%s %s %s; ", $1, $3, $4}')" ;;
   esac
   line=$(echo "$line" | sed 's/^[; ]*//; s/[; ]*$//')
   [ -n "$line" ] && echo " | $line"
@@ -258,6 +260,11 @@ fi
 wait_bg tests_rest
 
 # ---- 3. timings: nothing else runs on the machine from here ---------------------------------------------
+# Host time per call of every fused op against eager (tiny tensors), with the Python functions it goes to:
+# why the H200 run's fwd+bwd were host-bound (Triton ECA 1.01 ms per call vs 0.095 ms in a CUDA graph)
+if plan host 90 30; then
+  run_fg host "$PY" bench/host_overhead.py --cprofile --out "$RES"
+fi
 if plan bench_quick 200 60; then
   run_fg bench_quick "$PY" -m attn_kernels.cli bench --quick --rep-ms 50 --no-progress \
     --max-seconds $(( STEP_T - 40 )) --out "$RES"

@@ -182,13 +182,24 @@ def test_swap_summary_and_left_alone_in_the_table():
     from attn_kernels.swap import LeftAlone, SwapEntry, SwapReport
 
     report = SwapReport(replaced=[SwapEntry("a.se", "X", "eca", "current"), SwapEntry("a", "B", "eca_residual", "c")],
-                        left_alone=[LeftAlone("b.se", "X", "probe mismatch (max abs err 0.002)")])
+                        left_alone=[LeftAlone("b.se", "X", "probe mismatch (max abs err 0.002)"),
+                                    LeftAlone("c", "B", "residual: drop_path", tail=True)])
     summary = prof.swap_summary(report)
     assert summary == {"swapped": 1, "swap_kinds": "eca x1, eca_residual x1",
-                       "left_alone": "b.se: probe mismatch (max abs err 0.002)"}
+                       "left_alone": "b.se: probe mismatch (max abs err 0.002)",
+                       "tails_left_alone": "c: residual: drop_path"}
     row = {"model": "m", "variant": "fused", "dtype": "bf16", "layout": "nchw", "attn_modules": 2, **summary}
     table = prof.markdown([row], {"device": "d", "torch": "t", "commit": "c", "date": "x"})
     assert "| 1/2 (LEFT ALONE: see below) |" in table and "b.se: probe mismatch" in table
+    assert "Residual tails fuse_residual left" in table and "c: residual: drop_path" in table
+    # a fused_residual run whose attention blocks were all swapped but one tail refused: noted, not flagged
+    report = SwapReport(replaced=[SwapEntry("a.se", "X", "eca", "current")],
+                        left_alone=[LeftAlone("a", "B", "residual: drop_path", tail=True)])
+    row = {"model": "m", "variant": "fused_residual", "dtype": "bf16", "layout": "nchw", "attn_modules": 1,
+           **prof.swap_summary(report)}
+    table = prof.markdown([row], {"device": "d", "torch": "t", "commit": "c", "date": "x"})
+    assert "| 1/1 |" in table and "LEFT ALONE" not in table and "a: residual: drop_path" in table
+
 
 
 def test_profile_without_swap_message(tmp_path, capsys, monkeypatch):

@@ -402,10 +402,11 @@ def test_residual_with_drop_path_or_cbam_is_left_alone():
     # the first block's drop-path rate is 0 (timm builds no DropPath there): only it fuses
     assert report.kinds() == {"se": 4, "se_residual": 1}, str(report)
     assert all("drop_path" in e.reason for e in report.left_alone) and len(report.left_alone) == 3
+    assert all(e.tail for e in report.left_alone)  # residual tails, told apart from attention blocks left alone
     report = ak.swap(tiny_timm_resnet(BasicBlock, "cbam"), backend="reference", fuse_residual=True)
     assert report.replaced == [] and len(report.left_alone) == 8
-    assert sum("BatchNorm" in e.reason for e in report.left_alone) == 4
-    assert sum("(CbamModule) was not swapped" in e.reason for e in report.left_alone) == 4
+    assert sum("BatchNorm" in e.reason and not e.tail for e in report.left_alone) == 4
+    assert sum("(CbamModule) was not swapped" in e.reason and e.tail for e in report.left_alone) == 4
 
 
 def test_residual_with_hardswish_output_is_refused_by_name():

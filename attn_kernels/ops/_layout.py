@@ -26,7 +26,19 @@ def cdiv(a: int, b: int) -> int:
 
 
 def flat_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
-    """(stride_n, stride_c, stride_hw) when t's spatial dims flatten to one stride, else None."""
+    """(stride_n, stride_c, stride_hw) when t's spatial dims flatten to one stride, else None. Runs for
+    every tensor of every launch, so NCHW and channels_last (W > 1) answer without the general walk."""
+    if not t.numel():  # any strides count as contiguous then
+        return _flat_strides_walk(t)
+    if t.is_contiguous():  # the innermost spatial dim of size > 1 has stride 1
+        return t.stride(0), t.stride(1), 1
+    if t.dim() == 4 and t.shape[3] > 1 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.stride(0), t.stride(1), t.stride(3)  # W innermost of the spatial dims, H = W·stride_w
+    return _flat_strides_walk(t)
+
+
+def _flat_strides_walk(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
+    """flat_strides by the definition: the spatial dims of size > 1 must nest (outer = inner · size)."""
     dims = [(size, stride) for size, stride in zip(t.shape[2:], t.stride()[2:]) if size != 1]
     for (_, outer), (size, inner) in zip(dims, dims[1:]):
         if outer != inner * size:

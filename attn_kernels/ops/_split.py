@@ -241,10 +241,16 @@ def emulate_split(cfg: dict, c: int, split: int) -> dict:
     return dict(cfg, MULTI=0, P=cdiv(c, per), chan_per_prog=per)
 
 
+_UNUSED_SYNC = {}  # device -> the placeholder MULTI=0 launches get (the kernel never touches it)
+
+
 def sync_buffer(multi: int, n: int, device) -> torch.Tensor:
     if multi:
         return torch.zeros(n + 1, dtype=torch.int32, device=device)
-    return torch.empty(1, dtype=torch.int32, device=device)  # never touched (MULTI=0)
+    buf = _UNUSED_SYNC.get(device)
+    if buf is None:  # one per device, not one allocation per launch
+        buf = _UNUSED_SYNC[device] = torch.empty(1, dtype=torch.int32, device=device)
+    return buf
 
 
 def check_error(sync: torch.Tensor, multi: int, n: int, op: str) -> None:

@@ -59,6 +59,7 @@ launchers and formula without the op's dispatch (``_eager``).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -398,7 +399,7 @@ def settings(channels: int, hw: int, elem_bytes: int, k: int) -> dict:
 _STAGE_SMEM = 64 * 1024  # bytes of shared memory the pipelined loops may hold (_stream_plan)
 
 
-def _stream_plan(cfg: dict, x: torch.Tensor, hw: int, strides, loads: int) -> dict:
+def _stream_plan(cfg: dict, elem: int, hw: int, strides, loads: int) -> dict:
     """NUM_STAGES and ROW_ALIGN of the streaming loops for tensors with the (N, C, HW) ``strides`` (x first,
     then the others the kernel streams): pipelined (cp.async into shared memory, NUM_STAGES − 1 tiles
     ahead) where ``_layout.stream_alignment`` finds the rows aligned, 2 … 3 stages of ``loads`` [BLOCK_C,
@@ -406,10 +407,10 @@ def _stream_plan(cfg: dict, x: torch.Tensor, hw: int, strides, loads: int) -> di
     iteration: nothing to pipeline. Before this the loops were plain ``range`` loops, which Triton did
     not pipeline (no cp.async in the sm_90 PTX): one tile in flight per program -- the H200 run measured
     the channels_last forward at 0.275 ms against eager's 0.100 (128x1024x14x14 bf16). Not measured since."""
-    aligned, row_align = _stream_alignment(x.element_size(), hw, strides, cfg["BLOCK_C"])
+    aligned, row_align = _stream_alignment(elem, hw, strides, cfg["BLOCK_C"])
     stages = 1
     if aligned and not cfg["RESIDENT"]:
-        per_stage = cfg["BLOCK_C"] * cfg["BLOCK_HW"] * x.element_size() * loads
+        per_stage = cfg["BLOCK_C"] * cfg["BLOCK_HW"] * elem * loads
         stages = min(3, _STAGE_SMEM // max(1, per_stage))
         stages = stages if stages >= 2 else 1
     return dict(NUM_STAGES=stages, ROW_ALIGN=row_align)
@@ -420,16 +421,21 @@ def _check_x(x: torch.Tensor) -> None:
         raise TypeError(f"the triton ECA kernel supports x of dtype float16/bfloat16/float32/float64, got {x.dtype}")
 
 
-def _geometry(x: torch.Tensor, taps: torch.Tensor):
-    n, c = x.shape[:2]
+@functools.lru_cache(maxsize=4096)
+def _plan(shape: torch.Size, elem: int, k: int, strides: tuple, loads: int) -> tuple:
+    """(hw, tiles, width, meta) of a launch: what it derives from x's shape and element size, the number
+    of taps and the (N, C, HW) strides of the tensors the kernel streams (x first; ``loads`` of them per
+    tile) -- the tiles (``settings``) and the loops' pipelining (``_stream_plan``). Memoised: ECA layers
+    are small and many, and this runs on every call (host time per call: bench/host_overhead.py). The
+    dict is shared: callers pass it on as keywords, never modify it."""
+    c = shape[1]
     hw = 1
-    for d in x.shape[2:]:
+    for d in shape[2:]:
         hw *= int(d)
-    k = taps.numel()
-    cfg = settings(c, hw, x.element_size(), k)
+    cfg = settings(c, hw, elem, k)
     tiles = _cdiv(c, cfg["BLOCK_C"]) if c else 0
     width = cfg["BLOCK_C"] + 2 * (k // 2)
-    return n, c, hw, k, tiles, width, cfg
+    return hw, tiles, width, dict(cfg, **_stream_plan(cfg, elem, hw, strides, loads))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,7 +447,8 @@ def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch
     plain ECA/CECA; otherwise y = out_act(x·s + shortcut). One launch (none when N·C = 0)."""
     _check_x(x)
     taps = weight.reshape(-1).contiguous()
-    n, c, hw, k, tiles, width, cfg = _geometry(x, taps)
+    n, c = x.shape[:2]
+    k = taps.numel()
     acc = _acc_dtype(x)
     y, y_buf, sy = _out_like(x)
     pooled = _alloc.empty((n, c), dtype=acc, device=x.device)
@@ -451,12 +458,13 @@ def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch
     xk, sx = _as_flat(x)
     residual = shortcut is not None
     sck, ss = _as_flat(shortcut) if residual else (xk, sx)
+    hw, tiles, width, meta = _plan(x.shape, x.element_size(), k, (sx, ss, sy), 1 + int(residual))
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)  # scratch, fully written before read
     with _device_of(xk):
         _eca_fwd_kernel[(n * tiles,)](
             xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy,
             CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **cfg, **_stream_plan(cfg, x, hw, (sx, ss, sy), 1 + int(residual)))
+            ACC=_tl_acc(acc), **meta)
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s
@@ -466,7 +474,8 @@ def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch
                  pooled: torch.Tensor, s: torch.Tensor, circular: bool, out_act: str = "none"):
     """(grad_x, grad_shortcut or None, grad_weight): grad_weight in weight's shape and dtype."""
     taps = weight.reshape(-1).contiguous()
-    n, c, hw, k, tiles, width, cfg = _geometry(x, taps)
+    n, c = x.shape[:2]
+    k = taps.numel()
     acc = pooled.dtype
     residual = shortcut is not None
     gx, gx_buf, sd = _out_like(x)
@@ -479,6 +488,7 @@ def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch
     xk, sx = _as_flat(x)
     gyk, sg = _as_flat(grad_y)
     sck, ss = _as_flat(shortcut) if residual else (xk, sx)
+    hw, tiles, width, meta = _plan(x.shape, x.element_size(), k, (sx, sg, ss, sd, se), 2 + int(residual))
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)
     gt = _alloc.empty((n * tiles, k), dtype=acc, device=x.device)
     with _device_of(gyk):
@@ -486,12 +496,13 @@ def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch
             gyk, xk, sck, gx_buf, gsc_buf, taps, pooled, s, ext, gt, c, hw, k, k // 2, tiles, width,
             *sg, *sx, *ss, *sd, *se,
             CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **cfg, **_stream_plan(cfg, x, hw, (sx, sg, ss, sd, se), 2 + int(residual)))
+            ACC=_tl_acc(acc), **meta)
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     if residual and gsc_buf is not gsc:
         gsc.copy_(gsc_buf)
-    return gx, gsc, gt.sum(0).reshape(weight.shape).to(weight.dtype)
+    gw = gt.sum(0).reshape(weight.shape)
+    return gx, gsc, (gw if gw.dtype == weight.dtype else gw.to(weight.dtype))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -668,11 +668,34 @@ def _check_x(x: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int):
+_PLANS = {}  # (kernel, planner inputs, call signature, ...) -> what _fitted returned for them
+
+
+def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int, signature: tuple = None):
     """(config, sample groups, meta-parameters) of a launch: ``plan(occupancy=1)``, then fitted to what
     the compiled kernel lets an SM hold (``_split.fit_occupancy``; not for the emulated split, a test
     hook that plans its own partition). ``plan``: functools.partial of ``launch_config`` with the call's
-    shape; ``prepared(cfg)`` → (groups, args, meta) as for the launch."""
+    shape; ``prepared(cfg)`` → (groups, args, meta) as for the launch.
+    ``signature``: everything else ``prepared`` and the fitting depend on (flags, dtypes, strides). With
+    it the answer is memoised on (kernel, the planner's inputs, signature, schedule mode, tune text, SM
+    count, and the planner functions themselves, so that replacing one re-plans): SE layers are small
+    and many, and planning took ~15 us of host time per launch on the 2-core VM (bench/host_overhead.py)."""
+    memo = None
+    if not split and signature is not None:
+        memo = (kernel, plan.args, tuple(plan.keywords.items()), signature, _schedule_mode(), _tune_text(),
+                _device_sms(like.device), launch_config, _fit_occupancy)
+        hit = _PLANS.get(memo)
+        if hit is not None:
+            return hit
+    out = _fitted_uncached(kernel, like, plan, prepared, split)
+    if memo is not None:
+        if len(_PLANS) >= 4096:  # a bound, like the planners' lru caches
+            _PLANS.clear()
+        _PLANS[memo] = out
+    return out
+
+
+def _fitted_uncached(kernel, like: torch.Tensor, plan, prepared, split: int):
     first = plan()
     ready = prepared(first)  # the launch of the first plan: fit_occupancy keys on it, most calls launch it
     cfg = first
@@ -682,6 +705,10 @@ def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int):
                              lambda c: ready if c is first else prepared(c), key)
     groups, _, meta = ready if cfg == first else prepared(cfg)
     return cfg, groups, meta
+
+
+def _dtype_of(t):
+    return None if t is None else t.dtype
 
 
 def _hidden_parts(groups: int, p: int, group: int, r: int, acc: torch.dtype, device) -> torch.Tensor:
@@ -725,12 +752,19 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
             HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None), ACT=_ACTS[act],
             GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl,
             **_pipeline(cfg, x, hw, (sx, ss, sy), 1 + int(shortcut is not None)), **_fwd_register_cap(cfg, x))
-    cfg, groups, meta = _fitted(_se_fwd_kernel, xk, plan, prepared, _split)
+    signature = (act, gate, out_act, shortcut is not None, sx, ss, sy, x.dtype, _dtype_of(w1), _dtype_of(b1),
+                 w2.dtype, _dtype_of(b2))
+    cfg, groups, meta = _fitted(_se_fwd_kernel, xk, plan, prepared, _split, signature)
     hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
     _launch(_se_fwd_kernel, xk, groups, c, cfg, args, meta, "SE", _split, (y_buf, u, z))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, u, z
+
+
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the call when it is one already (per-call host time: these run every step)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _param_grads(w1, w2, act, pooled, u, dz, du):
@@ -739,11 +773,11 @@ def _param_grads(w1, w2, act, pooled, u, dz, du):
     bias dtype, which the backward op does not see)."""
     if w1 is not None:
         h = u if act is None else apply_act(u, act)
-        gw2 = (dz.t() @ h).to(w2.dtype)
-        gw1 = (du.t() @ pooled).to(w1.dtype)
+        gw2 = _as_dtype(dz.t() @ h, w2.dtype)
+        gw1 = _as_dtype(du.t() @ pooled, w1.dtype)
         gb1 = du.sum(0)
     else:
-        gw2 = (dz.t() @ pooled).to(w2.dtype)
+        gw2 = _as_dtype(dz.t() @ pooled, w2.dtype)
         gw1, gb1 = w2.new_empty((0,)), w2.new_empty((0,), dtype=du.dtype)  # distinct: outputs must not alias
     gb2 = dz.sum(0)
     return gw1, gb1, gw2, gb2
@@ -789,7 +823,9 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
                 HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
                 OUT_ACT=_ACTS[out_act], ACC=acc_tl,
                 **_pipeline(cfg, x, hw, (sx, sg, ss, sd, so), 2 + int(shortcut is not None)))
-        cfg, groups, meta = _fitted(_se_bwd_kernel, gyk, plan, prepared, _split)
+        signature = (act, gate, out_act, shortcut is not None, sx, sg, ss, sd, so, x.dtype, grad_y.dtype,
+                     _dtype_of(w1), w2.dtype, u.dtype, z.dtype)
+        cfg, groups, meta = _fitted(_se_bwd_kernel, gyk, plan, prepared, _split, signature)
         hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
         _launch(_se_bwd_kernel, gyk, groups, c, cfg, args, meta, "SE", _split, (gx_buf, gsc_buf, du))
         if gx_buf is not gx:
@@ -876,7 +912,7 @@ def _se_setup(ctx, inputs, output):
 
 
 def _bias_grad(g, dtype):
-    return None if dtype is None else g.to(dtype)
+    return None if dtype is None else _as_dtype(g, dtype)
 
 
 def _se_backward(ctx, grad_y, *_, bwd=None):

@@ -270,7 +270,7 @@ def test_stream_plan():
     """NUM_STAGES / ROW_ALIGN of the streaming loops (_stream_plan): pipelined where the rows are aligned,
     NCHW rows told aligned to the largest power of two dividing HW and every stride (bf16 14x14: 4),
     channels_last by its 16-byte pitch; RESIDENT tiles (one iteration) not pipelined."""
-    bf16, fp32 = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
+    bf16, fp32 = 2, 4  # element sizes
     cfg = E.settings(1024, 196, 2, 5)
     assert cfg["RESIDENT"] == 0
     assert E._stream_plan(cfg, bf16, 196, [(1024 * 196, 196, 1)], 1) == dict(NUM_STAGES=3, ROW_ALIGN=4)
@@ -282,6 +282,13 @@ def test_stream_plan():
     assert E._stream_plan(cfg, fp32, 196, [(1024 * 196, 196, 1), (136, 17, 1)], 2)["NUM_STAGES"] == 2
     small = E.settings(2048, 49, 2, 7)
     assert small["RESIDENT"] == 1 and E._stream_plan(small, bf16, 49, [(2048 * 49, 1, 2048)], 1)["NUM_STAGES"] == 1
+    # what a launch takes: tiles + pipelining from shape, element size, taps and strides, memoised per call signature
+    shape, strides = torch.Size((8, 1024, 14, 14)), ((1024 * 196, 196, 1),)
+    hw, tiles, width, meta = E._plan(shape, bf16, 5, strides, 1)
+    assert (hw, tiles, width) == (196, 1024 // cfg["BLOCK_C"], cfg["BLOCK_C"] + 4)
+    assert meta == dict(cfg, NUM_STAGES=3, ROW_ALIGN=4)
+    assert E._plan(shape, bf16, 5, strides, 1)[3] is meta
+    assert E._plan(shape, bf16, 5, ((1024 * 196, 1, 1024),), 1)[3]["ROW_ALIGN"] == 1  # strides are part of the key
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -93,7 +93,7 @@ class SwapReport:
             lines.append(f"  + {e.name or '<root>'}: {e.original} -> {e.kind} [{e.backend}]"
                          + (f" ({e.detail})" if e.detail else ""))
         for e in self.left_alone:
-            lines.append(f"  - {e.name or '<root>'}: {e.original}: {e.reason}")
+            lines.append(f"  - {e.name or '<root>'}: {e.original}: " + ("residual tail: " if e.tail else "") + e.reason)
         return "\n".join(lines)
 
     def kinds(self) -> dict:

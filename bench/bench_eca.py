@@ -195,6 +195,7 @@ def main(argv=None):
         E._SLAB_BYTES = args.slab_bytes
     if args.min_block_c:
         E._MIN_BLOCK_C = args.min_block_c
+    E._plan.cache_clear()  # launch plans are memoised on the call signature, not on these constants
     meta = dict(_meta(), eca_slab_bytes=E._SLAB_BYTES, eca_min_block_c=E._MIN_BLOCK_C)
     device = "cuda" if HAS_CUDA else "cpu"
     ops = args.ops.split(",")

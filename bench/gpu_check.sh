@@ -40,6 +40,7 @@
 #   tune_se          150  60-120 bench/bench_groups.py: SE's auto plan vs forced configs, 3 stages x N 64, 128
 #   cuda_rows        120  30-60 bench/bench_groups.py: csrc/'s SE and ECA kernels, row loops off vs on
 #   profile          150  60-120 SE-ResNet-50, ECA-ResNet-50, EfficientNet-B0 training steps, plain/eager/fused/fused_residual
+#   profile_op_path  90   40-60 the fused ECA-ResNet-50 run again with ATTN_KERNELS_EAGER_FAST=0 (eager_fast_off/)
 #   synccheck        90   30    compute-sanitizer --tool synccheck  (only if the budget allows)
 #   initcheck        90   30    compute-sanitizer --tool initcheck  (only if the budget allows)
 # Expected total on a fresh machine: ~800-1000 s of work (the H200 run of 2026-12-04 spent 514 s reaching
@@ -110,7 +111,7 @@ keyline() {  # the log line that says most about a finished step
       line="$(grep -E "(ERROR|RACECHECK|SYNCCHECK|INITCHECK) SUMMARY" "$log" | tail -n 1 | sed 's/^=* *//'); $(grep -E "^sanitize_check: [0-9]+ ok" "$log" | tail -n 1)" ;;
     tune_se|cuda_rows) line="$(grep -cE "^case " "$log") case(s) started" ;;
     bench*) line="$(grep -oE "[0-9]+ rows in [0-9.]+s" "$log" | tail -n 1); $(grep -oE "[0-9]+ row\(s\) with errors" "$log" | tail -n 1) $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
-    profile) line="$(grep -oE "[0-9]+ run\(s\) (not measured|do not follow eager's loss curve)" "$log" | tr '\n' ' ') $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
+    profile*) line="$(grep -oE "[0-9]+ run\(s\) (not measured|do not follow eager's loss curve)" "$log" | tr '\n' ' ') $(grep -oE "stopped early \([^)]*\)" "$log" | tail -n 1)" ;;
     install*) line="$(grep -E "attn_kernels: building" "$log" | tail -n 1 | sed 's/^ *//'); $(grep -c "WARNING (attn_kernels)" "$log") attn_kernels build warning(s)" ;;
     auto_table) line=$(grep -E "cases from" "$log" | head -n 2 | tr '\n' ' ') ;;
     info) line=$(grep -A3 -E "^  cuda:" "$log" | grep -E "^ +cuda " | head -n 1 | sed 's/^ */cuda backend: /') ;;
@@ -299,6 +300,14 @@ if plan profile 150 75; then
   run_fg profile "$PY" -m attn_kernels.cli profile --models se_resnet50,eca_resnet50,efficientnet_b0 \
     --variants plain,eager,fused,fused_residual --dtypes bf16 --layouts channels_last --steps 10 --warmup 3 \
     --active 2 --no-trace --max-seconds $(( STEP_T - 45 )) --out "$RES"
+fi
+
+# The same fused ECA-ResNet-50 run with eager calls through the registered ops (ATTN_KERNELS_EAGER_FAST=0):
+# the training-step cost of the per-call host time the eager path saves (its own folder: not a variant)
+if plan profile_op_path 90 60; then
+  run_fg profile_op_path env ATTN_KERNELS_EAGER_FAST=0 "$PY" -m attn_kernels.cli profile --models eca_resnet50 \
+    --variants fused --dtypes bf16 --layouts channels_last --steps 10 --warmup 3 --active 2 --no-trace \
+    --max-seconds $(( STEP_T - 30 )) --out "$RES/eager_fast_off"
 fi
 
 # ---- 4. the other two sanitizer tools, if time is left --------------------------------------------------

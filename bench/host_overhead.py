@@ -148,21 +148,25 @@ def main(argv=None) -> int:
         for mode in modes:
             for prov in providers:
                 row = dict(op=op, shape=f"{n}x{c}x{h}x{w}", dtype=args.dtype, layout=args.layout, mode=mode,
-                           provider=prov, host_us=None, top=None, error="")
+                           provider=prov, host_us=None, enqueue_us=None, top=None, error="")
+                launch_row = None
                 try:
                     fn = _callable(spec, op, prov, mode, xs, params, gy, c, r, torch)
-                    row["host_us"] = time_host(fn, device, args.iters, args.repeats, torch)
+                    row["host_us"], row["enqueue_us"] = time_host(fn, device, args.iters, args.repeats, torch)
                     if args.cprofile and prov not in ("eager", "timm"):
                         row["top"] = profile_top(fn, args.iters, args.top)
+                    if prov == "triton":
+                        launch_row = _launch_row(row, fn, device, args, torch)
                 except Exception as exc:  # noqa: BLE001 -- a row records its error, the others still run
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                rows.append(row)
-                print(f"{op:13s} {mode:8s} {prov:15s} "
-                      + (f"{row['host_us']:8.1f} us" if row["host_us"] is not None else row["error"]), flush=True)
-                if prov == "triton" and row["host_us"] is not None:
-                    rows.append(_launch_row(row, fn, device, args, torch))
-                    print(f"{op:13s} {mode:8s} {'triton:launches':15s} {rows[-1]['host_us']:8.1f} us "
-                          f"({rows[-1]['launches']} launches)", flush=True)
+                for rw in (row, launch_row):
+                    if rw is None:
+                        continue
+                    rows.append(rw)
+                    extra = f" ({rw['launches']} launches)" if "launches" in rw else ""
+                    print(f"{op:13s} {mode:8s} {rw['provider']:15s} "
+                          + (f"{rw['host_us']:8.1f} us{extra}" if rw["host_us"] is not None else rw["error"]),
+                          flush=True)
 
     meta = B.metadata(device)
     meta["timing"] = (f"host us per call: wall time of {args.iters} calls back to back / {args.iters}, device "
@@ -206,10 +210,8 @@ def _providers(op, device, args, unavailable_reason, B):
 
 def _callable(spec, op, prov, mode, xs, params, gy, c, r, torch):
     """One call of ``op`` by ``prov`` in ``mode``, as the benchmark makes it (fresh leaves once)."""
-    if prov == "timm":
-        f = _timm_module(op, c, params, xs[0], torch)
-    else:
-        f = spec.fn(None if prov == "eager" else prov)
+    module = _timm_module(op, c, params, xs[0], torch) if prov == "timm" else None
+    f = (lambda x_, *p: module(x_)) if module is not None else spec.fn(None if prov == "eager" else prov)
     if mode == "fwd":
         def call():
             with torch.no_grad():
@@ -217,7 +219,8 @@ def _callable(spec, op, prov, mode, xs, params, gy, c, r, torch):
         return call
     leaves = [x.detach().requires_grad_() for x in xs]
     leaves_p = [p.detach().requires_grad_() if p is not None else None for p in params]
-    wrt = leaves + ([p for p in leaves_p if p is not None] if prov != "timm" else [])
+    # the same gradients from every provider: x (and shortcut) and every parameter (timm: its own copies)
+    wrt = leaves + (list(module.parameters()) if module is not None else [p for p in leaves_p if p is not None])
 
     def call():
         return torch.autograd.grad(f(*leaves, *leaves_p), wrt, gy)
@@ -225,20 +228,24 @@ def _callable(spec, op, prov, mode, xs, params, gy, c, r, torch):
 
 
 def _timm_module(op, c, params, x, torch):
-    """timm's own block (the module users swap out), with the parameters the fused rows get."""
+    """timm's own block (the module users swap out) holding the fused rows' parameter values."""
     import timm.layers as tl
 
     if op == "eca":
-        m = tl.EcaModule(channels=c, kernel_size=params[0].numel())
+        m = tl.EcaModule(channels=None, kernel_size=params[0].numel())  # channels= would override kernel_size
     else:
         m = tl.SEModule(c, rd_channels=params[0].shape[0])
     m = m.to(device=x.device, dtype=x.dtype)
-    return lambda x_, *p: m(x_)
+    mine = [m.conv.weight] if op == "eca" else [m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias]
+    with torch.no_grad():
+        for p, value in zip(mine, params):
+            p.copy_(value.reshape(p.shape))
+    return m
 
 
 def launch_hooks() -> dict:
-    """Triton's launch enter / exit hooks as set now (a profiler or torch.compile may install them; with
-    one set, every launch also builds its launch metadata and calls the hook)."""
+    """Triton's launch enter / exit hooks as set now (a profiler or torch.compile may install them; each
+    registered one is called on every launch)."""
     try:
         from triton import knobs
 
@@ -247,7 +254,13 @@ def launch_hooks() -> dict:
         from triton.compiler import CompiledKernel
 
         hooks = (getattr(CompiledKernel, "launch_enter_hook", None), getattr(CompiledKernel, "launch_exit_hook", None))
-    return {"enter": repr(hooks[0]), "exit": repr(hooks[1])}
+
+    def describe(h):  # triton >= 3.5: a HookChain (never None) holding the registered hooks in .calls
+        if h is None:
+            return "none"
+        calls = getattr(h, "calls", None)
+        return f"{len(calls)} registered" if calls is not None else repr(h)
+    return {"enter": describe(hooks[0]), "exit": describe(hooks[1])}
 
 
 def record_launches(fn):
@@ -275,24 +288,28 @@ def _launch_row(row, fn, device, args, torch):
     def replay():
         for jit, a, kw in calls:
             jit.run(*a, **kw)
-    return dict(row, provider="triton:launches", launches=len(calls), top=None,
-                host_us=time_host(replay, device, args.iters, args.repeats, torch))
+    host, enqueue = time_host(replay, device, args.iters, args.repeats, torch)
+    return dict(row, provider="triton:launches", launches=len(calls), top=None, host_us=host, enqueue_us=enqueue)
 
 
-def time_host(fn, device, iters: int, repeats: int, torch) -> float:
-    """Best per-call wall time (us) over ``repeats`` blocks of ``iters`` back-to-back calls."""
+def time_host(fn, device, iters: int, repeats: int, torch):
+    """(per-call wall time, per-call time to enqueue) in us, each the best over ``repeats`` blocks of
+    ``iters`` back-to-back calls; wall time includes the device sync at the block's end. Where the two
+    differ much the device, not the host, bounded the block (the markdown flags it)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(max(5, iters // 10)):  # compile, caches, allocator
         fn()
     sync()
-    best = float("inf")
+    best, best_enqueue = float("inf"), float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(iters):
             fn()
+        t1 = time.perf_counter()
         sync()
-        best = min(best, (time.perf_counter() - t0) / iters * 1e6)
-    return best
+        t2 = time.perf_counter()
+        best, best_enqueue = min(best, (t2 - t0) / iters * 1e6), min(best_enqueue, (t1 - t0) / iters * 1e6)
+    return best, best_enqueue
 
 
 def profile_top(fn, iters: int, top: int):
@@ -322,6 +339,8 @@ def markdown(rows, meta) -> str:
         e = eager.get((r["op"], r["mode"]))
         ratio = f"{r['host_us'] / e:.2f}" if r["host_us"] and e else "-"
         us = f"{r['host_us']:.1f}" if r["host_us"] is not None else f"error: {r['error']}"
+        if r["host_us"] and r.get("enqueue_us") is not None and r["enqueue_us"] < 0.8 * r["host_us"]:
+            us += f" (enqueue {r['enqueue_us']:.1f}: device-bound)"
         lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['layout']} | {r['mode']} | {r['provider']} | "
                      f"{us} | {ratio} |")
     for r in rows:

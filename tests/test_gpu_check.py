@@ -17,7 +17,8 @@ def test_gpu_check_plan_lists_every_step(tmp_path):
     assert proc.returncode == 0, proc.stderr
     steps = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith(("OK ", "SKIP "))]
     for step in ("env", "install", "tests_gpu_triton", "tests_triton", "info", "cpu_diag", "tests_gpu_ext",
-                 "tests_rest", "host", "bench_quick", "bench_key_shapes", "auto_table", "tune_se", "cuda_rows", "profile"):
+                 "tests_rest", "host", "bench_quick", "bench_key_shapes", "auto_table", "tune_se", "cuda_rows",
+                 "profile", "profile_op_path"):
         assert step in steps, (step, proc.stdout)
     assert "bench/bench_groups.py --ops se" in proc.stdout and "bash bench/cpu_diag.sh" in proc.stdout
     assert "bench/host_overhead.py --cprofile" in proc.stdout

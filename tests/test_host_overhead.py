@@ -10,6 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_stand_in_run_times_every_provider(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # --stand-in is for machines without a GPU: hide one where there is
     proc = subprocess.run([sys.executable, "bench/host_overhead.py", "--stand-in", "--ops", "eca", "--iters", "5",
                            "--repeats", "1", "--cprofile", "--top", "5", "--out", str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -19,7 +20,7 @@ def test_stand_in_run_times_every_provider(tmp_path):
     assert data["meta"]["stand_in"] and "stand-in" in data["meta"]["device"]
     rows = {(r["mode"], r["provider"]): r for r in data["rows"]}
     for mode in ("fwd", "fwd+bwd"):
-        for prov in ("eager", "triton", "triton:launches"):
+        for prov in ("eager", "timm", "triton", "triton:launches"):
             assert rows[(mode, prov)]["host_us"] > 0 and not rows[(mode, prov)]["error"], rows[(mode, prov)]
         # one launch forward, one backward; the launches alone cost less than the whole call
         assert rows[(mode, "triton:launches")]["launches"] == (1 if mode == "fwd" else 2)

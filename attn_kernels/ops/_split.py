@@ -249,7 +249,9 @@ def sync_buffer(multi: int, n: int, device) -> torch.Tensor:
         return torch.zeros(n + 1, dtype=torch.int32, device=device)
     buf = _UNUSED_SYNC.get(device)
     if buf is None:  # one per device, not one allocation per launch
-        buf = _UNUSED_SYNC[device] = torch.empty(1, dtype=torch.int32, device=device)
+        buf = torch.empty(1, dtype=torch.int32, device=device)
+        if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+            _UNUSED_SYNC[device] = buf  # never one from a graph's private memory pool
     return buf
 
 

@@ -105,6 +105,7 @@ import triton.language as tl
 
 from .. import _alloc
 from . import _eager
+from . import _split as _split_mod
 from ..reference import apply_act
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import multiple as _aligned, multiple_rows as _aligned_rows, next_pow2 as _next_pow2
@@ -676,10 +677,11 @@ def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int, signature: t
     the compiled kernel lets an SM hold (``_split.fit_occupancy``; not for the emulated split, a test
     hook that plans its own partition). ``plan``: functools.partial of ``launch_config`` with the call's
     shape; ``prepared(cfg)`` → (groups, args, meta) as for the launch.
-    ``signature``: everything else ``prepared`` and the fitting depend on (flags, dtypes, strides). With
-    it the answer is memoised on (kernel, the planner's inputs, signature, schedule mode, tune text, SM
-    count, and the planner functions themselves, so that replacing one re-plans): SE layers are small
-    and many, and planning took ~15 us of host time per launch on the 2-core VM (bench/host_overhead.py)."""
+    ``signature``: everything else ``prepared`` and the fitting depend on (flags, the dtypes of every
+    tensor argument, strides). With it the answer is memoised on (kernel, the planner's inputs, signature,
+    schedule mode, tune text, SM count, ``launch_config`` and ``_fit_occupancy`` -- replacing either
+    re-plans; anything else a test replaces needs ``clear_plans()``): SE layers are small and many, and
+    planning took ~15 us of host time per launch on the 2-core VM (bench/host_overhead.py)."""
     memo = None
     if not split and signature is not None:
         memo = (kernel, plan.args, tuple(plan.keywords.items()), signature, _schedule_mode(), _tune_text(),
@@ -693,6 +695,12 @@ def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int, signature: t
             _PLANS.clear()
         _PLANS[memo] = out
     return out
+
+
+def clear_plans() -> None:
+    """Forget the memoised launch plans (after changing what they were planned from in-process)."""
+    _PLANS.clear()
+    _split_mod._FITTED.clear()
 
 
 def _fitted_uncached(kernel, like: torch.Tensor, plan, prepared, split: int):
@@ -752,7 +760,7 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
             HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None), ACT=_ACTS[act],
             GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl,
             **_pipeline(cfg, x, hw, (sx, ss, sy), 1 + int(shortcut is not None)), **_fwd_register_cap(cfg, x))
-    signature = (act, gate, out_act, shortcut is not None, sx, ss, sy, x.dtype, _dtype_of(w1), _dtype_of(b1),
+    signature = (act, gate, out_act, _dtype_of(shortcut), sx, ss, sy, x.dtype, _dtype_of(w1), _dtype_of(b1),
                  w2.dtype, _dtype_of(b2))
     cfg, groups, meta = _fitted(_se_fwd_kernel, xk, plan, prepared, _split, signature)
     hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
@@ -823,7 +831,7 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
                 HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
                 OUT_ACT=_ACTS[out_act], ACC=acc_tl,
                 **_pipeline(cfg, x, hw, (sx, sg, ss, sd, so), 2 + int(shortcut is not None)))
-        signature = (act, gate, out_act, shortcut is not None, sx, sg, ss, sd, so, x.dtype, grad_y.dtype,
+        signature = (act, gate, out_act, _dtype_of(shortcut), sx, sg, ss, sd, so, x.dtype, grad_y.dtype,
                      _dtype_of(w1), w2.dtype, u.dtype, z.dtype)
         cfg, groups, meta = _fitted(_se_bwd_kernel, gyk, plan, prepared, _split, signature)
         hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)

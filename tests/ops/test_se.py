@@ -732,3 +732,27 @@ def test_tensors_on_a_non_current_gpu():
     expected = reference.se(x.detach().double(), *(p.detach().double() for p in params))
     assert_close(y.double(), expected, atol=1e-4, rtol=1e-4)
     assert x.grad is not None and x.grad.device == x.device
+
+
+def test_launch_plans_memoised_per_call_signature(monkeypatch):
+    """se_forward / se_backward plan once per call signature (host time per call); anything the plan or
+    the compiled kernel depends on is in the key: a different shortcut dtype, stride or flag plans anew,
+    and replacing launch_config re-plans."""
+    monkeypatch.setattr(S, "_launch", lambda *a, **k: None)  # planning only
+    S.clear_plans()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.bfloat16)
+    w1, b1, w2, b2 = torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8)
+    for sc in (x, x, x.float(), x.to(memory_format=torch.channels_last)):
+        S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", shortcut=sc, out_act="relu")
+    assert len(S._PLANS) == 3  # the repeat was a hit; dtype and strides are part of the key
+    S.se_forward(x, w1, None, w2, b2, "relu", "sigmoid")
+    S.se_forward(x, w1, None, w2, b2, "relu", "hardsigmoid")
+    assert len(S._PLANS) == 5
+    _forced_group(monkeypatch, 2)  # a replaced planner: planned again, and its plan is the one used
+    groups = []
+    monkeypatch.setattr(S, "_hidden_parts", lambda g, *a: groups.append(g) or torch.empty(1, 2))
+    S.se_forward(x, w1, None, w2, b2, "relu", "sigmoid")
+    assert len(S._PLANS) == 6 and groups == [1]  # 2 samples in one group of 2
+    S.clear_plans()
+    assert not S._PLANS
+

@@ -35,7 +35,7 @@ from attn_kernels.ops import dynamic_eca as D  # noqa: E402
 from attn_kernels.ops import eca as E  # noqa: E402
 from attn_kernels.ops import se as S  # noqa: E402
 
-KERNELS = {S: ("_se_fwd_kernel", "_se_bwd_kernel"), E: ("_eca_fwd_kernel", "_eca_bwd_kernel"),
+KERNELS = {S: ("_se_fwd_kernel", "_se_bwd_kernel", "_se_param_grads_kernel"), E: ("_eca_fwd_kernel", "_eca_bwd_kernel"),
            CB: ("_cbam_fwd_kernel", "_cbam_bwd_kernel"),
            D: ("_dmk_eca_fwd_kernel", "_dmk_eca_bwd_kernel", "_bi_eca_fwd_kernel", "_bi_eca_bwd_kernel")}
 SPLIT_MODULES = (S, D, CB)  # launchers that ask ops._split.device_sms whether schedule (b) applies

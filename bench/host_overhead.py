@@ -284,9 +284,16 @@ def _launch_row(row, fn, device, args, torch):
     """The Triton launches of one fused call replayed alone (same arguments): how much of the call's
     host time is Triton's launch path, the rest being the launcher's Python, torch ops and autograd."""
     calls = record_launches(fn)
+    # a schedule-(b) launch (MULTI=1) waits on per-call counters: replayed on the recorded (already
+    # counted) buffer it would not wait as a real call does; give it fresh zeros each time, as the
+    # launcher does (torch.zeros per call, so the replay times that fill too)
+    fresh = [jit.arg_names.index("sync_ptr") if kw.get("MULTI") and "sync_ptr" in jit.arg_names else None
+             for jit, a, kw in calls]
 
     def replay():
-        for jit, a, kw in calls:
+        for (jit, a, kw), i in zip(calls, fresh):
+            if i is not None:
+                a = a[:i] + (torch.zeros_like(a[i]),) + a[i + 1:]
             jit.run(*a, **kw)
     host, enqueue = time_host(replay, device, args.iters, args.repeats, torch)
     return dict(row, provider="triton:launches", launches=len(calls), top=None, host_us=host, enqueue_us=enqueue)

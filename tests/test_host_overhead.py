@@ -8,15 +8,19 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_stand_in_run_times_every_provider(tmp_path):
+def _stand_in(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""  # --stand-in is for machines without a GPU: hide one where there is
-    proc = subprocess.run([sys.executable, "bench/host_overhead.py", "--stand-in", "--ops", "eca", "--iters", "5",
-                           "--repeats", "1", "--cprofile", "--top", "5", "--out", str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "bench/host_overhead.py", "--stand-in", "--iters", "5", "--repeats", "1",
+                           "--out", str(tmp_path), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = [p for p in os.listdir(tmp_path) if p.endswith(".json")]
-    data = json.load(open(tmp_path / path))
+    return path, json.load(open(tmp_path / path))
+
+
+def test_stand_in_run_times_every_provider(tmp_path):
+    path, data = _stand_in(tmp_path, "--ops", "eca", "--cprofile", "--top", "5")
     assert data["meta"]["stand_in"] and "stand-in" in data["meta"]["device"]
     rows = {(r["mode"], r["provider"]): r for r in data["rows"]}
     for mode in ("fwd", "fwd+bwd"):
@@ -29,3 +33,13 @@ def test_stand_in_run_times_every_provider(tmp_path):
         assert len(top) == 5 and all(len(t) == 4 for t in top)
     md = open(tmp_path / path.replace(".json", ".md")).read()
     assert "| eca | 2x64x4x4 | bf16 | channels_last | fwd+bwd | triton |" in md and "top functions" in md
+
+
+def test_se_launches_and_schedule_b_replay(tmp_path):
+    """SE: one launch forward, two backward (grad_x, the weight-gradient reduction); at 2x520x3x3 the
+    stand-in's 132 SMs plan schedule (b) (MULTI=1): its replay, on fresh counters, runs."""
+    _, data = _stand_in(tmp_path, "--ops", "se", "--shape", "2x520x3x3", "--dtype", "fp32", "--layout", "nchw",
+                        "--providers", "triton")
+    rows = {r["mode"]: r for r in data["rows"] if r["provider"] == "triton:launches"}
+    assert rows["fwd"]["launches"] == 1 and rows["fwd+bwd"]["launches"] == 3
+    assert all(not r["error"] and r["host_us"] > 0 for r in rows.values()), rows

@@ -756,3 +756,62 @@ def test_launch_plans_memoised_per_call_signature(monkeypatch):
     S.clear_plans()
     assert not S._PLANS
 
+
+
+@pytest.mark.parametrize("n,c,r,act,w_dtype", [
+    (19, 37, 33, "gelu", torch.float32),  # N past BLOCK_N, C and R past a 32-wide tile, none a multiple
+    (3, 5, 1, "silu", torch.bfloat16),  # C/r = 1 hidden unit
+    (9, 40, 0, "relu", torch.float16),  # eSE: grad_w2 = dzᵀ p (C, C)
+    (0, 7, 2, "hardswish", torch.float32),  # N = 0: every gradient zero
+    (4, 33, 2, "identity", torch.float64),  # fp64 accumulation
+])
+def test_param_grads_kernel_against_float64(device, n, c, r, act, w_dtype):
+    """_se_param_grads_kernel (the backward's batch reduction) against the float64 formulas, outputs
+    NaN-prefilled (the suite's ATTN_KERNELS_NAN_FILL): weight grads in the weights' dtype, bias grads in
+    the accumulation dtype; bit-identical when run twice (fixed reduction order)."""
+    acc = torch.float64 if w_dtype == torch.float64 else torch.float32
+    dz, pooled = torch.randn(n, c, dtype=acc, device=device), torch.randn(n, c, dtype=acc, device=device)
+    du, u = torch.randn(n, max(r, 1), dtype=acc, device=device), torch.randn(n, max(r, 1), dtype=acc, device=device)
+    w1 = torch.randn(r, c, device=device).to(w_dtype) if r else None
+    w2 = torch.randn(c, r if r else c, device=device).to(w_dtype)
+    gw1, gb1, gw2, gb2 = S._param_grads(w1, w2, act, pooled, u, dz, du)
+    d = lambda t: t.double()  # noqa: E731
+    h = reference.apply_act(d(u), act) if r else d(pooled)
+    tol = dict(atol=1e-5 * max(n, 1), rtol=1e-5) if w_dtype in (torch.float32, torch.float64) else {}
+    assert gw2.dtype == w_dtype and gb2.dtype == acc and gw2.shape == w2.shape
+    assert_close(gw2, (d(dz).t() @ h).to(w_dtype).double() if w_dtype != acc else d(dz).t() @ h, name="grad_w2", **tol)
+    assert_close(gb2, d(dz).sum(0), name="grad_b2", **tol)
+    if r:
+        assert gw1.dtype == w_dtype and gb1.dtype == acc and gw1.shape == w1.shape
+        assert_close(gw1, d(du).t() @ d(pooled), name="grad_w1", **tol)
+        assert_close(gb1, d(du).sum(0), name="grad_b1", **tol)
+    else:
+        assert gw1.numel() == 0 and gb1.numel() == 0
+    again = S._param_grads(w1, w2, act, pooled, u, dz, du)
+    for a, b in zip((gw1, gb1, gw2, gb2), again):
+        assert torch.equal(a, b) or (a.numel() == 0 and b.numel() == 0)
+
+
+def test_backward_launches(monkeypatch):
+    """A backward is two launches: the grad_x kernel and the weight-gradient reduction (no torch GEMMs,
+    sums or casts after it -- what the benchmark's launches-per-call column counts on a GPU)."""
+    launched = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launched.append(self.kernel.fn.__name__)
+            return self.kernel[grid]
+
+    for name in ("_se_bwd_kernel", "_se_param_grads_kernel"):
+        monkeypatch.setattr(S, name, Counting(getattr(S, name)))
+    x, w1, b1, w2, b2 = se_inputs((2, 6, 3, 3), 2)
+    y = functional.se(x, w1, b1, w2, b2, backend="triton")
+    with torch.profiler.profile() as prof:
+        y.backward(torch.randn_like(y))
+    assert launched == ["_se_bwd_kernel", "_se_param_grads_kernel"]
+    ops = {e.name for e in prof.events()}
+    assert not ops & {"aten::mm", "aten::sum", "aten::relu", "aten::_to_copy"}, ops
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (x, w1, b1, w2, b2))

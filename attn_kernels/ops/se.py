@@ -51,8 +51,8 @@ bits), dp = W1ᵀ du (eSE: W2ᵀ dz) for its own channels; pass 2 grad_x = gy'·
 grad_shortcut = gy'). The kernel writes fp32 per-sample partials dz (N, C) and du (N, R); a second,
 small launch (``_se_param_grads_kernel``) reduces them over the batch deterministically (fixed order, no
 atomics) into grad_w2 = dzᵀ act(u), grad_b2 = Σ_n dz, grad_w1 = duᵀ p, grad_b1 = Σ_n du, the weight
-gradients stored in their weights' dtypes. (It replaced torch's two GEMMs, two sums, the activation and
-the casts: seven small launches per backward.)
+gradients stored in their weights' dtypes. (It replaced torch's two GEMMs, the activation and two sums,
+plus two casts for low-precision weights: five to seven small launches per backward.)
 
 Saved for backward: x (and shortcut for se_residual: needed to recompute the sign/derivative of
 out_act at x·s + shortcut; for out_act='identity' it is still saved — N·C·HW·|x| bytes — but never
@@ -538,13 +538,16 @@ def _outer_sum_tile(a_ptr, b_ptr, out_ptr, bias_ptr, N, I, J, ti, tj, APPLY: tl.
                     ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     """One [BLOCK_I, BLOCK_J] tile of out[i, j] = Σ_n a[n, i] · f(b[n, j]) (f = act if APPLY), and from the
     tiles with tj == 0 bias[i] = Σ_n a[n, i]. a (N, I), b (N, J), out (I, J) row-major; the store casts
-    to out's dtype (the weight's). The n loop runs in a fixed order: deterministic, no atomics."""
+    to out's dtype (the weight's). The n loop runs in a fixed order: deterministic, no atomics.
+    The product is ``tl.dot`` in IEEE precision (no TF32: the fp32 contract of the op; each thread
+    accumulates its outputs along n, no cross-thread reduction per step); the bias sum is kept
+    elementwise per [BLOCK_N, BLOCK_I] position and reduced over n once, after the loop."""
     offs_i = ti.to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_j = tj.to(tl.int64) * BLOCK_J + tl.arange(0, BLOCK_J)
     mask_i = offs_i < I
     mask_j = offs_j < J
     acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=ACC)
-    acc_bias = tl.zeros([BLOCK_I], dtype=ACC)
+    acc_a = tl.zeros([BLOCK_N, BLOCK_I], dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
         offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         mask_n = offs_n < N
@@ -553,13 +556,13 @@ def _outer_sum_tile(a_ptr, b_ptr, out_ptr, bias_ptr, N, I, J, ti, tj, APPLY: tl.
         b = tl.load(b_ptr + offs_n[:, None] * J + offs_j[None, :], mask=mask_n[:, None] & mask_j[None, :],
                     other=0.0).to(ACC)
         if APPLY:
-            b = _act(b, ACT)  # act(0) = 0 for every act: masked rows add nothing
-        acc += tl.sum(a[:, :, None] * b[:, None, :], axis=0)
-        acc_bias += tl.sum(a, axis=0)
+            b = _act(b, ACT)  # (masked rows: a is 0 there)
+        acc = tl.dot(tl.trans(a), b, acc, input_precision="ieee", out_dtype=ACC)
+        acc_a += a
     tl.store(out_ptr + offs_i[:, None] * J + offs_j[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=mask_i[:, None] & mask_j[None, :])
     if tj == 0:
-        tl.store(bias_ptr + offs_i, acc_bias.to(bias_ptr.dtype.element_ty), mask=mask_i)
+        tl.store(bias_ptr + offs_i, tl.sum(acc_a, axis=0).to(bias_ptr.dtype.element_ty), mask=mask_i)
 
 
 @triton.jit
@@ -568,8 +571,8 @@ def _se_param_grads_kernel(dz_ptr, du_ptr, pooled_ptr, u_ptr, gw2_ptr, gb2_ptr, 
                            ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
                            BLOCK_J: tl.constexpr):
     """The weight gradients from the backward kernel's per-sample partials dz (N, C) and du (N, R),
-    reduced over the batch in one launch (it replaced two GEMMs, two sums, an activation and the casts
-    to the weights' dtypes: seven launches per backward):
+    reduced over the batch in one launch (it replaced two GEMMs, the activation, two sums and, for
+    low-precision weights, two casts: five to seven launches per backward):
         grad_w2 = dzᵀ act(u)  (eSE: dzᵀ p)   grad_b2 = Σ_n dz      programs [0, jobs_w2), tiles_j2 per row
         grad_w1 = duᵀ p                      grad_b1 = Σ_n du      the programs after, tiles_j1 per row
     Bytes: each output tile reads its BLOCK_I columns of a and BLOCK_J columns of b over the N samples
@@ -834,7 +837,7 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-_PG_BLOCK = dict(BLOCK_N=8, BLOCK_I=32, BLOCK_J=32, num_warps=4)  # 8K-element products per n step
+_PG_BLOCK = dict(BLOCK_N=16, BLOCK_I=32, BLOCK_J=32, num_warps=4)  # tl.dot needs every side >= 16
 
 
 def _param_grads(w1, w2, act, pooled, u, dz, du):
@@ -948,11 +951,13 @@ def _fake_fwd(x, w1):
 
 
 def _fake_param_grads(x, w1, w2):
+    """As _param_grads returns them: contiguous in the weights' shapes and dtypes (whatever the weights'
+    strides), bias grads in the accumulation dtype."""
     acc = _acc(x)[0]
     gb2 = w2.new_empty((w2.shape[0],), dtype=acc)
     if w1 is not None:
-        return torch.empty_like(w1), w1.new_empty((w1.shape[0],), dtype=acc), torch.empty_like(w2), gb2
-    return w2.new_empty((0,)), w2.new_empty((0,), dtype=acc), torch.empty_like(w2), gb2
+        return w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],), dtype=acc), w2.new_empty(w2.shape), gb2
+    return w2.new_empty((0,)), w2.new_empty((0,), dtype=acc), w2.new_empty(w2.shape), gb2
 
 
 def _se_fwd_impl(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,

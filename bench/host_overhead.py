@@ -25,6 +25,12 @@ shares).
 .ci/compile_triton.py, its kernels compiled for sm_90 and "launched" by a no-op, so the triton rows time
 everything of a call but the C launch stub and cuLaunchKernelEx (a few us per launch on a GPU host). The
 eager / timm / cpu rows then run real CPU kernels on the tiny tensors: host time plus a little compute.
+Host calibration (every run, in the header): the same three micro-loops on every machine -- pure Python
+(``sum(range(100))``), one CPU torch op on 1-element tensors (``torch.add``: dispatcher + allocator),
+and on a GPU one CUDA op's enqueue (``torch.add`` on 1-element CUDA tensors) -- so two machines' per-call
+host times can be compared through them (is a GPU host just slower, or is something GPU-specific costing
+time?). Why: the H200 machine of 2026-12-04 ran eager SE forward+backward at ~0.8-1.0 ms per call host-
+bound, ~6x this project's 2-core VM, with nothing to say whether its host or its GPU path was slow.
 Writes ``host_<stamp>.json`` + ``.md`` to --out (default bench/results/<device>/, ``-stand-in`` appended
 to the device folder for --stand-in runs).
 """
@@ -172,6 +178,7 @@ def main(argv=None) -> int:
     meta["timing"] = (f"host us per call: wall time of {args.iters} calls back to back / {args.iters}, device "
                       f"synchronised after each block, best of {args.repeats} blocks; tiny tensors: host-bound")
     meta["launch_hooks"] = launch_hooks()
+    meta["calibration"] = calibration(device, torch)
     if args.stand_in:
         meta["device"] = f"{meta['device']} (Triton stand-in driver: sm_90 builds, no-op launches)"
         meta["stand_in"] = True
@@ -319,6 +326,29 @@ def time_host(fn, device, iters: int, repeats: int, torch):
     return best, best_enqueue
 
 
+def calibration(device, torch, iters: int = 2000, repeats: int = 7) -> dict:
+    """Host speed on three micro-loops (us per call, best of ``repeats`` blocks): pure Python, one CPU
+    torch op, and where there is a GPU one CUDA op's enqueue -- the yardstick between machines."""
+    def best(fn):
+        for _ in range(iters // 10):
+            fn()
+        t = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            t = min(t, (time.perf_counter() - t0) / iters * 1e6)
+        return round(t, 3)
+
+    a, b = torch.ones(1), torch.ones(1)
+    out = {"python_sum_range_100_us": best(lambda: sum(range(100))), "cpu_torch_add_us": best(lambda: torch.add(a, b))}
+    if device.type == "cuda":
+        ga, gb = a.to(device), b.to(device)
+        out["cuda_torch_add_enqueue_us"] = best(lambda: torch.add(ga, gb))
+        torch.cuda.synchronize()
+    return out
+
+
 def profile_top(fn, iters: int, top: int):
     """[(function, calls per call, own us per call, cumulative us per call)] of the ``top`` functions by
     own time (cProfile over ``iters`` calls; cProfile's overhead included)."""
@@ -339,7 +369,8 @@ def profile_top(fn, iters: int, top: int):
 def markdown(rows, meta) -> str:
     lines = [f"Device: {meta['device']} · torch {meta['torch']} · triton {meta['triton']} · commit "
              f"{meta['commit'] or 'n/a'} · {meta['date']}", f"Timing: {meta['timing']}.",
-             f"Triton launch hooks: {meta.get('launch_hooks')}.", "",
+             f"Triton launch hooks: {meta.get('launch_hooks')}.",
+             f"Host calibration (us per call): {meta.get('calibration')}.", "",
              "| op | shape | dtype | layout | mode | provider | host us/call | × eager |", "|---|---|---|---|---|---|---|---|"]
     eager = {(r["op"], r["mode"]): r["host_us"] for r in rows if r["provider"] == "eager"}
     for r in rows:

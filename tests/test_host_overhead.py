@@ -22,6 +22,8 @@ def _stand_in(tmp_path, *args):
 def test_stand_in_run_times_every_provider(tmp_path):
     path, data = _stand_in(tmp_path, "--ops", "eca", "--cprofile", "--top", "5")
     assert data["meta"]["stand_in"] and "stand-in" in data["meta"]["device"]
+    cal = data["meta"]["calibration"]  # the yardstick between machines (no GPU here: no CUDA row)
+    assert cal["python_sum_range_100_us"] > 0 and cal["cpu_torch_add_us"] > 0 and "cuda_torch_add_enqueue_us" not in cal
     rows = {(r["mode"], r["provider"]): r for r in data["rows"]}
     for mode in ("fwd", "fwd+bwd"):
         for prov in ("eager", "timm", "triton", "triton:launches"):
@@ -33,6 +35,7 @@ def test_stand_in_run_times_every_provider(tmp_path):
         assert len(top) == 5 and all(len(t) == 4 for t in top)
     md = open(tmp_path / path.replace(".json", ".md")).read()
     assert "| eca | 2x64x4x4 | bf16 | channels_last | fwd+bwd | triton |" in md and "top functions" in md
+    assert "Host calibration (us per call): {'python_sum_range_100_us'" in md
 
 
 def test_se_launches_and_schedule_b_replay(tmp_path):

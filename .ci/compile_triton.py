@@ -200,6 +200,13 @@ def cases():
              multi),
             (f"se 4x1024x14x14 maxnreg=128{tag}",
              tuned("maxnreg=128", lambda: se_case(torch.bfloat16, shape=(4, 1024, 14, 14), r=64, cl=True)), multi),
+            # the opt-in register-resident forward (x read once; tickets with schedule (b))
+            (f"se RESIDENT 4x1024x14x14 channels_last{tag}",
+             tuned("RESIDENT=1", lambda: se_case(torch.bfloat16, shape=(4, 1024, 14, 14), r=64, cl=True)), multi),
+            (f"se RESIDENT 4x2048x7x7{tag}",
+             tuned("RESIDENT=1", lambda: se_case(torch.bfloat16, shape=(4, 2048, 7, 7), r=128)), multi),
+            (f"se RESIDENT residual ese fp32{tag}", tuned("RESIDENT=1", lambda: se_case(
+                torch.float32, ese=True, residual=True, out_act="relu", shape=(2, 512, 9, 9))), multi),
             (f"se ese 16x512x7x7 channels_last{tag}",
              lambda: se_case(torch.float32, ese=True, shape=(16, 512, 7, 7), cl=True), multi),
             # BiECA at stage 4, N = 64: 16 samples per program (no SMs), 8 with 132 SMs
@@ -261,6 +268,11 @@ def main(argv=None) -> int:
             if want_multi and not any(kw.get("MULTI") for _, _, kw, _ in built):
                 failed.append(f"sm_{arch} {name}: no MULTI=1 kernel was built")
                 print(f"FAIL sm_{arch} {name}: schedule (b) was asked for but not chosen: {kinds}", flush=True)
+                continue
+            streamed = [k for k, _, kw, _ in built if k != "_se_param_grads_kernel" and not kw.get("RESIDENT")]
+            if "RESIDENT" in name and streamed:
+                failed.append(f"sm_{arch} {name}: a streaming plan was built, not the RESIDENT one")
+                print(f"FAIL sm_{arch} {name}: not RESIDENT: {kinds}", flush=True)
                 continue
             if not all("cubin" in k.asm for _, _, _, k in built):
                 failed.append(f"sm_{arch} {name}: no cubin")

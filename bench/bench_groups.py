@@ -54,7 +54,7 @@ import triton  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attn_kernels import functional  # noqa: E402
+from attn_kernels import _alloc, functional  # noqa: E402
 from attn_kernels.benchmark import time_cpu, time_cuda, time_cuda_graph  # noqa: E402
 from attn_kernels.ops import _split  # noqa: E402
 from attn_kernels.ops import cbam as CB  # noqa: E402
@@ -184,8 +184,23 @@ def _checked_schedule():
             os.environ["ATTN_KERNELS_SE_CHECK"] = old
 
 
+@contextlib.contextmanager
+def _nan_filled():
+    """The package's outputs NaN-filled when allocated (as in the tests), for the untimed first call: an
+    element a configuration leaves unwritten shows as NaN instead of a recycled block's old, right-looking
+    value (every configuration's first call gets the same input)."""
+    old, _alloc.NAN_FILL = _alloc.NAN_FILL, True
+    try:
+        yield
+    finally:
+        _alloc.NAN_FILL = old
+
+
 _LAUNCH_KEYS = ("GROUP", "MULTI", "P", "BLOCK_C", "BLOCK_HW", "num_warps", "NUM_STAGES", "PREFETCH", "ROW_ALIGN",
-                "maxnreg")
+                "maxnreg", "RESIDENT")
+# A configuration's first output against auto's on the same input (same op and dtypes: only the summation
+# order and the rounding of the last bits may differ): past this, the configuration is wrong, not timed.
+AGREE_RTOL, AGREE_ATOL = 2e-2, 2e-2
 
 
 @contextlib.contextmanager
@@ -213,7 +228,9 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
     """Rows (one per mode): ms per configuration and for auto (forward also replayed from a CUDA graph),
     and the launch parameters each timing's forward ran with (_LAUNCH_KEYS: after SE's occupancy fit, as
     launched; recorded in the untimed first call, nothing wraps the timed ones). A configuration whose
-    first call fails (compile error, timed-out wait, NaN output) gets its error in the row instead of a time."""
+    first call fails (compile error, timed-out wait, NaN output -- outputs NaN-filled when allocated for that
+    call --, an output or, for fwd+bwd, a gradient of x or of a weight that disagrees with auto's on the
+    same input: ``{label}_max_diff``) gets its error in the row instead of a time."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     elem = torch.empty((), dtype=dtype).element_size()
     count = max(2, -(-WORKING_SET // (n * c * h * w * elem))) if HAS_CUDA else 1
@@ -224,6 +241,7 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
     rows = []
     for mode in modes:
         row = dict(op=op, n=n, c=c, h=h, w=w, dtype=str(dtype).replace("torch.", ""), layout=layout, mode=mode)
+        expected = None  # auto's first output (every configuration's first call gets the same input)
         for label, env in [("auto", {})] + configs:
             with environment(env):
                 group = _split.tune().get("GROUP")
@@ -244,10 +262,22 @@ def run_case(op, n, c, h, w, dtype, layout, modes, device, configs):
             seen = []
             try:
                 with environment(env):
-                    with _checked_schedule(), recording_launches(op, seen):  # compile outside the timing
+                    for prm in params:  # the first call's weight gradients alone (they accumulate)
+                        prm.grad = None
+                    with _checked_schedule(), recording_launches(op, seen), _nan_filled():  # compile, untimed
                         out = fn()
-                    if not bool(torch.isfinite(out).all()):
+                    # x's output or gradient, then (fwd+bwd) every weight gradient, flattened into one vector
+                    got = torch.cat([out.detach().float().flatten()] + ([prm.grad.float().flatten() for prm in params]
+                                                                        if mode == "fwd+bwd" else []))
+                    if not bool(torch.isfinite(got).all()):
                         raise RuntimeError("non-finite output")
+                    if label == "auto":
+                        expected = got.clone()
+                    elif expected is not None:
+                        diff = (got - expected).abs()
+                        row[f"{label}_max_diff"] = float(diff.max())
+                        if not bool((diff <= AGREE_ATOL + AGREE_RTOL * expected.abs()).all()):
+                            raise RuntimeError(f"output differs from auto's by up to {row[f'{label}_max_diff']:.3g}")
                     ran = seen[0] if seen else {}  # the forward's launch (none recorded for csrc/'s kernels)
                     row[f"{label}_cfg"] = " ".join(f"{k}={ran[k]}" for k in _LAUNCH_KEYS if k in ran)
                     row[f"{label}_ms"] = round(_time(fn, params if mode == "fwd+bwd" else None), 5)

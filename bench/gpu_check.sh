@@ -37,7 +37,7 @@
 #   bench_quick      200  90-150 attn-kernels bench --quick (compile dominates)                    [alone: timings]
 #   bench_key_shapes 120  45-75 se, eca, se_residual, se_silu at every model site, fwd+bwd, bf16, channels_last
 #   auto_table       30   ~3    bench/auto_table.py: auto's table entry for this GPU from the bench JSON files
-#   tune_se          150  60-120 bench/bench_groups.py: SE's auto plan vs forced configs, 3 stages x N 64, 128
+#   tune_se          150  60-120 bench/bench_groups.py: SE's auto plan vs forced configs, RESIDENT=1 first
 #   cuda_rows        120  30-60 bench/bench_groups.py: csrc/'s SE and ECA kernels, row loops off vs on
 #   profile          150  60-120 SE-ResNet-50, ECA-ResNet-50, EfficientNet-B0 training steps, plain/eager/fused/fused_residual
 #   profile_op_path  90   40-60 the fused ECA-ResNet-50 run again with ATTN_KERNELS_EAGER_FAST=0 (eager_fast_off/)
@@ -285,8 +285,8 @@ fi
 # SE's launch plan against forced alternatives at the stage shapes (bench_groups.py; each config compiles)
 if plan tune_se 150 60; then
   run_fg tune_se "$PY" bench/bench_groups.py --ops se --batches 128,64 --layout channels_last \
-    --stages 1024x14x14,256x56x56,2048x7x7 --modes fwd,fwd+bwd \
-    --configs "maxnreg=128;maxnreg=255;schedule=single;GROUP=1;NUM_STAGES=2;num_warps=4;BLOCK_C=64,BLOCK_HW=64" \
+    --stages 1024x14x14,2048x7x7,256x56x56 --modes fwd,fwd+bwd \
+    --configs "RESIDENT=1;RESIDENT=1,BLOCK_C=64;maxnreg=128;maxnreg=255;schedule=single;GROUP=1;NUM_STAGES=2;num_warps=4;BLOCK_C=64,BLOCK_HW=64" \
     --max-seconds $(( STEP_T - 40 )) --out "$RES"
 fi
 # csrc/'s CUDA kernels with and without their row loops + cp.async copies (off by default until this A/B

@@ -88,3 +88,20 @@ def test_cuda_row_loops_config(monkeypatch):
     assert state["rows"] == 0 and calls == [True, False] and "ATTN_KERNELS_CUDA_ROW_LOOPS" not in os.environ
     with pytest.raises(ValueError, match="rows is 0 or 1"):
         bench_groups.parse_configs("rows=2")
+
+
+def test_resident_config_and_wrong_outputs(tmp_path, monkeypatch):
+    """RESIDENT=1 reaches SE's forward (the recorded launch shows it) and agrees with auto's output; a
+    configuration whose output disagrees with auto's on the same input is an error in the row, not a time."""
+    se = bench_groups.functional.se
+
+    def wrong_under_group2(*a, **k):
+        y = se(*a, **k)
+        return y * 1.1 if os.environ.get("ATTN_KERNELS_SE_TUNE") == "GROUP=2" else y
+    monkeypatch.setattr(bench_groups.functional, "se", wrong_under_group2)
+    assert bench_groups.main(["--quick", "--ops", "se", "--modes", "fwd", "--out", str(tmp_path),
+                              "--configs", "RESIDENT=1;GROUP=2"]) == 0
+    (row,) = json.loads(next(tmp_path.glob("groups_*.json")).read_text())["rows"]
+    assert "RESIDENT=1" in row["RESIDENT=1_cfg"].split() and row["RESIDENT=1_ms"] > 0
+    assert row["RESIDENT=1_max_diff"] <= 1e-2
+    assert row["GROUP=2_error"].startswith("RuntimeError: output differs from auto's") and "GROUP=2_ms" not in row

@@ -191,7 +191,7 @@ def _overhead(n: int, group: int, p: int, k: int, w_bytes: int) -> int:
     return cdiv(n, group) * w_bytes + (n * p * p * k * 4 if p > 1 else 0)
 
 
-_TUNE_KEYS = ("GROUP", "P", "BLOCK_C", "BLOCK_HW", "num_warps", "NUM_STAGES", "PREFETCH", "maxnreg")
+_TUNE_KEYS = ("GROUP", "P", "BLOCK_C", "BLOCK_HW", "num_warps", "NUM_STAGES", "PREFETCH", "maxnreg", "RESIDENT")
 
 
 def tune() -> dict:
@@ -200,9 +200,10 @@ def tune() -> dict:
     launchers still keep schedule (b)'s grid co-resident and the MLP tiles within their budget (a forced
     BLOCK_C × BLOCK_HW is taken as given).
     ``maxnreg``: Triton's register cap per thread (128 at 8 warps lets two programs share an SM, at the
-    price of spills). For measuring, not for production: it applies to every op on the split schedule
-    (SE, BiECA, CBAM; BLOCK_*, num_warps, NUM_STAGES, PREFETCH and maxnreg to SE only). Bad text raises
-    ValueError."""
+    price of spills). ``RESIDENT=1``: SE's kernels hold each program's tile in registers from pass 1 to
+    pass 2 (ops/se.py ``_resident_plan``; every input read once), where the shape allows it. For measuring,
+    not for production: it applies to every op on the split schedule (SE, BiECA, CBAM; BLOCK_*, num_warps,
+    NUM_STAGES, PREFETCH, maxnreg and RESIDENT to SE only). Bad text raises ValueError."""
     text = tune_text()
     return dict(_parse_tune(text)) if text else {}
 
@@ -222,13 +223,14 @@ def _parse_tune(text: str) -> dict:
             raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r} is not KEY=INT with KEY one of {', '.join(_TUNE_KEYS)}")
         v = int(value)
         pow2 = key in ("GROUP", "BLOCK_C", "BLOCK_HW", "num_warps")
-        if (v < (0 if key == "PREFETCH" else 1) or (pow2 and v & (v - 1)) or (key == "GROUP" and v > MAX_GROUP)
+        binary = key in ("PREFETCH", "RESIDENT")
+        if (v < (0 if binary else 1) or (pow2 and v & (v - 1)) or (key == "GROUP" and v > MAX_GROUP)
                 or (key == "maxnreg" and not 24 <= v <= 255)):
             raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r} out of range (GROUP, BLOCK_C, BLOCK_HW and num_warps "
-                             f"are powers of two, GROUP ≤ {MAX_GROUP}, maxnreg 24 … 255, the others ≥ 1; PREFETCH 0 "
-                             "or 1)")
-        if key == "PREFETCH" and v > 1:
-            raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r}: PREFETCH is 0 or 1")
+                             f"are powers of two, GROUP ≤ {MAX_GROUP}, maxnreg 24 … 255, PREFETCH and RESIDENT 0 "
+                             "or 1, the others ≥ 1)")
+        if binary and v > 1:
+            raise ValueError(f"ATTN_KERNELS_SE_TUNE: {item!r}: {key} is 0 or 1")
         out[key] = v
     return out
 
@@ -244,9 +246,11 @@ def emulate_split(cfg: dict, c: int, split: int) -> dict:
 _UNUSED_SYNC = {}  # device -> the placeholder MULTI=0 launches get (the kernel never touches it)
 
 
-def sync_buffer(multi: int, n: int, device) -> torch.Tensor:
+def sync_buffer(multi: int, n: int, device, tickets: int = 0) -> torch.Tensor:
+    """Schedule (b)'s zeroed (n + 1,) counters + error flag, and ``tickets`` more counters after them (SE's
+    RESIDENT kernels: their work items); a shared placeholder for MULTI=0 launches."""
     if multi:
-        return torch.zeros(n + 1, dtype=torch.int32, device=device)
+        return torch.zeros(n + 1 + tickets, dtype=torch.int32, device=device)
     buf = _UNUSED_SYNC.get(device)
     if buf is None:  # one per device, not one allocation per launch
         buf = torch.empty(1, dtype=torch.int32, device=device)
@@ -358,7 +362,7 @@ def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op
     for i in range(rounds):
         for t in refill if i and i == rounds - 1 else ():
             t.fill_(float("nan"))
-        sync = sync_buffer(cfg["MULTI"], n, like.device)
+        sync = sync_buffer(cfg["MULTI"], n, like.device, int(bool(cfg.get("RESIDENT"))))
         with device_of(like):
             kernel[(n * p,)](*args(sync, p, per, MAX_SPIN), **kw)
         check_error(sync, cfg["MULTI"], n, op)

@@ -77,6 +77,17 @@ plus O(N·(C + R)) fp32 vectors and the weights once per group of samples (L2-re
 against is the compulsory floor: forward 2·M·|x| (read x, write y), backward 3·M·|x| (read x and
 grad_y, write grad_x) — fraction of a measured device copy, see bench/bench_se.py.
 
+RESIDENT plans (opt-in, ``ATTN_KERNELS_SE_TUNE=RESIDENT=1``; ``_resident_plan``): one program per
+[BLOCK_C, BLOCK_HW] tile of a sample, BLOCK_HW covering the whole map, the tile held in registers from
+pass 1 to pass 2 — forward: x read once, 2·M·|x|; backward: grad_y (se_residual: gy') kept, 3·M·|x|; the
+floors — with P = C / BLOCK_C programs per sample meeting as in schedule (b). Their work items are
+tickets (an atomic counter) rather than program ids, so only one sample's P ≤ 32 programs need to be
+resident together, not the grid: every lower ticket belongs to a program that has started, so the
+samples before a waiting one can always finish and make room. Why: with the streaming schedules at
+N = 128 × 1024 × 14² bf16 all 51 MB of x are in flight between the pool and the scale pass, about an
+H100's L2, so the second read is likely to come from HBM (3·M·|x|, at best 2/3 of a copy's speed). Not
+the default until a GPU has timed it (bench/gpu_check.sh's tune_se step runs it).
+
 L2 weight traffic: every group reads the FC weights once — R·C·(|w1| + |w2|) bytes (2 MB at C = 2048,
 R = 128, fp32 weights), split among its P programs in schedule (b) — so N/GROUP times that per call
 (the 7×7 stage at N = 64: 8 MB with GROUP = 16 on a 132-SM GPU, against 38 MB of bf16 x traffic;
@@ -206,7 +217,12 @@ def _group_matvec(w_ptr, so, sk, v_ptr, ldv, offs_g, mask_g, offs_o, mask_o, k_l
 def _program_slice(N, C, P, chan_per_prog, GROUP: tl.constexpr):
     """This program's place in the grid, program (g, j) of P per group of GROUP samples: its id, g, the
     group's first sample n0, its channel slice [c_lo, c_hi) and the group's sample indices with their mask."""
-    pid = tl.program_id(0).to(tl.int64)
+    return _slice_of(tl.program_id(0).to(tl.int64), N, C, P, chan_per_prog, GROUP)
+
+
+@triton.jit
+def _slice_of(pid, N, C, P, chan_per_prog, GROUP: tl.constexpr):
+    """_program_slice for the work item ``pid`` (the program id, or a ticket: the RESIDENT kernels)."""
     grp = pid // P
     n0 = grp * GROUP
     c_lo = (pid % P) * chan_per_prog
@@ -309,7 +325,7 @@ def _se_fwd_kernel(
     GATE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, MULTI: tl.constexpr,
     ACC: tl.constexpr, GROUP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
     FC_C: tl.constexpr, FC_R: tl.constexpr, NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr,
-    ROW_ALIGN: tl.constexpr,
+    ROW_ALIGN: tl.constexpr, RESIDENT: tl.constexpr,
 ):
     """Program (g, j) of P per group (P = 1 in schedule (a)): samples [g·GROUP, (g + 1)·GROUP), channels
     [j·chan_per_prog, +chan_per_prog).
@@ -318,30 +334,47 @@ def _se_fwd_kernel(
     3·C·HW·|x| per sample (+ C·HW·|x| shortcut for RESIDUAL); plus O(GROUP·(C + P·R)) fp32 vectors and
     its slice's share of the FC weights, once for its GROUP samples: W1's columns and W2's rows of
     its channels (2·R·C/P; eSE: W2's rows, C·C/P).
+    RESIDENT (opt-in, ``_resident_plan``): the slice is one [BLOCK_C, BLOCK_HW] tile of one sample, held
+    in registers from pooling to scaling — x read once: 2·C·HW·|x| per sample, the floor. With MULTI the
+    work item is a ticket (an atomic counter after the error flag) instead of the program id, so a
+    program waits only for peers that have already started, whatever order the GPU starts them in:
+    the grid need not be co-resident, only one sample's P programs (P ≤ RESIDENT_MAX_P).
     """
     HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
     sxn, sxc = _aligned_rows(sxn, sxc, ROW_ALIGN)
     ssn, ssc = _aligned_rows(ssn, ssc, ROW_ALIGN)
     syn, syc = _aligned_rows(syn, syc, ROW_ALIGN)
-    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
+    pid = tl.program_id(0).to(tl.int64)
+    if RESIDENT:
+        if MULTI:
+            # tickets are taken in start order: every ticket below this one belongs to a started program
+            pid = tl.atomic_add(sync_ptr + tl.num_programs(0) // P + 1, 1, sem="relaxed").to(tl.int64)
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _slice_of(pid, N, C, P, chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
-    # pass 1: pool this program's channels of each sample of the group (one pipelined loop, _tile_at);
-    # a channel tile's mean is stored at its last hw tile
     T = GROUP * n_c * n_hw
-    acc = tl.zeros([BLOCK_C], dtype=ACC)
-    v_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
-                       BLOCK_HW)  # tile 0
-    for t in tl.range(0, T, num_stages=NUM_STAGES):
-        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
-        if PREFETCH:
-            v = v_next
-            v_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C, BLOCK_HW)
-        else:
-            v = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw)
-        acc += tl.sum(v.to(ACC), axis=1)
-        tl.store(p_ptr + n * C + offs_c, acc / HW, mask=mask_c & last)
-        acc = tl.where(last, 0.0, acc)
+    if RESIDENT:
+        # pass 1 on the one tile (GROUP = 1, chan_per_prog = BLOCK_C, HW ≤ BLOCK_HW): it stays in registers
+        rn, roffs_c, rmask_c, roffs_hw, rm, rlast = _tile_at(0, n0, c_lo, c_hi, N, HW, 1, 1, BLOCK_C, BLOCK_HW)
+        v_res = _load_tile(x_ptr, rn, roffs_c, roffs_hw, rm, sxn, sxc, sxhw)
+        tl.store(p_ptr + rn * C + roffs_c, tl.sum(v_res.to(ACC), axis=1) / HW, mask=rmask_c)
+    else:
+        # pass 1: pool this program's channels of each sample of the group (one pipelined loop, _tile_at);
+        # a channel tile's mean is stored at its last hw tile
+        acc = tl.zeros([BLOCK_C], dtype=ACC)
+        v_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
+                           BLOCK_HW)  # tile 0
+        for t in tl.range(0, T, num_stages=NUM_STAGES):
+            n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+            if PREFETCH:
+                v = v_next
+                v_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C,
+                                   BLOCK_HW)
+            else:
+                v = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw)
+            acc += tl.sum(v.to(ACC), axis=1)
+            tl.store(p_ptr + n * C + offs_c, acc / HW, mask=mask_c & last)
+            acc = tl.where(last, 0.0, acc)
     if HAS_FC1:
         # this slice's part of W1 p for the group's samples, published as this program's (GROUP, R) block
         tl.debug_barrier()  # the pooled slice is re-read by other threads of this program
@@ -375,24 +408,38 @@ def _se_fwd_kernel(
         z += poison
         tl.store(z_ptr + offs_g[:, None] * C + offs_c[None, :], z, mask=mask_g[:, None] & mask_c[None, :])
     tl.debug_barrier()  # the logits are re-read, one sample at a time, by other threads below
-    # pass 2: gate and scale each sample's slice (one pipelined loop; the gate of a tile's channels is
-    # recomputed from z for each of its hw tiles: BLOCK_C loads from L1 against BLOCK_C·BLOCK_HW of x)
-    v_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
-                       BLOCK_HW)  # tile 0
-    for t in tl.range(0, T, num_stages=NUM_STAGES):
-        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
-        s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
-        if PREFETCH:
-            v = v_next
-            v_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C, BLOCK_HW)
-        else:
-            v = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw)
-        out = v.to(ACC) * s[:, None]
-        if RESIDUAL:
-            sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0)
-            out = _act(out + sc.to(ACC), OUT_ACT)
-        tl.store(y_ptr + n * syn + offs_c[:, None] * syc + offs_hw[None, :] * syhw, out.to(y_ptr.dtype.element_ty),
-                 mask=m)
+    if RESIDENT:  # pass 2 on the tile still in registers
+        s = _gate(tl.load(z_ptr + rn * C + roffs_c, mask=rmask_c, other=0.0), GATE)
+        _scale_store(v_res, s, sc_ptr, y_ptr, rn, roffs_c, roffs_hw, rm, ssn, ssc, sshw, syn, syc, syhw, RESIDUAL,
+                     OUT_ACT, ACC)
+    else:
+        # pass 2: gate and scale each sample's slice (one pipelined loop; the gate of a tile's channels is
+        # recomputed from z for each of its hw tiles: BLOCK_C loads from L1 against BLOCK_C·BLOCK_HW of x)
+        v_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
+                           BLOCK_HW)  # tile 0
+        for t in tl.range(0, T, num_stages=NUM_STAGES):
+            n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+            s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
+            if PREFETCH:
+                v = v_next
+                v_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C,
+                                   BLOCK_HW)
+            else:
+                v = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw)
+            _scale_store(v, s, sc_ptr, y_ptr, n, offs_c, offs_hw, m, ssn, ssc, sshw, syn, syc, syhw, RESIDUAL,
+                         OUT_ACT, ACC)
+
+
+@triton.jit
+def _scale_store(v, s, sc_ptr, y_ptr, n, offs_c, offs_hw, m, ssn, ssc, sshw, syn, syc, syhw,
+                 RESIDUAL: tl.constexpr, OUT_ACT: tl.constexpr, ACC: tl.constexpr):
+    """y = x·s (se_residual: out_act(x·s + shortcut)) for one [BLOCK_C, BLOCK_HW] tile ``v`` of x."""
+    out = v.to(ACC) * s[:, None]
+    if RESIDUAL:
+        sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m, other=0.0)
+        out = _act(out + sc.to(ACC), OUT_ACT)
+    tl.store(y_ptr + n * syn + offs_c[:, None] * syc + offs_hw[None, :] * syhw, out.to(y_ptr.dtype.element_ty),
+             mask=m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,7 +478,7 @@ def _se_bwd_kernel(
     HAS_FC1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, RESIDUAL: tl.constexpr,
     OUT_ACT: tl.constexpr, MULTI: tl.constexpr, ACC: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, FC_C: tl.constexpr, FC_R: tl.constexpr,
-    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, ROW_ALIGN: tl.constexpr,
+    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, ROW_ALIGN: tl.constexpr, RESIDENT: tl.constexpr,
 ):
     """Program (g, j) as in the forward.
 
@@ -439,6 +486,9 @@ def _se_bwd_kernel(
     for a non-identity residual out_act) and writes grad_x (and grad_shortcut): 4·C·HW·|x| per sample
     for se; plus O(GROUP·(C + P·R)) fp32 vectors and its slice's share of the weights once for its
     GROUP samples (2·R·C/P; eSE: W2's columns of its channels, C·C/P).
+    RESIDENT (as in the forward): the one tile of grad_y (se_residual: of gy' = grad_y·out_act'(x·s +
+    shortcut), fp32) stays in registers for pass 2, so every input is read once: 3·C·HW·|x| per sample
+    for se, the floor (se_residual: grad_y, x, shortcut read once, grad_x and grad_shortcut written).
     """
     HW = _aligned(HW, ROW_ALIGN)  # NCHW rows: alignment the launcher knows (_pipeline), told to Triton
     sgn, sgc = _aligned_rows(sgn, sgc, ROW_ALIGN)
@@ -446,37 +496,55 @@ def _se_bwd_kernel(
     ssn, ssc = _aligned_rows(ssn, ssc, ROW_ALIGN)
     sdn, sdc = _aligned_rows(sdn, sdc, ROW_ALIGN)
     son, soc = _aligned_rows(son, soc, ROW_ALIGN)
-    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _program_slice(N, C, P, chan_per_prog, GROUP)
+    pid = tl.program_id(0).to(tl.int64)
+    if RESIDENT:
+        if MULTI:  # work items by ticket, as in the forward
+            pid = tl.atomic_add(sync_ptr + tl.num_programs(0) // P + 1, 1, sem="relaxed").to(tl.int64)
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _slice_of(pid, N, C, P, chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
-    # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels of each sample of the group (one
-    # pipelined loop, _tile_at; a channel tile's dz is stored at its last hw tile)
     T = GROUP * n_c * n_hw
-    acc = tl.zeros([BLOCK_C], dtype=ACC)
-    g_next = _prefetch(gy_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, PREFETCH, BLOCK_C,
-                       BLOCK_HW)  # tile 0
-    x_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
-                       BLOCK_HW)  # tile 0
-    for t in tl.range(0, T, num_stages=NUM_STAGES):
-        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
-        z = tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0)
-        s = _gate(z, GATE)
-        if PREFETCH:
-            g = g_next.to(ACC)
-            xv = x_next.to(ACC)
-            g_next = _prefetch(gy_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, 1, BLOCK_C, BLOCK_HW)
-            x_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C, BLOCK_HW)
-        else:
-            g = _load_tile(gy_ptr, n, offs_c, offs_hw, m, sgn, sgc, sghw).to(ACC)
-            xv = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw).to(ACC)
+    if RESIDENT:
+        # pass 1 on the one tile; what pass 2 needs of it (grad_y, or gy' for se_residual) stays in registers
+        rn, roffs_c, rmask_c, roffs_hw, rm, rlast = _tile_at(0, n0, c_lo, c_hi, N, HW, 1, 1, BLOCK_C, BLOCK_HW)
+        z = tl.load(z_ptr + rn * C + roffs_c, mask=rmask_c, other=0.0)
+        g_res = _load_tile(gy_ptr, rn, roffs_c, roffs_hw, rm, sgn, sgc, sghw)
+        xv = _load_tile(x_ptr, rn, roffs_c, roffs_hw, rm, sxn, sxc, sxhw).to(ACC)
         if RESIDUAL:
-            sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+            sc = tl.load(sc_ptr + rn * ssn + roffs_c[:, None] * ssc + roffs_hw[None, :] * sshw, mask=rm,
                          other=0.0).to(ACC)
-        else:
-            sc = xv
-        acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
-        tl.store(dz_ptr + n * C + offs_c, acc * _gate_grad(z, GATE), mask=mask_c & last)
-        acc = tl.where(last, 0.0, acc)
+            g_res = _grad_pre(g_res.to(ACC), xv, _gate(z, GATE)[:, None], sc, RESIDUAL, OUT_ACT)
+        tl.store(dz_ptr + rn * C + roffs_c, tl.sum(g_res.to(ACC) * xv, axis=1) * _gate_grad(z, GATE), mask=rmask_c)
+    else:
+        # pass 1: dz = gate'(z) · Σ_hw gy'·x for this program's channels of each sample of the group (one
+        # pipelined loop, _tile_at; a channel tile's dz is stored at its last hw tile)
+        acc = tl.zeros([BLOCK_C], dtype=ACC)
+        g_next = _prefetch(gy_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, PREFETCH, BLOCK_C,
+                           BLOCK_HW)  # tile 0
+        x_next = _prefetch(x_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, PREFETCH, BLOCK_C,
+                           BLOCK_HW)  # tile 0
+        for t in tl.range(0, T, num_stages=NUM_STAGES):
+            n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+            z = tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+            s = _gate(z, GATE)
+            if PREFETCH:
+                g = g_next.to(ACC)
+                xv = x_next.to(ACC)
+                g_next = _prefetch(gy_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, 1, BLOCK_C,
+                                   BLOCK_HW)
+                x_next = _prefetch(x_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sxn, sxc, sxhw, 1, BLOCK_C,
+                                   BLOCK_HW)
+            else:
+                g = _load_tile(gy_ptr, n, offs_c, offs_hw, m, sgn, sgc, sghw).to(ACC)
+                xv = _load_tile(x_ptr, n, offs_c, offs_hw, m, sxn, sxc, sxhw).to(ACC)
+            if RESIDUAL:
+                sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                             other=0.0).to(ACC)
+            else:
+                sc = xv
+            acc += tl.sum(_grad_pre(g, xv, s[:, None], sc, RESIDUAL, OUT_ACT) * xv, axis=1)
+            tl.store(dz_ptr + n * C + offs_c, acc * _gate_grad(z, GATE), mask=mask_c & last)
+            acc = tl.where(last, 0.0, acc)
     tl.debug_barrier()  # dz stored by every thread is re-read below
     if HAS_FC1:
         # this slice's part of W2ᵀ dz (W2's rows of its channels only), published as its (GROUP, R) block
@@ -507,30 +575,45 @@ def _se_bwd_kernel(
         tl.store(dp_ptr + offs_g[:, None] * C + offs_c[None, :], dp / HW + poison,
                  mask=mask_g[:, None] & mask_c[None, :])
     tl.debug_barrier()  # dp is re-read, one sample at a time, by other threads below
-    # pass 2: grad_x = gy'·s + dp/HW (and grad_shortcut = gy') for each sample's slice (one pipelined loop)
-    g_next = _prefetch(gy_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, PREFETCH, BLOCK_C,
-                       BLOCK_HW)  # tile 0
-    for t in tl.range(0, T, num_stages=NUM_STAGES):
-        n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
-        dp_hw = tl.load(dp_ptr + n * C + offs_c, mask=mask_c, other=0.0)
-        s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
-        if PREFETCH:
-            g = g_next.to(ACC)
-            g_next = _prefetch(gy_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, 1, BLOCK_C, BLOCK_HW)
-        else:
-            g = _load_tile(gy_ptr, n, offs_c, offs_hw, m, sgn, sgc, sghw).to(ACC)
-        if RESIDUAL:
-            if OUT_ACT != 3:
-                xv = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
-                             other=0.0).to(ACC)
-                sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
-                             other=0.0).to(ACC)
-                g = g * _act_grad(xv * s[:, None] + sc, OUT_ACT)
-            tl.store(gsc_ptr + n * son + offs_c[:, None] * soc + offs_hw[None, :] * sohw,
-                     g.to(gsc_ptr.dtype.element_ty), mask=m)
-        out = g * s[:, None] + dp_hw[:, None]
-        tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw, out.to(gx_ptr.dtype.element_ty),
-                 mask=m)
+    if RESIDENT:  # pass 2 on the tile still in registers (gy' already applied for se_residual)
+        dp_hw = tl.load(dp_ptr + rn * C + roffs_c, mask=rmask_c, other=0.0)
+        s = _gate(tl.load(z_ptr + rn * C + roffs_c, mask=rmask_c, other=0.0), GATE)
+        _grads_store(g_res.to(ACC), s, dp_hw, gsc_ptr, gx_ptr, rn, roffs_c, roffs_hw, rm, son, soc, sohw, sdn, sdc,
+                     sdhw, RESIDUAL)
+    else:
+        # pass 2: grad_x = gy'·s + dp/HW (and grad_shortcut = gy') for each sample's slice (one pipelined loop)
+        g_next = _prefetch(gy_ptr, -1, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, PREFETCH, BLOCK_C,
+                           BLOCK_HW)  # tile 0
+        for t in tl.range(0, T, num_stages=NUM_STAGES):
+            n, offs_c, mask_c, offs_hw, m, last = _tile_at(t, n0, c_lo, c_hi, N, HW, n_c, n_hw, BLOCK_C, BLOCK_HW)
+            dp_hw = tl.load(dp_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+            s = _gate(tl.load(z_ptr + n * C + offs_c, mask=mask_c, other=0.0), GATE)
+            if PREFETCH:
+                g = g_next.to(ACC)
+                g_next = _prefetch(gy_ptr, t, T, n0, c_lo, c_hi, N, HW, n_c, n_hw, sgn, sgc, sghw, 1, BLOCK_C,
+                                   BLOCK_HW)
+            else:
+                g = _load_tile(gy_ptr, n, offs_c, offs_hw, m, sgn, sgc, sghw).to(ACC)
+            if RESIDUAL:
+                if OUT_ACT != 3:
+                    xv = tl.load(x_ptr + n * sxn + offs_c[:, None] * sxc + offs_hw[None, :] * sxhw, mask=m,
+                                 other=0.0).to(ACC)
+                    sc = tl.load(sc_ptr + n * ssn + offs_c[:, None] * ssc + offs_hw[None, :] * sshw, mask=m,
+                                 other=0.0).to(ACC)
+                    g = g * _act_grad(xv * s[:, None] + sc, OUT_ACT)
+            _grads_store(g, s, dp_hw, gsc_ptr, gx_ptr, n, offs_c, offs_hw, m, son, soc, sohw, sdn, sdc, sdhw, RESIDUAL)
+
+
+@triton.jit
+def _grads_store(g, s, dp_hw, gsc_ptr, gx_ptr, n, offs_c, offs_hw, m, son, soc, sohw, sdn, sdc, sdhw,
+                 RESIDUAL: tl.constexpr):
+    """grad_x = gy'·s + dp/HW (and grad_shortcut = gy' for se_residual) of one tile; ``g`` = gy' (fp32)."""
+    if RESIDUAL:
+        tl.store(gsc_ptr + n * son + offs_c[:, None] * soc + offs_hw[None, :] * sohw,
+                 g.to(gsc_ptr.dtype.element_ty), mask=m)
+    out = g * s[:, None] + dp_hw[:, None]
+    tl.store(gx_ptr + n * sdn + offs_c[:, None] * sdc + offs_hw[None, :] * sdhw, out.to(gx_ptr.dtype.element_ty),
+             mask=m)
 
 
 @triton.jit
@@ -599,7 +682,7 @@ def _se_param_grads_kernel(dz_ptr, du_ptr, pooled_ptr, u_ptr, gw2_ptr, gb2_ptr, 
 
 
 def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.device, *, x_bytes: int = 0,
-                  w_bytes: int = 0, occupancy: int = 1) -> dict:
+                  w_bytes: int = 0, occupancy: int = 1, resident: bool = False) -> dict:
     """The one launch heuristic. ``x_bytes``: one sample of x (C·HW·|x|); ``w_bytes``: the FC weights
     (R·C·(|w1| + |w2|), eSE C·C·|w2|); without them no samples are grouped.
 
@@ -618,10 +701,12 @@ def launch_config(n: int, c: int, k: int, hw: int, stride_c: int, device: torch.
     ``ATTN_KERNELS_SE_TUNE`` forces any of GROUP, P, BLOCK_C, BLOCK_HW, num_warps, maxnreg (``_split.tune``).
     ``occupancy``: programs of the compiled kernel one SM holds (schedule (b)'s budget is SMs·occupancy
     // 2); the launchers plan with 1, then again with the compiled kernel's (``_split.fit_occupancy``).
+    ``resident``: the caller's kernel can run ``_resident_plan``'s register-resident tiles, taken
+    when ``ATTN_KERNELS_SE_TUNE`` has RESIDENT=1 and the shape allows them (opt-in until a GPU has timed it).
     Memoised on the shape (SE layers are small and many: this runs on every call).
     """
     return dict(_launch_config(n, c, k, hw, stride_c == 1, _schedule_mode(), _device_sms(device), x_bytes,
-                               w_bytes, _tune_text(), occupancy))
+                               w_bytes, _tune_text(), occupancy, resident))
 
 
 _CL_BLOCK_C = (256, 64)  # channels_last BLOCK_C: the default, and the one for grids that 256 cannot fill
@@ -639,10 +724,14 @@ def _tiles(c: int, hw: int, c_contiguous: bool, block_c_max: int) -> Tuple[int, 
 
 @functools.lru_cache(maxsize=4096)
 def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: str, sms: int, x_bytes: int,
-                   w_bytes: int, tune_text: str = "", occupancy: int = 1) -> dict:
+                   w_bytes: int, tune_text: str = "", occupancy: int = 1, resident: bool = False) -> dict:
     """launch_config for a device with ``sms`` SMs (0: no multi-program schedule: CPU / interpreter);
     ``tune_text``: ATTN_KERNELS_SE_TUNE's value (part of the memo's key, and what it forces)."""
     forced = _parse_tune(tune_text) if tune_text else {}
+    if resident and forced.get("RESIDENT"):
+        cfg = _resident_plan(c, k, hw, mode, sms, occupancy, forced)
+        if cfg is not None:
+            return cfg
 
     def plan(block_c, block_hw):
         return dict(BLOCK_C=block_c, BLOCK_HW=block_hw,
@@ -663,6 +752,50 @@ def _launch_config(n: int, c: int, k: int, hw: int, c_contiguous: bool, mode: st
     warps = 8 if cfg["BLOCK_C"] * cfg["BLOCK_HW"] >= _TILE else 4
     cfg["num_warps"] = forced.get("num_warps", warps)
     if "maxnreg" in forced:  # Triton's compile option, passed through the launch like num_warps
+        cfg["maxnreg"] = forced["maxnreg"]
+    return cfg
+
+
+_RESIDENT_TILE = 8192  # elements of a RESIDENT tile: 32 per thread at 8 warps (x held in registers)
+RESIDENT_MAX_P = 32  # programs per sample a RESIDENT plan may take (each sums all P published parts: P² rows)
+# FC tiles of a RESIDENT plan: 1024 elements, not _TILE -- the registers hold x. With 4096-element FC tiles
+# the sm_90 bf16 build at 2048×7² (BLOCK 128×64) spilled 124 bytes per thread under maxnreg 128; see
+# _resident_plan for the builds now.
+_RESIDENT_FC_TILE = 1024
+
+
+def _resident_plan(c: int, k: int, hw: int, mode: str, sms: int, occupancy: int, forced: dict):
+    """The register-resident plan (``ATTN_KERNELS_SE_TUNE=RESIDENT=1``; forward and backward), or None where
+    the shape does not allow it: one program per [BLOCK_C, BLOCK_HW] tile of a sample, BLOCK_HW =
+    next_pow2(HW) (the whole map), BLOCK_C = _RESIDENT_TILE // BLOCK_HW channels (or the forced BLOCK_C),
+    P = C / BLOCK_C programs per sample meeting as in schedule (b), GROUP = 1. Every input is read once
+    (the streaming schedules read x, or grad_y, twice and hope the second read hits L2: at N = 128 × 1024
+    × 14² bf16, 51 MB are in flight between the two reads, about an H100's whole L2). The cost: P²
+    published rows of R floats per sample (P ≤ RESIDENT_MAX_P; at 1024×14², R = 64, P = 32: 256 KB of L2
+    reads per 400 KB sample) and no loads in flight during the meeting beyond the other programs on the SM.
+    E.g. 1024×14² (BLOCK_HW 256): 32 channels, P = 32; 2048×7² (64): 128 channels, P = 16; 512×28²
+    (1024): 8 channels, P = 64 -- too many, None unless a BLOCK_C is forced. Off the GPU (``sms`` = 0) a
+    P > 1 plan has MULTI = 0 and the launcher emulates the meeting (``_split.launch``: two launches).
+    sm_90 builds (ptxas, .ci/compile_triton.py's stand-in): bf16 forward at 1024×14² and 2048×7²
+    channels_last 107 - 111 registers under the 128 cap, no spill; 2048×7² NCHW 128 with 56 - 84 bytes
+    spilled; backward (not capped) 117 at 1024×14² channels_last, 180 at 2048×7²; fp32 eSE se_residual
+    spills (forward 272 - 288 bytes, backward 44). Opt-in: compiled, run under the interpreter, not yet
+    timed on a GPU."""
+    block_hw = _next_pow2(hw)
+    if block_hw > _RESIDENT_TILE:
+        return None
+    block_c = forced.get("BLOCK_C") or max(1, min(_next_pow2(c), _RESIDENT_TILE // block_hw))
+    if c == 0 or block_c * block_hw > 2 * _RESIDENT_TILE:  # a forced BLOCK_C: at most twice the tile (no spill
+        return None  # at 64×256 bf16; 64×4096 at 56×56 spilled 6 KB per thread in the sm_90 build)
+    p = _cdiv(c, block_c)
+    if p > RESIDENT_MAX_P or (p > 1 and sms and (mode == "single" or p > sms * max(1, occupancy) // 2)):
+        return None
+    fc_r = max(1, min(_next_pow2(k), 32))
+    fc_c = max(1, min(block_c, _RESIDENT_FC_TILE // fc_r))
+    cfg = dict(BLOCK_C=block_c, BLOCK_HW=block_hw, GROUP=1, FC_C=fc_c, FC_R=fc_r,
+               MULTI=int(p > 1 and sms > 0), P=p, chan_per_prog=block_c, RESIDENT=1,
+               num_warps=forced.get("num_warps", 8 if block_c * block_hw >= _TILE else 4))
+    if "maxnreg" in forced:
         cfg["maxnreg"] = forced["maxnreg"]
     return cfg
 
@@ -808,7 +941,8 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
         sck, ss = _as_flat(shortcut)
     else:
         sck, ss = xk, sx
-    plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
+    plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, resident=True,
+                             **_sizes(x, w1, w2))
     w2c = w2.contiguous()
     w1c = w1.contiguous() if w1 is not None else w2c
     b1c = b1.contiguous() if b1 is not None else w2c
@@ -821,10 +955,13 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
         return _cdiv(n, cfg["GROUP"]), args, dict(
             HAS_FC1=int(w1 is not None), HAS_B1=int(b1 is not None), HAS_B2=int(b2 is not None), ACT=_ACTS[act],
             GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl,
-            **_pipeline(cfg, x, hw, (sx, ss, sy), 1 + int(shortcut is not None)), **_fwd_register_cap(cfg, x))
+            RESIDENT=cfg.get("RESIDENT", 0), **_pipeline(cfg, x, hw, (sx, ss, sy), 1 + int(shortcut is not None)),
+            **_fwd_register_cap(cfg, x))
     signature = (act, gate, out_act, _dtype_of(shortcut), sx, ss, sy, x.dtype, _dtype_of(w1), _dtype_of(b1),
                  w2.dtype, _dtype_of(b2))
     cfg, groups, meta = _fitted(_se_fwd_kernel, xk, plan, prepared, _split, signature)
+    if cfg.get("RESIDENT") and (_split or not cfg["MULTI"]) and cfg["P"] > 1:
+        _split = cfg["P"]  # a resident plan off the GPU (or a test's split): the meeting emulated, one tile each
     hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
     _launch(_se_fwd_kernel, xk, groups, c, cfg, args, meta, "SE", _split, (y_buf, u, z))
     if y_buf is not y:
@@ -894,7 +1031,8 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
             sck, ss = _as_flat(shortcut)
         else:
             sck, ss = xk, sx
-        plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, **_sizes(x, w1, w2))
+        plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, resident=True,
+                                 **_sizes(x, w1, w2))
         w2c = w2.contiguous()
         w1c = w1.contiguous() if w1 is not None else w2c
         u, z = u.contiguous(), z.contiguous()  # (N, R), (N, C) as the forward returned them: no-ops
@@ -907,11 +1045,13 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
         def prepared(cfg):
             return _cdiv(n, cfg["GROUP"]), args, dict(
                 HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
-                OUT_ACT=_ACTS[out_act], ACC=acc_tl,
+                OUT_ACT=_ACTS[out_act], ACC=acc_tl, RESIDENT=cfg.get("RESIDENT", 0),
                 **_pipeline(cfg, x, hw, (sx, sg, ss, sd, so), 2 + int(shortcut is not None)))
         signature = (act, gate, out_act, _dtype_of(shortcut), sx, sg, ss, sd, so, x.dtype, grad_y.dtype,
                      _dtype_of(w1), w2.dtype, u.dtype, z.dtype)
         cfg, groups, meta = _fitted(_se_bwd_kernel, gyk, plan, prepared, _split, signature)
+        if cfg.get("RESIDENT") and (_split or not cfg["MULTI"]) and cfg["P"] > 1:
+            _split = cfg["P"]  # as in se_forward
         hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
         _launch(_se_bwd_kernel, gyk, groups, c, cfg, args, meta, "SE", _split, (gx_buf, gsc_buf, du))
         if gx_buf is not gx:

@@ -700,6 +700,118 @@ def test_multi_schedule_timeout_is_loud(monkeypatch):
         S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")
 
 
+# ---------------------------------------------------------------------------------------------
+# RESIDENT plans (opt-in: ATTN_KERNELS_SE_TUNE=RESIDENT=1): a tile held in registers, every input read once
+# ---------------------------------------------------------------------------------------------
+def test_resident_plan(monkeypatch):
+    """_resident_plan on a 132-SM GPU and off it: the whole map in BLOCK_HW, 8192-element tiles, P ≤ 32
+    programs per sample meeting (MULTI on the GPU), GROUP 1; None (the streaming plan) where a tile cannot
+    hold the map, P would pass 32, or the schedule is forced single; never for a caller without resident=True."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "RESIDENT=1")
+    sizes = dict(x_bytes=1024 * 196 * 2, w_bytes=2 * 64 * 1024 * 4)
+
+    def plan(n, c, k, hw, sms=132, mode="auto", resident=True, tune="RESIDENT=1"):
+        return S._launch_config(n, c, k, hw, True, mode, sms, **sizes, tune_text=tune, resident=resident)
+    keys = ("BLOCK_C", "BLOCK_HW", "P", "chan_per_prog", "MULTI", "GROUP", "num_warps")
+    assert [plan(128, 1024, 64, 196)[k] for k in keys] == [32, 256, 32, 32, 1, 1, 8]
+    assert [plan(64, 2048, 128, 49)[k] for k in keys] == [128, 64, 16, 128, 1, 1, 8]
+    assert [plan(64, 2048, 128, 49, sms=0)[k] for k in keys] == [128, 64, 16, 128, 0, 1, 8]  # emulated off GPU
+    assert [plan(8, 60, 4, 9)[k] for k in keys] == [64, 16, 1, 64, 0, 1, 4]  # one program per sample
+    assert plan(2, 5, 4, 9000).get("RESIDENT") is None  # next_pow2(HW) > 8192: streaming
+    assert plan(64, 512, 32, 784).get("RESIDENT") is None  # P = 64 > RESIDENT_MAX_P
+    assert plan(64, 1024, 64, 196, tune="RESIDENT=1,BLOCK_C=64")["P"] == 16  # twice the tile: allowed
+    assert plan(64, 256, 16, 3136, tune="RESIDENT=1,BLOCK_C=64").get("RESIDENT") is None  # 64×4096: spills
+    assert plan(4, 0, 1, 9).get("RESIDENT") is None  # C = 0: no programs
+    forced = plan(64, 512, 32, 784, tune="RESIDENT=1,BLOCK_C=16")
+    assert forced["RESIDENT"] == 1 and forced["P"] == 32 and forced["BLOCK_HW"] == 1024
+    assert plan(64, 2048, 128, 49, mode="single").get("RESIDENT") is None
+    assert plan(64, 2048, 128, 49, resident=False).get("RESIDENT") is None
+    assert plan(64, 2048, 128, 49, tune="RESIDENT=0").get("RESIDENT") is None
+    for bad in ("RESIDENT=2", "RESIDENT=x"):
+        with pytest.raises(ValueError, match="ATTN_KERNELS_SE_TUNE"):
+            _split._parse_tune(bad)
+
+
+def _record_launches(monkeypatch):
+    launches = []
+    launch = S._launch
+    monkeypatch.setattr(S, "_launch", lambda kernel, *a: launches.append((kernel.__name__, a[3], a[5])) or
+                        launch(kernel, *a))
+    return launches
+
+
+@pytest.mark.parametrize("case", ["nchw", "channels_last", "split", "split_cl_residual", "ese_hardsigmoid",
+                                  "3d", "1d", "bf16"])
+def test_resident_parity(case, device, monkeypatch):
+    """The RESIDENT forward and backward against float64: output and every gradient, NaN-prefilled.
+    "split": BLOCK_C forced small, so a sample takes P ≥ 2 programs (their meeting emulated off the GPU,
+    MULTI on it); the launches are checked to be resident."""
+    tune = "RESIDENT=1,BLOCK_C=4" if case.startswith("split") else "RESIDENT=1"
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", tune)
+    launches = _record_launches(monkeypatch)
+    torch.manual_seed(3)
+    if case == "split_cl_residual":
+        x, w1, b1, w2, b2 = se_inputs((3, 13, 3, 5), 3, device=device)
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+        sc = torch.randn(3, 13, 3, 5, device=device).requires_grad_()
+        check_parity(lambda *a: functional.se_residual(*a, act="silu", out_act="relu", backend="triton"),
+                     lambda *a: reference.se_residual(*a, act="silu", out_act="relu"),
+                     [x, sc, w1, b1, w2, b2], dtype=torch.float32, names=RES_NAMES)
+    elif case == "ese_hardsigmoid":
+        _run_parity((2, 11, 4, 4), 3, torch.float32, gate="hardsigmoid", ese=True, device=device)
+    else:
+        shape = {"3d": (2, 7, 3, 2, 3), "1d": (3, 10, 17)}.get(case, (2, 13, 3, 5))
+        view = LAYOUTS["channels_last"] if case == "channels_last" else None
+        dtype = torch.bfloat16 if case == "bf16" else torch.float32
+        _run_parity(shape, 3, dtype, act="gelu", device=device, view=view)
+    for kernel in ("_se_fwd_kernel", "_se_bwd_kernel"):
+        ran = [(cfg, meta) for name, cfg, meta in launches if name == kernel]
+        assert ran and all(meta["RESIDENT"] == 1 and cfg["GROUP"] == 1 for cfg, meta in ran), kernel
+        assert all(cfg["P"] >= 3 for cfg, _ in ran) == case.startswith("split")  # 13 channels in tiles of 4
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: programs run in order")
+def test_resident_multi_tickets(monkeypatch):
+    """The RESIDENT kernels' MULTI=1 code (tickets, meeting, poison) under the interpreter, where programs
+    start in order: each takes the next ticket (the counter after the error flag ends at N·P), and with a
+    3-iteration wait the programs before the last of each sample time out: their slices NaN, the last
+    slice exact, the flag set -- forward and backward."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "RESIDENT=1,BLOCK_C=4")
+    x = torch.randn(2, 11, 3, 3)
+    w1, b1, w2, b2 = torch.randn(3, 11) / 4, torch.rand(3), torch.randn(11, 3) / 2, torch.randn(11)
+    gy = torch.randn_like(x)
+    y1, p1, u1, z1 = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")  # emulated meeting: the expected values
+    gx1 = S.se_backward(gy, x, w1, w2, p1, u1, z1, "relu", "sigmoid")[0]
+    cfg = dict(S.launch_config(2, 11, 3, 9, 9, x.device, resident=True), MULTI=1)
+    assert cfg["RESIDENT"] == 1 and cfg["P"] == 3 and cfg["chan_per_prog"] == 4
+    monkeypatch.setattr(S, "launch_config", lambda *a, **k: dict(cfg))
+    syncs = short_spin_split(monkeypatch)
+    y = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")[0]
+    assert syncs[-1].tolist() == [3, 3, 1, 6]  # arrivals per sample, the error flag, tickets taken
+    assert torch.isnan(y[:, :8]).all()
+    assert_close(y[:, 8:], y1[:, 8:], name="y of the last program")
+    gx = S.se_backward(gy, x, w1, w2, p1, u1, z1, "relu", "sigmoid")[0]
+    assert syncs[-1].tolist() == [3, 3, 1, 6]
+    assert torch.isnan(gx[:, :8]).all()
+    assert_close(gx[:, 8:], gx1[:, 8:], name="grad_x of the last program")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,rd,channels_last", [((128, 1024, 14, 14), 64, True), ((64, 2048, 7, 7), 128, False),
+                                                    ((3, 517, 9, 9), 33, True), ((2, 40, 5, 5), 4, False)])
+def test_gpu_resident(shape, rd, channels_last, monkeypatch):
+    """RESIDENT=1 on the GPU, forward and backward: tickets and the meeting with grids far past what the GPU
+    holds at once (128 × 32 programs), bf16 x with fp32 weights against float64, the error flag checked."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "RESIDENT=1")
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    launches = _record_launches(monkeypatch)
+    view = LAYOUTS["channels_last"] if channels_last else None
+    _run_parity(shape, rd, torch.bfloat16, act="relu", param_dtype=torch.float32, device="cuda", view=view)
+    ran = [(name, cfg) for name, cfg, _ in launches if name in ("_se_fwd_kernel", "_se_bwd_kernel")]
+    assert {name for name, _ in ran} == {"_se_fwd_kernel", "_se_bwd_kernel"}
+    assert all(cfg["RESIDENT"] == 1 and cfg["MULTI"] == (cfg["P"] > 1) for _, cfg in ran)
+
+
 def test_strided_params_and_mixed_param_dtypes(device):
     """Parameter views (strided bias, transposed weight) and weights of different float dtypes:
     every gradient comes back in its parameter's dtype."""

@@ -221,6 +221,17 @@ def _program_slice(N, C, P, chan_per_prog, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _work_item(sync_ptr, P, TICKET: tl.constexpr):
+    """This program's work item: its program id, or with TICKET (the RESIDENT kernels on schedule (b)) a
+    ticket from the counter after the error flag. Tickets are taken in start order, so every ticket below
+    this one belongs to a program that has started."""
+    if TICKET:
+        return tl.atomic_add(sync_ptr + tl.num_programs(0) // P + 1, 1, sem="relaxed").to(tl.int64)
+    else:
+        return tl.program_id(0).to(tl.int64)
+
+
+@triton.jit
 def _slice_of(pid, N, C, P, chan_per_prog, GROUP: tl.constexpr):
     """_program_slice for the work item ``pid`` (the program id, or a ticket: the RESIDENT kernels)."""
     grp = pid // P
@@ -344,18 +355,14 @@ def _se_fwd_kernel(
     sxn, sxc = _aligned_rows(sxn, sxc, ROW_ALIGN)
     ssn, ssc = _aligned_rows(ssn, ssc, ROW_ALIGN)
     syn, syc = _aligned_rows(syn, syc, ROW_ALIGN)
-    pid = tl.program_id(0).to(tl.int64)
-    if RESIDENT:
-        if MULTI:
-            # tickets are taken in start order: every ticket below this one belongs to a started program
-            pid = tl.atomic_add(sync_ptr + tl.num_programs(0) // P + 1, 1, sem="relaxed").to(tl.int64)
-    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _slice_of(pid, N, C, P, chan_per_prog, GROUP)
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _slice_of(_work_item(sync_ptr, P, RESIDENT * MULTI), N, C, P,
+                                                         chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
     T = GROUP * n_c * n_hw
     if RESIDENT:
         # pass 1 on the one tile (GROUP = 1, chan_per_prog = BLOCK_C, HW ≤ BLOCK_HW): it stays in registers
-        rn, roffs_c, rmask_c, roffs_hw, rm, rlast = _tile_at(0, n0, c_lo, c_hi, N, HW, 1, 1, BLOCK_C, BLOCK_HW)
+        rn, roffs_c, rmask_c, roffs_hw, rm, _ = _tile_at(0, n0, c_lo, c_hi, N, HW, 1, 1, BLOCK_C, BLOCK_HW)
         v_res = _load_tile(x_ptr, rn, roffs_c, roffs_hw, rm, sxn, sxc, sxhw)
         tl.store(p_ptr + rn * C + roffs_c, tl.sum(v_res.to(ACC), axis=1) / HW, mask=rmask_c)
     else:
@@ -496,17 +503,14 @@ def _se_bwd_kernel(
     ssn, ssc = _aligned_rows(ssn, ssc, ROW_ALIGN)
     sdn, sdc = _aligned_rows(sdn, sdc, ROW_ALIGN)
     son, soc = _aligned_rows(son, soc, ROW_ALIGN)
-    pid = tl.program_id(0).to(tl.int64)
-    if RESIDENT:
-        if MULTI:  # work items by ticket, as in the forward
-            pid = tl.atomic_add(sync_ptr + tl.num_programs(0) // P + 1, 1, sem="relaxed").to(tl.int64)
-    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _slice_of(pid, N, C, P, chan_per_prog, GROUP)
+    pid, grp, n0, c_lo, c_hi, offs_g, mask_g = _slice_of(_work_item(sync_ptr, P, RESIDENT * MULTI), N, C, P,
+                                                         chan_per_prog, GROUP)
     n_c = tl.cdiv(c_hi - c_lo, BLOCK_C)
     n_hw = tl.cdiv(HW, BLOCK_HW)
     T = GROUP * n_c * n_hw
     if RESIDENT:
         # pass 1 on the one tile; what pass 2 needs of it (grad_y, or gy' for se_residual) stays in registers
-        rn, roffs_c, rmask_c, roffs_hw, rm, rlast = _tile_at(0, n0, c_lo, c_hi, N, HW, 1, 1, BLOCK_C, BLOCK_HW)
+        rn, roffs_c, rmask_c, roffs_hw, rm, _ = _tile_at(0, n0, c_lo, c_hi, N, HW, 1, 1, BLOCK_C, BLOCK_HW)
         z = tl.load(z_ptr + rn * C + roffs_c, mask=rmask_c, other=0.0)
         g_res = _load_tile(gy_ptr, rn, roffs_c, roffs_hw, rm, sgn, sgc, sghw)
         xv = _load_tile(x_ptr, rn, roffs_c, roffs_hw, rm, sxn, sxc, sxhw).to(ACC)
@@ -960,13 +964,20 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
     signature = (act, gate, out_act, _dtype_of(shortcut), sx, ss, sy, x.dtype, _dtype_of(w1), _dtype_of(b1),
                  w2.dtype, _dtype_of(b2))
     cfg, groups, meta = _fitted(_se_fwd_kernel, xk, plan, prepared, _split, signature)
-    if cfg.get("RESIDENT") and (_split or not cfg["MULTI"]) and cfg["P"] > 1:
-        _split = cfg["P"]  # a resident plan off the GPU (or a test's split): the meeting emulated, one tile each
+    _split = _resident_split(cfg, _split)
     hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
     _launch(_se_fwd_kernel, xk, groups, c, cfg, args, meta, "SE", _split, (y_buf, u, z))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, u, z
+
+
+def _resident_split(cfg: dict, split: int) -> int:
+    """The launch's ``_split``: a RESIDENT plan with P > 1 off the GPU (MULTI = 0), or under a test's split,
+    runs as the emulated meeting with one tile per program (P = its tiles); anything else as given."""
+    if cfg.get("RESIDENT") and (split or not cfg["MULTI"]) and cfg["P"] > 1:
+        return cfg["P"]
+    return split
 
 
 def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -1050,8 +1061,7 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
         signature = (act, gate, out_act, _dtype_of(shortcut), sx, sg, ss, sd, so, x.dtype, grad_y.dtype,
                      _dtype_of(w1), w2.dtype, u.dtype, z.dtype)
         cfg, groups, meta = _fitted(_se_bwd_kernel, gyk, plan, prepared, _split, signature)
-        if cfg.get("RESIDENT") and (_split or not cfg["MULTI"]) and cfg["P"] > 1:
-            _split = cfg["P"]  # as in se_forward
+        _split = _resident_split(cfg, _split)
         hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
         _launch(_se_bwd_kernel, gyk, groups, c, cfg, args, meta, "SE", _split, (gx_buf, gsc_buf, du))
         if gx_buf is not gx:

@@ -13,7 +13,9 @@ installed), and the fused backends available here through ``functional`` (``back
 benchmark calls them). Modes: ``fwd`` (under no_grad) and ``fwd+bwd`` (autograd.grad w.r.t. x, shortcut
 and the parameters, as the benchmark's fwd+bwd). Each triton row is followed by a
 ``triton:launches`` row: the Triton launches that call made, replayed alone with the same arguments
-(Triton's own launch path: binder, specialisation, cache lookup, launch stub). ``--cprofile`` adds, for every fused row, the Python
+through ``ops._layout.run_kernel`` as the launchers make them (a specialisation's first launch through
+Triton's launch path, later ones through the compiled kernel's launcher; ``ATTN_KERNELS_DIRECT_LAUNCH=0``:
+always Triton's path). ``--cprofile`` adds, for every fused row, the Python
 functions that took the most time per call (cProfile; its own overhead inflates them ~2x: read them as
 shares).
 
@@ -271,37 +273,38 @@ def launch_hooks() -> dict:
 
 
 def record_launches(fn):
-    """[(JITFunction, args, kwargs)] of every Triton launch ``fn()`` makes (grid in kwargs)."""
-    from triton.runtime.jit import JITFunction
+    """[(kernel, grid, args, kwargs)] of every Triton launch ``fn()`` makes (through ops._layout.run_kernel,
+    every launcher's one launch point)."""
+    from attn_kernels.ops import _layout
 
-    calls, run = [], JITFunction.run
-
-    def recording(self, *a, **kw):
-        calls.append((self, a, kw))
-        return run(self, *a, **kw)
-    JITFunction.run = recording
+    calls = []
+    _layout.recorder = calls
     try:
         fn()
     finally:
-        JITFunction.run = run
+        _layout.recorder = None
     return calls
 
 
 def _launch_row(row, fn, device, args, torch):
-    """The Triton launches of one fused call replayed alone (same arguments): how much of the call's
-    host time is Triton's launch path, the rest being the launcher's Python, torch ops and autograd."""
+    """The Triton launches of one fused call replayed alone (same arguments, through ``run_kernel`` as the
+    launchers make them: Triton's launch path the first time, the compiled kernel's own launcher after):
+    how much of the call's host time is launching, the rest being the launchers' Python, torch ops and
+    autograd."""
+    from attn_kernels.ops._layout import run_kernel
+
     calls = record_launches(fn)
     # a schedule-(b) launch (MULTI=1) waits on per-call counters: replayed on the recorded (already
     # counted) buffer it would not wait as a real call does; give it fresh zeros each time, as the
     # launcher does (torch.zeros per call, so the replay times that fill too)
-    fresh = [jit.arg_names.index("sync_ptr") if kw.get("MULTI") and "sync_ptr" in jit.arg_names else None
-             for jit, a, kw in calls]
+    fresh = [kernel.arg_names.index("sync_ptr") if kw.get("MULTI") and "sync_ptr" in kernel.arg_names else None
+             for kernel, _, _, kw in calls]
 
     def replay():
-        for (jit, a, kw), i in zip(calls, fresh):
+        for (kernel, grid, a, kw), i in zip(calls, fresh):
             if i is not None:
                 a = a[:i] + (torch.zeros_like(a[i]),) + a[i + 1:]
-            jit.run(*a, **kw)
+            run_kernel(kernel, grid, a, kw)
     host, enqueue = time_host(replay, device, args.iters, args.repeats, torch)
     return dict(row, provider="triton:launches", launches=len(calls), top=None, host_us=host, enqueue_us=enqueue)
 

@@ -5,11 +5,17 @@ view whose spatial dims flatten to one stride (crops along the outer dims, x[::2
 those run without a copy. Only a view whose spatial dims do not flatten is copied.
 """
 import contextlib
+import inspect
+import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
+from triton.compiler import CompiledKernel
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
 
 from .. import _alloc
 
@@ -71,6 +77,70 @@ def device_of(t: torch.Tensor):
     if t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# Launching: Triton's launch path once per specialisation, then the kernel it compiled, directly
+# ----------------------------------------------------------------------------------------------
+DIRECT_LAUNCH = os.environ.get("ATTN_KERNELS_DIRECT_LAUNCH", "1") != "0"  # module attribute: tests switch it
+recorder = None  # a list to get (kernel, grid, args, kw) of every launch (bench/host_overhead.py's replay)
+_COMPILED = {}  # (id(kernel), device, instrumentation, argument key, keywords) -> (kernel, CompiledKernel, tail)
+_TAILS = {}  # kernel -> its parameters' (name, default) in order: the bound-argument list's tail
+
+
+def _specialisation_key(args) -> tuple:
+    """What Triton specialises the arguments on, or finer: a tensor's dtype and whether its data pointer is
+    16-byte aligned (Triton's only tensor attribute: ``tests/ops/test_launch.py`` checks that against the
+    installed Triton), any other argument's type and exact value (bool 1 and int 1 differ). One
+    comprehension, no call per argument: it runs on every launch."""
+    return tuple([(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else (a.__class__, a)
+                  for a in args])
+
+
+def run_kernel(kernel, grid: int, args: tuple, kw: dict) -> None:
+    """``kernel[(grid,)](*args, **kw)``, cheaper from the second call of a specialisation on.
+
+    Why: Triton's launch path (``JITFunction.run``) binds and specialises every argument in Python on every
+    call -- 30 arguments for the SE kernels: 34-38 us per launch on the 2-core VM, a third of a fused SE
+    forward's host time (bench/host_overhead.py --stand-in), and SE layers are small and many. The first
+    call of each specialisation goes through it and returns the ``CompiledKernel`` it launched; later calls
+    whose arguments specialise alike (``_specialisation_key``: the same dtypes, 16-byte alignments, integers and
+    meta-parameters, on the same device) launch that kernel through its own launcher,
+    ``compiled[grid](*bound arguments)`` -- what ``JITFunction.run`` ends with, launch hooks (profilers)
+    included. Triton's path is taken every time under the interpreter and for anything that is not a
+    plain ``JITFunction`` (compile_triton's stand-ins), while ``TRITON_DEBUG`` or a pre-run / pipeline
+    hook is set, and with ``ATTN_KERNELS_DIRECT_LAUNCH=0``. Not checked again on the direct path: that
+    the kernel's global constants did not change since it was compiled (Triton's check; ours are
+    module constants)."""
+    if recorder is not None:
+        recorder.append((kernel, grid, args, kw))
+    if (not DIRECT_LAUNCH or type(kernel) is not JITFunction or kernel.pre_run_hooks or knobs.runtime.debug
+            or getattr(knobs.runtime, "add_stages_inspection_hook", None) is not None):
+        kernel[(grid,)](*args, **kw)
+        return
+    # id(kernel): a JITFunction's own hash recomputes its cache key (~2 us); the entry holds the kernel, and
+    # a hit must be that very kernel (an id is reused only after its object is gone)
+    key = (id(kernel), driver.active.get_current_device(), getattr(knobs.compilation, "instrumentation_mode", None),
+           _specialisation_key(args), tuple(kw.items()))
+    hit = _COMPILED.get(key)
+    if hit is None or hit[0] is not kernel:
+        compiled = kernel[(grid,)](*args, **kw)  # JITFunction.run returns the kernel it compiled and launched
+        if isinstance(compiled, CompiledKernel):
+            if len(_COMPILED) >= 4096:  # a bound, like the launch-plan memos
+                _COMPILED.clear()
+            _COMPILED[key] = (kernel, compiled, _bound_tail(kernel, len(args), kw))
+        return
+    _, compiled, tail = hit
+    compiled[(grid, 1, 1)](*args, *tail)
+
+
+def _bound_tail(kernel, positional: int, kw: dict) -> tuple:
+    """The parameters after the positional ones as Triton binds them (keyword or default), in order: with
+    the positional arguments, the values JITFunction.run hands the kernel's launcher (constexprs too)."""
+    params = _TAILS.get(kernel)
+    if params is None:
+        params = _TAILS[kernel] = tuple((p.name, p.default) for p in inspect.signature(kernel.fn).parameters.values())
+    return tuple(kw[name] if name in kw else default for name, default in params[positional:])
 
 
 # Streaming-loop alignment (SE and ECA kernels): what Triton needs to vectorise a tile's loads and to

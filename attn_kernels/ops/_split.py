@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._layout import cdiv, device_of, next_pow2
+from ._layout import cdiv, device_of, next_pow2, run_kernel
 
 __all__ = ["MAX_SPIN", "MAX_GROUP", "sample_sync", "meet", "schedule_mode", "device_sms", "split_plan",
            "sample_group", "group_plan", "tune", "tune_text", "co_resident_per_sm", "fit_occupancy", "emulate_split",
@@ -364,5 +364,5 @@ def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op
             t.fill_(float("nan"))
         sync = sync_buffer(cfg["MULTI"], n, like.device, int(bool(cfg.get("RESIDENT"))))
         with device_of(like):
-            kernel[(n * p,)](*args(sync, p, per, MAX_SPIN), **kw)
+            run_kernel(kernel, n * p, args(sync, p, per, MAX_SPIN), kw)
         check_error(sync, cfg["MULTI"], n, op)

@@ -70,7 +70,8 @@ from .. import _alloc
 from . import _eager
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, multiple as _aligned
 from ._layout import multiple_rows as _aligned_rows
-from ._layout import next_pow2 as _next_pow2, out_like as _out_like, stream_alignment as _stream_alignment
+from ._layout import next_pow2 as _next_pow2, out_like as _out_like, run_kernel as _run_kernel
+from ._layout import stream_alignment as _stream_alignment
 
 __all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]
 
@@ -461,10 +462,10 @@ def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch
     hw, tiles, width, meta = _plan(x.shape, x.element_size(), k, (sx, ss, sy), 1 + int(residual))
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)  # scratch, fully written before read
     with _device_of(xk):
-        _eca_fwd_kernel[(n * tiles,)](
-            xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy,
+        _run_kernel(_eca_fwd_kernel, n * tiles, (
+            xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy), dict(
             CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **meta)
+            ACC=_tl_acc(acc), **meta))
     if y_buf is not y:
         y.copy_(y_buf)
     return y, pooled, s
@@ -492,11 +493,11 @@ def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)
     gt = _alloc.empty((n * tiles, k), dtype=acc, device=x.device)
     with _device_of(gyk):
-        _eca_bwd_kernel[(n * tiles,)](
+        _run_kernel(_eca_bwd_kernel, n * tiles, (
             gyk, xk, sck, gx_buf, gsc_buf, taps, pooled, s, ext, gt, c, hw, k, k // 2, tiles, width,
-            *sg, *sx, *ss, *sd, *se,
+            *sg, *sx, *ss, *sd, *se), dict(
             CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **meta)
+            ACC=_tl_acc(acc), **meta))
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     if residual and gsc_buf is not gsc:

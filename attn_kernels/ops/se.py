@@ -122,7 +122,7 @@ from . import _eager
 from . import _split as _split_mod
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, flat_strides as _flat_strides
 from ._layout import multiple as _aligned, multiple_rows as _aligned_rows, next_pow2 as _next_pow2
-from ._layout import device_of as _device_of, out_like as _out_like
+from ._layout import device_of as _device_of, out_like as _out_like, run_kernel as _run_kernel
 from ._layout import stream_alignment as _stream_alignment
 from ._split import device_sms as _device_sms, launch as _launch, meet as _meet
 from ._split import FILL as _FILL, fit_occupancy as _fit_occupancy, group_plan as _group_plan
@@ -871,24 +871,25 @@ def _check_x(x: torch.Tensor) -> None:
 _PLANS = {}  # (kernel, planner inputs, call signature, ...) -> what _fitted returned for them
 
 
-def _fitted(kernel, like: torch.Tensor, plan, prepared, split: int, signature: tuple = None):
+def _fitted(kernel, like: torch.Tensor, make_plan, prepared, split: int, signature: tuple = None):
     """(config, sample groups, meta-parameters) of a launch: ``plan(occupancy=1)``, then fitted to what
     the compiled kernel lets an SM hold (``_split.fit_occupancy``; not for the emulated split, a test
-    hook that plans its own partition). ``plan``: functools.partial of ``launch_config`` with the call's
-    shape; ``prepared(cfg)`` → (groups, args, meta) as for the launch.
-    ``signature``: everything else ``prepared`` and the fitting depend on (flags, the dtypes of every
-    tensor argument, strides). With it the answer is memoised on (kernel, the planner's inputs, signature,
-    schedule mode, tune text, SM count, ``launch_config`` and ``_fit_occupancy`` -- replacing either
-    re-plans; anything else a test replaces needs ``clear_plans()``): SE layers are small and many, and
-    planning took ~15 us of host time per launch on the 2-core VM (bench/host_overhead.py)."""
+    hook that plans its own partition). ``make_plan()``: functools.partial of ``launch_config`` with the
+    call's shape; ``prepared(cfg)`` → (groups, args, meta) as for the launch.
+    ``signature``: everything the plan, ``prepared`` and the fitting depend on (the planner's inputs --
+    shape, device, the dtypes that size x and the weights -- flags, the dtypes of every tensor argument,
+    strides). With it the answer is memoised on (kernel, signature, schedule mode, tune text, SM count,
+    ``launch_config`` and ``_fit_occupancy`` -- replacing either re-plans; anything else a test replaces
+    needs ``clear_plans()``), and a hit builds nothing (no partial, no byte counts): SE layers are small
+    and many, and planning took ~15 us of host time per launch on the 2-core VM (bench/host_overhead.py)."""
     memo = None
     if not split and signature is not None:
-        memo = (kernel, plan.args, tuple(plan.keywords.items()), signature, _schedule_mode(), _tune_text(),
-                _device_sms(like.device), launch_config, _fit_occupancy)
+        memo = (kernel, signature, _schedule_mode(), _tune_text(), _device_sms(like.device), launch_config,
+                _fit_occupancy)
         hit = _PLANS.get(memo)
         if hit is not None:
             return hit
-    out = _fitted_uncached(kernel, like, plan, prepared, split)
+    out = _fitted_uncached(kernel, like, make_plan(), prepared, split)
     if memo is not None:
         if len(_PLANS) >= 4096:  # a bound, like the planners' lru caches
             _PLANS.clear()
@@ -945,8 +946,8 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
         sck, ss = _as_flat(shortcut)
     else:
         sck, ss = xk, sx
-    plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, resident=True,
-                             **_sizes(x, w1, w2))
+    plan = lambda: functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device,  # noqa: E731
+                                     resident=True, **_sizes(x, w1, w2))
     w2c = w2.contiguous()
     w1c = w1.contiguous() if w1 is not None else w2c
     b1c = b1.contiguous() if b1 is not None else w2c
@@ -961,8 +962,8 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
             GATE=_GATES[gate], RESIDUAL=int(shortcut is not None), OUT_ACT=_ACTS[out_act], ACC=acc_tl,
             RESIDENT=cfg.get("RESIDENT", 0), **_pipeline(cfg, x, hw, (sx, ss, sy), 1 + int(shortcut is not None)),
             **_fwd_register_cap(cfg, x))
-    signature = (act, gate, out_act, _dtype_of(shortcut), sx, ss, sy, x.dtype, _dtype_of(w1), _dtype_of(b1),
-                 w2.dtype, _dtype_of(b2))
+    signature = (n, c, r, hw, x.device, act, gate, out_act, _dtype_of(shortcut), sx, ss, sy, x.dtype, _dtype_of(w1),
+                 _dtype_of(b1), w2.dtype, _dtype_of(b2))
     cfg, groups, meta = _fitted(_se_fwd_kernel, xk, plan, prepared, _split, signature)
     _split = _resident_split(cfg, _split)
     hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)
@@ -1010,10 +1011,10 @@ def _param_grads(w1, w2, act, pooled, u, dz, du):
     grid = jobs_w2 + (_cdiv(r, bi) * tiles_j1 if w1 is not None else 0)
     pooled, u = pooled.contiguous(), u.contiguous()  # (N, C), (N, R) as the forward returned them: no-ops
     with _device_of(dz):
-        _se_param_grads_kernel[(grid,)](
+        _run_kernel(_se_param_grads_kernel, grid, (
             dz, du, pooled, u, gw2, gb2, gw1 if w1 is not None else gw2, gb1 if w1 is not None else gb2, n, c,
-            max(r, 1), jobs_w2, tiles_j2, tiles_j1, HAS_FC1=int(w1 is not None), ACT=_ACTS[act],
-            ACC=tl.float64 if acc == torch.float64 else tl.float32, **_PG_BLOCK)
+            max(r, 1), jobs_w2, tiles_j2, tiles_j1), dict(HAS_FC1=int(w1 is not None), ACT=_ACTS[act],
+            ACC=tl.float64 if acc == torch.float64 else tl.float32, **_PG_BLOCK))
     return gw1, gb1, gw2, gb2
 
 
@@ -1042,8 +1043,8 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
             sck, ss = _as_flat(shortcut)
         else:
             sck, ss = xk, sx
-        plan = functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device, resident=True,
-                                 **_sizes(x, w1, w2))
+        plan = lambda: functools.partial(launch_config, n, c, r if r else c, hw, sx[1], x.device,  # noqa: E731
+                                         resident=True, **_sizes(x, w1, w2))
         w2c = w2.contiguous()
         w1c = w1.contiguous() if w1 is not None else w2c
         u, z = u.contiguous(), z.contiguous()  # (N, R), (N, C) as the forward returned them: no-ops
@@ -1058,8 +1059,8 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
                 HAS_FC1=int(w1 is not None), ACT=_ACTS[act], GATE=_GATES[gate], RESIDUAL=int(shortcut is not None),
                 OUT_ACT=_ACTS[out_act], ACC=acc_tl, RESIDENT=cfg.get("RESIDENT", 0),
                 **_pipeline(cfg, x, hw, (sx, sg, ss, sd, so), 2 + int(shortcut is not None)))
-        signature = (act, gate, out_act, _dtype_of(shortcut), sx, sg, ss, sd, so, x.dtype, grad_y.dtype,
-                     _dtype_of(w1), w2.dtype, u.dtype, z.dtype)
+        signature = (n, c, r, hw, x.device, act, gate, out_act, _dtype_of(shortcut), sx, sg, ss, sd, so, x.dtype,
+                     grad_y.dtype, _dtype_of(w1), w2.dtype, u.dtype, z.dtype)
         cfg, groups, meta = _fitted(_se_bwd_kernel, gyk, plan, prepared, _split, signature)
         _split = _resident_split(cfg, _split)
         hpart[0] = _hidden_parts(groups, _split or cfg["P"], cfg["GROUP"], r, acc, x.device)

@@ -1,0 +1,161 @@
+"""Run by tests/ops/test_launch.py in a subprocess (it replaces Triton's driver): the launchers' direct
+launches (``ops._layout.run_kernel``) checked against Triton's own launch path without a GPU.
+
+Triton's driver is bench/host_overhead.py's stand-in -- kernels compiled for sm_90, "launched" by a
+launcher object -- here one that records what it is handed. Each fused op is called twice with inputs
+of the same shapes: the first call goes through ``JITFunction.run`` (a fresh specialisation), the second,
+on new tensors, must take the direct path for every launch (no ``JITFunction.run``) and hand the
+launcher the same thing: grid, kernel function, metadata, hooks, and argument for argument the same
+integers and meta-parameters, tensors of the same dtype, shape and strides. Also checked: Triton
+specialises a tensor argument on its dtype and on whether its data pointer is 16-byte aligned, nothing
+finer (``run_kernel``'s cache keys on exactly that). Prints one JSON line: {"checked": [...], "errors": [...]}.
+"""
+import json
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, ROOT)
+
+import host_overhead  # noqa: E402  (bench/: its install_stand_in)
+import torch  # noqa: E402
+
+LAUNCHES = []
+
+
+class RecordingLauncher:
+    def __init__(self, src, metadata):
+        pass
+
+    def __call__(self, *args):
+        LAUNCHES.append(args)
+
+
+def _norm(v):
+    if isinstance(v, torch.Tensor):
+        return ("tensor", v.dtype, tuple(v.shape), v.stride())
+    if type(v).__name__ == "LazyDict":  # the launch metadata handed to launch hooks: compare what it holds
+        return ("LazyDict", sorted((k, repr(x)) for k, x in v.get().items()))
+    return (type(v).__name__, v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+
+
+def _launch_key(args):
+    """What the launcher got: grid, function, packed metadata, launch metadata, hooks, then the bound arguments."""
+    return (tuple(_norm(a) for a in args[:4]) + tuple(repr(a) for a in args[4:6]) + (_norm(args[6]),)
+            + tuple(repr(a) for a in args[7:9]) + tuple(_norm(a) for a in args[9:]))
+
+
+def main() -> int:
+    host_overhead.install_stand_in()
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    driver.active.launcher_cls = RecordingLauncher
+    from attn_kernels.ops import _layout, cbam, dynamic_eca, eca, se
+
+    jit_runs = [0]
+    run = JITFunction.run
+
+    def counting(self, *a, **kw):
+        jit_runs[0] += 1
+        return run(self, *a, **kw)
+    JITFunction.run = counting
+
+    def se_call(shape, residual=False):
+        c = shape[1]
+        x = torch.randn(shape)
+        w1, b1, w2, b2 = torch.randn(8, c), torch.randn(8), torch.randn(c, 8), torch.randn(c)
+        sc = torch.randn_like(x) if residual else None
+        y, p, u, z = se.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", shortcut=sc, out_act="relu" if sc is not None
+                                   else "identity")
+        se.se_backward(torch.randn_like(x), x, w1, w2, p, u, z, "relu", "sigmoid", shortcut=sc,
+                       out_act="relu" if sc is not None else "identity")
+
+    def eca_call(shape, cl):
+        x = torch.randn(shape).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        w = torch.randn(1, 1, 5)
+        y, p, s = eca.eca_forward(x, None, w, False)
+        eca.eca_backward(torch.randn_like(x), x, None, w, p, s, False)
+
+    def cbam_call(shape):
+        c = shape[1]
+        x = torch.randn(shape)
+        w1, w2, sw = torch.randn(4, c), torch.randn(c, 4), torch.randn(1, 2, 3, 3)
+        out = cbam.cbam_forward(x, w1, w2, sw)
+        cbam.cbam_backward(torch.randn_like(x), x, w1, w2, sw, *out[1:])
+
+    def bi_eca_call(shape):
+        c = shape[1]
+        x = torch.randn(shape)
+        args = (torch.randn(3), torch.randn(3), torch.randn(4, c), torch.randn(4), torch.randn(2, 4), torch.randn(2))
+        out = dynamic_eca.bi_eca_forward(x, *args)
+        dynamic_eca.bi_eca_backward(torch.randn_like(x), x, *args[:3], args[4], *out[1:])
+
+    def dmk_call(shape):
+        c = shape[1]
+        x = torch.randn(shape)
+        fw, fb, taps = torch.randn(3, c), torch.randn(3), [torch.randn(1, 1, k) for k in (3, 5, 7)]
+        y, p, s, blend = dynamic_eca.dmk_eca_forward(x, fw, fb, *taps)
+        dynamic_eca.dmk_eca_backward(torch.randn_like(x), x, fw, *taps, p, s, blend)
+
+    cases = {
+        "se 2x520x3x3 (schedule b)": lambda: se_call((2, 520, 3, 3)),
+        "se_residual 3x24x5x5": lambda: se_call((3, 24, 5, 5), residual=True),
+        "eca 2x48x4x4 channels_last": lambda: eca_call((2, 48, 4, 4), True),
+        "cbam 2x16x5x5": lambda: cbam_call((2, 16, 5, 5)),
+        "bi_eca 2x40x3x3": lambda: bi_eca_call((2, 40, 3, 3)),
+        "dmk_eca 2x40x3x3": lambda: dmk_call((2, 40, 3, 3)),
+    }
+    checked, errors = [], []
+    for name, call in cases.items():
+        try:
+            LAUNCHES.clear()
+            jit_runs[0] = 0
+            call()
+            first, first_runs = [_launch_key(a) for a in LAUNCHES], jit_runs[0]
+            LAUNCHES.clear()
+            jit_runs[0] = 0
+            call()
+            second = [_launch_key(a) for a in LAUNCHES]
+        except Exception as exc:  # noqa: BLE001 -- reported, the other cases still run
+            errors.append(f"{name}: {type(exc).__name__}: {exc}"[:500])
+            continue
+        if not first or first_runs != len(first):
+            errors.append(f"{name}: first call: {len(first)} launches, {first_runs} through JITFunction.run")
+        elif jit_runs[0]:
+            errors.append(f"{name}: second call went through JITFunction.run {jit_runs[0]} times (no direct launch)")
+        elif first != second:
+            diff = [(i, j, a, b) for i, (f, s) in enumerate(zip(first, second)) for j, (a, b) in enumerate(zip(f, s))
+                    if a != b]
+            counts = [(len(f), len(s)) for f, s in zip(first, second)]
+            errors.append(f"{name}: launcher arguments differ ({len(first)} vs {len(second)} launches, "
+                          f"arguments per launch {counts}): {diff[:4]}")
+        else:
+            checked.append(f"{name}: {len(first)} launches")
+
+    # Triton's tensor specialisation: dtype and 16-byte alignment of the data pointer, nothing finer
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _probe_kernel(x_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + 1, mask=offs < n)
+
+    base = torch.zeros(256, dtype=torch.float16)  # 2-byte elements: offsets of 1, 2, 4 … 24 elements
+    kernels = {off: _probe_kernel.warmup(base[off // 2:], 7, BLOCK=8, grid=(1,)) for off in (0, 16, 32, 48, 2, 4, 8, 24)}
+    aligned = {id(kernels[o]) for o in (0, 16, 32, 48)}
+    unaligned = {id(kernels[o]) for o in (2, 4, 8, 24)}
+    if len(aligned) != 1 or len(unaligned) != 1 or aligned == unaligned:
+        errors.append(f"Triton {triton.__version__} specialises tensors on more than 16-byte alignment: kernels for "
+                      f"byte offsets 0/16/32/48: {len(aligned)}, 2/4/8/24: {len(unaligned)} (run_kernel's key is too coarse)")
+    else:
+        checked.append("tensor specialisation: 16-byte alignment only")
+    print(json.dumps({"checked": checked, "errors": errors, "direct": _layout.DIRECT_LAUNCH}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -86,12 +86,15 @@ DIRECT_LAUNCH = os.environ.get("ATTN_KERNELS_DIRECT_LAUNCH", "1") != "0"  # modu
 recorder = None  # a list to get (kernel, grid, args, kw) of every launch (bench/host_overhead.py's replay)
 _COMPILED = {}  # (id(kernel), device, instrumentation, argument key, keywords) -> (kernel, CompiledKernel, tail)
 _TAILS = {}  # kernel -> its parameters' (name, default) in order: the bound-argument list's tail
+# Triton's AMD backend also specialises a tensor on whether its storage is under 2 GB (buffer ops), which
+# the key below does not see: ROCm keeps Triton's path
+_HIP = torch.version.hip is not None
 
 
 def _specialisation_key(args) -> tuple:
     """What Triton specialises the arguments on, or finer: a tensor's dtype and whether its data pointer is
-    16-byte aligned (Triton's only tensor attribute: ``tests/ops/test_launch.py`` checks that against the
-    installed Triton), any other argument's type and exact value (bool 1 and int 1 differ). One
+    16-byte aligned (Triton's only tensor attribute on NVIDIA GPUs: ``tests/ops/test_launch.py`` checks that
+    against the installed Triton), any other argument's type and exact value (bool 1 and int 1 differ). One
     comprehension, no call per argument: it runs on every launch."""
     return tuple([(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else (a.__class__, a)
                   for a in args])
@@ -107,14 +110,14 @@ def run_kernel(kernel, grid: int, args: tuple, kw: dict) -> None:
     whose arguments specialise alike (``_specialisation_key``: the same dtypes, 16-byte alignments, integers and
     meta-parameters, on the same device) launch that kernel through its own launcher,
     ``compiled[grid](*bound arguments)`` -- what ``JITFunction.run`` ends with, launch hooks (profilers)
-    included. Triton's path is taken every time under the interpreter and for anything that is not a
-    plain ``JITFunction`` (compile_triton's stand-ins), while ``TRITON_DEBUG`` or a pre-run / pipeline
+    included. Triton's path is taken every time under the interpreter, on ROCm, and for anything that is
+    not a plain ``JITFunction`` (compile_triton's stand-ins), while ``TRITON_DEBUG`` or a pre-run / pipeline
     hook is set, and with ``ATTN_KERNELS_DIRECT_LAUNCH=0``. Not checked again on the direct path: that
     the kernel's global constants did not change since it was compiled (Triton's check; ours are
     module constants)."""
     if recorder is not None:
         recorder.append((kernel, grid, args, kw))
-    if (not DIRECT_LAUNCH or type(kernel) is not JITFunction or kernel.pre_run_hooks or knobs.runtime.debug
+    if (not DIRECT_LAUNCH or _HIP or type(kernel) is not JITFunction or kernel.pre_run_hooks or knobs.runtime.debug
             or getattr(knobs.runtime, "add_stages_inspection_hook", None) is not None):
         kernel[(grid,)](*args, **kw)
         return

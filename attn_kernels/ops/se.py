@@ -868,7 +868,7 @@ def _check_x(x: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-_PLANS = {}  # (kernel, planner inputs, call signature, ...) -> what _fitted returned for them
+_PLANS = {}  # (id(kernel), call signature, ...) -> (kernel, what _fitted returned for them)
 
 
 def _fitted(kernel, like: torch.Tensor, make_plan, prepared, split: int, signature: tuple = None):
@@ -884,16 +884,17 @@ def _fitted(kernel, like: torch.Tensor, make_plan, prepared, split: int, signatu
     and many, and planning took ~15 us of host time per launch on the 2-core VM (bench/host_overhead.py)."""
     memo = None
     if not split and signature is not None:
-        memo = (kernel, signature, _schedule_mode(), _tune_text(), _device_sms(like.device), launch_config,
+        # id(kernel), not the kernel: a JITFunction's hash recomputes its cache key; the entry holds the kernel
+        memo = (id(kernel), signature, _schedule_mode(), _tune_text(), _device_sms(like.device), launch_config,
                 _fit_occupancy)
         hit = _PLANS.get(memo)
-        if hit is not None:
-            return hit
+        if hit is not None and hit[0] is kernel:
+            return hit[1]
     out = _fitted_uncached(kernel, like, make_plan(), prepared, split)
     if memo is not None:
         if len(_PLANS) >= 4096:  # a bound, like the planners' lru caches
             _PLANS.clear()
-        _PLANS[memo] = out
+        _PLANS[memo] = (kernel, out)
     return out
 
 

@@ -6,7 +6,8 @@ launcher object -- here one that records what it is handed. Each fused op is cal
 of the same shapes: the first call goes through ``JITFunction.run`` (a fresh specialisation), the second,
 on new tensors, must take the direct path for every launch (no ``JITFunction.run``) and hand the
 launcher the same thing: grid, kernel function, metadata, hooks, and argument for argument the same
-integers and meta-parameters, tensors of the same dtype, shape and strides. Also checked: Triton
+integers and meta-parameters, tensors of the same dtype, shape and strides -- and those tensors the very
+objects the launcher handed ``run_kernel`` in that call (not, say, the first call's). Also checked: Triton
 specialises a tensor argument on its dtype and on whether its data pointer is 16-byte aligned, nothing
 finer (``run_kernel``'s cache keys on exactly that). Prints one JSON line: {"checked": [...], "errors": [...]}.
 """
@@ -117,8 +118,17 @@ def main() -> int:
             first, first_runs = [_launch_key(a) for a in LAUNCHES], jit_runs[0]
             LAUNCHES.clear()
             jit_runs[0] = 0
-            call()
+            handed = []
+            _layout.recorder = handed  # what the launchers handed run_kernel in the second call
+            try:
+                call()
+            finally:
+                _layout.recorder = None
             second = [_launch_key(a) for a in LAUNCHES]
+            # the direct launches pass this call's own tensors, in place (not the first call's): the launcher's
+            # arguments after the 9 launch fields start with run_kernel's positional arguments, as they are
+            stale = [i for i, (got, (_, _, args, _)) in enumerate(zip(LAUNCHES, handed))
+                     if len(got) < 9 + len(args) or any(g is not a for g, a in zip(got[9:], args))]
         except Exception as exc:  # noqa: BLE001 -- reported, the other cases still run
             errors.append(f"{name}: {type(exc).__name__}: {exc}"[:500])
             continue
@@ -126,6 +136,8 @@ def main() -> int:
             errors.append(f"{name}: first call: {len(first)} launches, {first_runs} through JITFunction.run")
         elif jit_runs[0]:
             errors.append(f"{name}: second call went through JITFunction.run {jit_runs[0]} times (no direct launch)")
+        elif len(handed) != len(LAUNCHES) or stale:
+            errors.append(f"{name}: second call's launches do not pass the arguments run_kernel got: launches {stale}")
         elif first != second:
             diff = [(i, j, a, b) for i, (f, s) in enumerate(zip(first, second)) for j, (a, b) in enumerate(zip(f, s))
                     if a != b]

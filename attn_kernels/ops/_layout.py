@@ -112,9 +112,10 @@ def run_kernel(kernel, grid: int, args: tuple, kw: dict) -> None:
     ``compiled[grid](*bound arguments)`` -- what ``JITFunction.run`` ends with, launch hooks (profilers)
     included. Triton's path is taken every time under the interpreter, on ROCm, and for anything that is
     not a plain ``JITFunction`` (compile_triton's stand-ins), while ``TRITON_DEBUG`` or a pre-run / pipeline
-    hook is set, and with ``ATTN_KERNELS_DIRECT_LAUNCH=0``. Not checked again on the direct path: that
-    the kernel's global constants did not change since it was compiled (Triton's check; ours are
-    module constants)."""
+    hook is set, with ``ATTN_KERNELS_DIRECT_LAUNCH=0``, and for unhashable arguments. Tensors belong in
+    ``args``: one in ``kw`` would be keyed by identity (never a hit, kept alive by the cache). Not checked
+    again on the direct path: that the kernel's global constants did not change since it was compiled
+    (Triton's check; ours are module constants)."""
     if recorder is not None:
         recorder.append((kernel, grid, args, kw))
     if (not DIRECT_LAUNCH or _HIP or type(kernel) is not JITFunction or kernel.pre_run_hooks or knobs.runtime.debug
@@ -125,7 +126,11 @@ def run_kernel(kernel, grid: int, args: tuple, kw: dict) -> None:
     # a hit must be that very kernel (an id is reused only after its object is gone)
     key = (id(kernel), driver.active.get_current_device(), getattr(knobs.compilation, "instrumentation_mode", None),
            _specialisation_key(args), tuple(kw.items()))
-    hit = _COMPILED.get(key)
+    try:
+        hit = _COMPILED.get(key)
+    except TypeError:  # an unhashable argument (none of ours): Triton's path, every time
+        kernel[(grid,)](*args, **kw)
+        return
     if hit is None or hit[0] is not kernel:
         compiled = kernel[(grid,)](*args, **kw)  # JITFunction.run returns the kernel it compiled and launched
         if isinstance(compiled, CompiledKernel):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -58,6 +59,25 @@ def test_specialisation_key():
                                                (int, 7), (type(None), None))
     assert key((True,)) != key((1,)) != key((1.0,))
     assert key((t,)) != key((t.float(),))
+
+
+def test_unhashable_arguments_take_tritons_path(monkeypatch):
+    """run_kernel with an argument its cache cannot key (a list): launched through Triton's path, no entry."""
+    launched = []
+
+    class Fake:
+        pre_run_hooks = []
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: launched.append((grid, a, k))
+    fake = Fake()
+    monkeypatch.setattr(_layout, "JITFunction", Fake)  # treat the fake as a plain JITFunction
+    monkeypatch.setattr(_layout, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(_layout, "_HIP", False)
+    monkeypatch.setattr(_layout, "driver", types.SimpleNamespace(active=types.SimpleNamespace(get_current_device=int)))
+    before = len(_layout._COMPILED)
+    _layout.run_kernel(fake, 3, ([1, 2], 4), {"BLOCK": 8})
+    assert launched == [((3,), ([1, 2], 4), {"BLOCK": 8})] and len(_layout._COMPILED) == before
 
 
 @pytest.mark.gpu

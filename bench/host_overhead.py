@@ -15,7 +15,8 @@ and the parameters, as the benchmark's fwd+bwd). Each triton row is followed by 
 ``triton:launches`` row: the Triton launches that call made, replayed alone with the same arguments
 through ``ops._layout.run_kernel`` as the launchers make them (a specialisation's first launch through
 Triton's launch path, later ones through the compiled kernel's launcher; ``ATTN_KERNELS_DIRECT_LAUNCH=0``:
-always Triton's path). ``--cprofile`` adds, for every fused row, the Python
+always Triton's path), and a ``triton:jit-path`` row: the whole call with every launch through Triton's
+path, timed in blocks alternating with the direct path (its figure in ``direct_us``). ``--cprofile`` adds, for every fused row, the Python
 functions that took the most time per call (cProfile; its own overhead inflates them ~2x: read them as
 shares).
 
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
             for prov in providers:
                 row = dict(op=op, shape=f"{n}x{c}x{h}x{w}", dtype=args.dtype, layout=args.layout, mode=mode,
                            provider=prov, host_us=None, enqueue_us=None, top=None, error="")
-                launch_row = None
+                launch_row = jit_row = None
                 try:
                     fn = _callable(spec, op, prov, mode, xs, params, gy, c, r, torch)
                     row["host_us"], row["enqueue_us"] = time_host(fn, device, args.iters, args.repeats, torch)
@@ -165,13 +166,15 @@ def main(argv=None) -> int:
                         row["top"] = profile_top(fn, args.iters, args.top)
                     if prov == "triton":
                         launch_row = _launch_row(row, fn, device, args, torch)
+                        jit_row = _jit_path_row(row, fn, device, args, torch)
                 except Exception as exc:  # noqa: BLE001 -- a row records its error, the others still run
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                for rw in (row, launch_row):
+                for rw in (row, launch_row, jit_row):
                     if rw is None:
                         continue
                     rows.append(rw)
-                    extra = f" ({rw['launches']} launches)" if "launches" in rw else ""
+                    extra = (f" ({rw['launches']} launches)" if "launches" in rw else
+                             f" (direct path, alternating: {rw['direct_us']:.1f} us)" if rw.get("direct_us") else "")
                     print(f"{op:13s} {mode:8s} {rw['provider']:15s} "
                           + (f"{rw['host_us']:8.1f} us{extra}" if rw["host_us"] is not None else rw["error"]),
                           flush=True)
@@ -309,6 +312,30 @@ def _launch_row(row, fn, device, args, torch):
     return dict(row, provider="triton:launches", launches=len(calls), top=None, host_us=host, enqueue_us=enqueue)
 
 
+def _jit_path_row(row, fn, device, args, torch):
+    """The same call with every launch through Triton's ``JITFunction.run`` (``ATTN_KERNELS_DIRECT_LAUNCH=0``'s
+    path), timed in blocks alternating with the direct path's so that both see the same host: what
+    ``run_kernel``'s direct launches save per call. ``host_us``: Triton's path; ``direct_us``: the direct
+    path in the same alternation (best blocks)."""
+    from attn_kernels.ops import _layout
+
+    best = {True: float("inf"), False: float("inf")}
+    enqueue = float("inf")
+    saved = _layout.DIRECT_LAUNCH
+    try:
+        for _ in range(max(3, args.repeats // 2)):  # ~one timed row's calls: gpu_check's host step has 90 s
+            for direct in (True, False):
+                _layout.DIRECT_LAUNCH = direct
+                host, enq = time_host(fn, device, args.iters, 1, torch)
+                best[direct] = min(best[direct], host)
+                if not direct:
+                    enqueue = min(enqueue, enq)
+    finally:
+        _layout.DIRECT_LAUNCH = saved
+    return dict(row, provider="triton:jit-path", top=None, host_us=best[False], enqueue_us=enqueue,
+                direct_us=best[True])
+
+
 def time_host(fn, device, iters: int, repeats: int, torch):
     """(per-call wall time, per-call time to enqueue) in us, each the best over ``repeats`` blocks of
     ``iters`` back-to-back calls; wall time includes the device sync at the block's end. Where the two
@@ -382,6 +409,8 @@ def markdown(rows, meta) -> str:
         us = f"{r['host_us']:.1f}" if r["host_us"] is not None else f"error: {r['error']}"
         if r["host_us"] and r.get("enqueue_us") is not None and r["enqueue_us"] < 0.8 * r["host_us"]:
             us += f" (enqueue {r['enqueue_us']:.1f}: device-bound)"
+        if r.get("direct_us"):
+            us += f" (direct launches, alternating: {r['direct_us']:.1f})"
         lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['layout']} | {r['mode']} | {r['provider']} | "
                      f"{us} | {ratio} |")
     for r in rows:

@@ -26,8 +26,9 @@ def test_stand_in_run_times_every_provider(tmp_path):
     assert cal["python_sum_range_100_us"] > 0 and cal["cpu_torch_add_us"] > 0 and "cuda_torch_add_enqueue_us" not in cal
     rows = {(r["mode"], r["provider"]): r for r in data["rows"]}
     for mode in ("fwd", "fwd+bwd"):
-        for prov in ("eager", "timm", "triton", "triton:launches"):
+        for prov in ("eager", "timm", "triton", "triton:launches", "triton:jit-path"):
             assert rows[(mode, prov)]["host_us"] > 0 and not rows[(mode, prov)]["error"], rows[(mode, prov)]
+        assert rows[(mode, "triton:jit-path")]["direct_us"] > 0  # the direct path, timed alternately with it
         # one launch forward, one backward; the launches alone cost less than the whole call
         assert rows[(mode, "triton:launches")]["launches"] == (1 if mode == "fwd" else 2)
         assert rows[(mode, "triton:launches")]["host_us"] < rows[(mode, "triton")]["host_us"]
@@ -35,6 +36,7 @@ def test_stand_in_run_times_every_provider(tmp_path):
         assert len(top) == 5 and all(len(t) == 4 for t in top)
     md = open(tmp_path / path.replace(".json", ".md")).read()
     assert "| eca | 2x64x4x4 | bf16 | channels_last | fwd+bwd | triton |" in md and "top functions" in md
+    assert "| triton:jit-path |" in md and "(direct launches, alternating: " in md
     assert "Host calibration (us per call): {'python_sum_range_100_us'" in md
 
 

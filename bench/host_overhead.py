@@ -16,9 +16,9 @@ and the parameters, as the benchmark's fwd+bwd). Each triton row is followed by 
 through ``ops._layout.run_kernel`` as the launchers make them (a specialisation's first launch through
 Triton's launch path, later ones through the compiled kernel's launcher; ``ATTN_KERNELS_DIRECT_LAUNCH=0``:
 always Triton's path), and a ``triton:jit-path`` row: the whole call with every launch through Triton's
-path, timed in blocks alternating with the direct path (its figure in ``direct_us``). ``--cprofile`` adds, for every fused row, the Python
-functions that took the most time per call (cProfile; its own overhead inflates them ~2x: read them as
-shares).
+path, timed in blocks alternating with the direct path (its figure in ``direct_us``). ``--cprofile``
+adds, for every fused row, the Python functions that took the most time per call (cProfile; its own
+overhead inflates them ~2x: read them as shares).
 
     python bench/host_overhead.py [--ops se,eca,se_residual,eca_residual] [--shape 2x64x4x4]
                                   [--dtype bf16] [--layout channels_last] [--iters 200] [--cprofile] [--out DIR]

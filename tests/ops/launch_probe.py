@@ -156,13 +156,15 @@ def main() -> int:
         offs = tl.arange(0, BLOCK)
         tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + 1, mask=offs < n)
 
-    base = torch.zeros(256, dtype=torch.float16)  # 2-byte elements: offsets of 1, 2, 4 … 24 elements
-    kernels = {off: _probe_kernel.warmup(base[off // 2:], 7, BLOCK=8, grid=(1,)) for off in (0, 16, 32, 48, 2, 4, 8, 24)}
+    base = torch.zeros(256, dtype=torch.float16)  # 2-byte elements: a byte offset of off is off // 2 elements
+    kernels = {off: _probe_kernel.warmup(base[off // 2:], 7, BLOCK=8, grid=(1,))
+               for off in (0, 16, 32, 48, 2, 4, 8, 24)}
     aligned = {id(kernels[o]) for o in (0, 16, 32, 48)}
     unaligned = {id(kernels[o]) for o in (2, 4, 8, 24)}
     if len(aligned) != 1 or len(unaligned) != 1 or aligned == unaligned:
-        errors.append(f"Triton {triton.__version__} specialises tensors on more than 16-byte alignment: kernels for "
-                      f"byte offsets 0/16/32/48: {len(aligned)}, 2/4/8/24: {len(unaligned)} (run_kernel's key is too coarse)")
+        errors.append(f"Triton {triton.__version__} specialises tensors on more than 16-byte alignment: kernels "
+                      f"for byte offsets 0/16/32/48: {len(aligned)}, 2/4/8/24: {len(unaligned)} (run_kernel's key "
+                      "is too coarse)")
     else:
         checked.append("tensor specialisation: 16-byte alignment only")
     print(json.dumps({"checked": checked, "errors": errors, "direct": _layout.DIRECT_LAUNCH}))

@@ -35,7 +35,7 @@ class OpSpec(NamedTuple):
     forward: Callable  # what that op runs: the forward launcher, (*inputs) -> (y, *aux)
     setup: Callable  # setup_context registered with the op: (ctx, inputs, output)
     backward: Callable  # the autograd formula registered with the op: (ctx, grad_y, *_, bwd=...) -> grads
-    bwd: Callable  # what the backward op runs: the backward launcher, called with the backward op's arguments
+    bwd: Callable  # the backward launcher the formula calls on this path (SE's: se_backward, told the bias dtypes)
 
 
 def fast(inputs) -> bool:

@@ -990,18 +990,19 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 _PG_BLOCK = dict(BLOCK_N=16, BLOCK_I=32, BLOCK_J=32, num_warps=4)  # tl.dot needs every side >= 16
 
 
-def _param_grads(w1, w2, act, pooled, u, dz, du):
+def _param_grads(w1, w2, act, pooled, u, dz, du, bias_dtypes=(None, None)):
     """Batch reductions of the per-sample partials (``_se_param_grads_kernel``: one launch, deterministic):
-    weight grads in their weight's dtype, bias grads in the accumulation dtype (the autograd formula
-    casts them to the bias dtype, which the backward op does not see)."""
+    weight grads in their weight's dtype, bias grads in ``bias_dtypes`` (b1's, b2's) where given -- the
+    kernel rounds on its store, as a cast would -- else in the accumulation dtype (the backward op does
+    not see the biases: its autograd formula casts)."""
     n, c = dz.shape
     r = du.shape[1] if w1 is not None else 0
     acc = dz.dtype
     gw2 = _alloc.empty(tuple(w2.shape), dtype=w2.dtype, device=dz.device)
-    gb2 = _alloc.empty((c,), dtype=acc, device=dz.device)
+    gb2 = _alloc.empty((c,), dtype=bias_dtypes[1] or acc, device=dz.device)
     if w1 is not None:
         gw1 = _alloc.empty(tuple(w1.shape), dtype=w1.dtype, device=dz.device)
-        gb1 = _alloc.empty((r,), dtype=acc, device=dz.device)
+        gb1 = _alloc.empty((r,), dtype=bias_dtypes[0] or acc, device=dz.device)
     else:
         gw1, gb1 = w2.new_empty((0,)), w2.new_empty((0,), dtype=acc)  # distinct: outputs must not alias
     if c == 0:
@@ -1020,11 +1021,11 @@ def _param_grads(w1, w2, act, pooled, u, dz, du):
 
 
 def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=None, out_act: str = "identity",
-                *, _split: int = 0):
+                *, bias_dtypes=(None, None), _split: int = 0):
     """(grad_x, grad_shortcut, grad_w1, grad_b1, grad_w2, grad_b2). Without a shortcut grad_shortcut is an
     empty tensor; for eSE grad_w1 / grad_b1 are empty. Weight grads in their weight's dtype, bias grads
-    in the accumulation dtype (fp32; fp64 for fp64 x).
-    ``_split``: test hook, see ``_split.launch``."""
+    in ``bias_dtypes`` (b1's, b2's; the eager path passes them) or else the accumulation dtype (fp32; fp64
+    for fp64 x). ``_split``: test hook, see ``_split.launch``."""
     n, c = x.shape[:2]
     hw = int(torch.Size(x.shape[2:]).numel())
     r = w1.shape[0] if w1 is not None else 0
@@ -1070,7 +1071,7 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
             gx.copy_(gx_buf)
         if shortcut is not None and gsc_buf is not gsc:
             gsc.copy_(gsc_buf)
-    gw1, gb1, gw2, gb2 = _param_grads(w1, w2, act, pooled, u, dz, du)
+    gw1, gb1, gw2, gb2 = _param_grads(w1, w2, act, pooled, u, dz, du, bias_dtypes)
     return gx, gsc, gw1, gb1, gw2, gb2
 
 
@@ -1154,8 +1155,10 @@ def _bias_grad(g, dtype):
 
 def _se_backward(ctx, grad_y, *_, bwd=None):
     x, w1, w2, pooled, u, z = ctx.saved_tensors
-    gx, gw1, gb1, gw2, gb2 = (bwd or torch.ops.attn_kernels.se_bwd)(grad_y, x, w1, w2, pooled, u, z, ctx.act,
-                                                                     ctx.gate)
+    if bwd is None:  # the registered op: bias grads in fp32, cast below
+        gx, gw1, gb1, gw2, gb2 = torch.ops.attn_kernels.se_bwd(grad_y, x, w1, w2, pooled, u, z, ctx.act, ctx.gate)
+    else:  # the eager path's launcher (se_backward): bias grads stored in the biases' dtypes, no casts
+        gx, _, gw1, gb1, gw2, gb2 = bwd(grad_y, x, w1, w2, pooled, u, z, ctx.act, ctx.gate, bias_dtypes=ctx.b_dtypes)
     has_w1 = ctx.has[0]
     return (gx, gw1 if has_w1 else None, _bias_grad(gb1, ctx.b_dtypes[0]), gw2, _bias_grad(gb2, ctx.b_dtypes[1]),
             None, None)
@@ -1203,17 +1206,23 @@ def _se_res_setup(ctx, inputs, output):
 
 def _se_res_backward(ctx, grad_y, *_, bwd=None):
     x, shortcut, w1, w2, pooled, u, z = ctx.saved_tensors
-    gx, gsc, gw1, gb1, gw2, gb2 = (bwd or torch.ops.attn_kernels.se_residual_bwd)(
-        grad_y, x, shortcut, w1, w2, pooled, u, z, ctx.act, ctx.gate, ctx.out_act)
+    if bwd is None:  # the registered op: bias grads in fp32, cast below
+        gx, gsc, gw1, gb1, gw2, gb2 = torch.ops.attn_kernels.se_residual_bwd(
+            grad_y, x, shortcut, w1, w2, pooled, u, z, ctx.act, ctx.gate, ctx.out_act)
+    else:  # the eager path's launcher (se_backward): bias grads stored in the biases' dtypes, no casts
+        gx, gsc, gw1, gb1, gw2, gb2 = bwd(grad_y, x, w1, w2, pooled, u, z, ctx.act, ctx.gate, shortcut=shortcut,
+                                          out_act=ctx.out_act, bias_dtypes=ctx.b_dtypes)
     return (gx, gsc, gw1 if ctx.has_w1 else None, _bias_grad(gb1, ctx.b_dtypes[0]), gw2,
             _bias_grad(gb2, ctx.b_dtypes[1]), None, None, None)
 
 
 _se_res_fwd_op.register_autograd(_se_res_backward, setup_context=_se_res_setup)
 # Eager calls skip the ops' dispatch (``_eager``): same launchers, same formulas.
-_SE = _eager.OpSpec(torch.ops.attn_kernels.se_fwd, _se_fwd_impl, _se_setup, _se_backward, _se_bwd_impl)
+# The eager path's backward launcher is se_backward itself: it can store the bias grads in the biases'
+# dtypes (the backward ops' schemas do not carry them), saving a cast per low-precision bias.
+_SE = _eager.OpSpec(torch.ops.attn_kernels.se_fwd, _se_fwd_impl, _se_setup, _se_backward, se_backward)
 _SE_RES = _eager.OpSpec(torch.ops.attn_kernels.se_residual_fwd, _se_res_fwd_impl, _se_res_setup, _se_res_backward,
-                        _se_res_bwd_impl)
+                        se_backward)
 
 
 # ----------------------------------------------------------------------------------------------

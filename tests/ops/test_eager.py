@@ -150,3 +150,40 @@ def test_what_must_see_the_op_still_does(device):
         assert not _eager.fast((x,))
     finally:
         _eager.ENABLED = True
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["se", "se_residual"])
+def test_se_bias_grads_stored_in_the_bias_dtype(residual, device, monkeypatch):
+    """Low-precision biases (bf16 b1, fp16 b2): the eager path's backward has the weight-gradient kernel
+    store their gradients in their own dtypes (no cast after it); the op path's formula casts the fp32
+    gradients the backward op returns. On a GPU both round to nearest even: bit-identical. The Triton
+    interpreter's fp32 -> bf16 conversion truncates instead, so there the two may differ by one bf16 ulp."""
+    torch.manual_seed(5)
+    x = _r(3, 12, 4, 4, device=device).to(torch.bfloat16)
+    params = [_r(4, 12, device=device).to(torch.bfloat16), _r(4, device=device).to(torch.bfloat16),
+              _r(12, 4, device=device).to(torch.bfloat16), _r(12, device=device).to(torch.float16)]
+    inputs = [x.detach().requires_grad_()] + [p.detach().requires_grad_() for p in params]
+    if residual:
+        inputs.insert(1, _r(3, 12, 4, 4, device=device).to(torch.bfloat16).detach().requires_grad_())
+        call = lambda *a: functional.se_residual(*a, "gelu", "sigmoid", "relu", backend="triton")  # noqa: E731
+    else:
+        call = lambda *a: functional.se(*a, "gelu", "sigmoid", backend="triton")  # noqa: E731
+    y_fast, g_fast, names_fast = _run(call, inputs)
+    monkeypatch.setattr(_eager, "ENABLED", False)
+    y_op, g_op, names_op = _run(call, inputs)
+    assert torch.equal(y_fast, y_op)
+    for i, (a, b) in enumerate(zip(g_fast, g_op)):
+        assert a.dtype == inputs[i].dtype, f"gradient of input {i}"
+        if device == "cpu" and a.dtype == torch.bfloat16:  # the interpreter: one ulp (2^-7 relative) at most
+            torch.testing.assert_close(a, b, rtol=2 ** -7, atol=0, msg=f"gradient of input {i}")
+        else:
+            assert torch.equal(a, b), f"gradient of input {i}"
+    # casts in a forward+backward with a grad_y of y's dtype: none on the eager path, the op path's two
+    casts = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_eager, "ENABLED", enabled)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            y = call(*inputs)
+            y.backward(torch.ones_like(y))
+        casts.append(sum(e.name == "aten::_to_copy" for e in prof.events()))
+    assert casts == [0, 2], casts

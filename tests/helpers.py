@@ -7,6 +7,9 @@ throughout (flash-attention's): against a float64 reference, the fused error is 
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
@@ -180,3 +183,20 @@ def se_hardswish_inputs(shape, rd: int, device="cpu"):
     assert (u < -3).any() and (u.abs() < 3).any() and (u > 3).any(), u
     assert ((u.abs() - 3).abs() > 0.1).all(), u
     return [t.float().to(device).requires_grad_() for t in (x, w1, b1, w2, b2)]
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_stand_in(script_args: Sequence[str], **env_over: str) -> subprocess.CompletedProcess:
+    """``python *script_args`` in the repository root for a script that installs the Triton stand-in driver
+    (bench/host_overhead.py's: kernels compiled for sm_90, no launches): a subprocess, as the stand-in
+    replaces Triton's driver; without TRITON_INTERPRET and with no GPU visible (the stand-in is for machines
+    without one); ``env_over`` set on top. Asserts exit 0."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.update(env_over)
+    proc = subprocess.run([sys.executable, *script_args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

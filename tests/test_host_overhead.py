@@ -2,19 +2,13 @@
 (kernels compiled for sm_90, launches no-ops) -- in a subprocess, as the stand-in replaces Triton's driver."""
 import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_stand_in
 
 
 def _stand_in(tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""  # --stand-in is for machines without a GPU: hide one where there is
-    proc = subprocess.run([sys.executable, "bench/host_overhead.py", "--stand-in", "--iters", "5", "--repeats", "1",
-                           "--out", str(tmp_path), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_stand_in(["bench/host_overhead.py", "--stand-in", "--iters", "5", "--repeats", "1", "--out", str(tmp_path),
+                  *args])
     (path,) = [p for p in os.listdir(tmp_path) if p.endswith(".json")]
     return path, json.load(open(tmp_path / path))
 

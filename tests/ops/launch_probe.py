@@ -49,12 +49,12 @@ def _launch_key(args):
 
 
 def main() -> int:
-    host_overhead.install_stand_in()
+    ct = host_overhead.install_stand_in()  # .ci/compile_triton.py, the stand-in's home
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
     driver.active.launcher_cls = RecordingLauncher
-    from attn_kernels.ops import _layout, cbam, dynamic_eca, eca, se
+    from attn_kernels.ops import _layout
 
     jit_runs = [0]
     run = JITFunction.run
@@ -64,50 +64,14 @@ def main() -> int:
         return run(self, *a, **kw)
     JITFunction.run = counting
 
-    def se_call(shape, residual=False):
-        c = shape[1]
-        x = torch.randn(shape)
-        w1, b1, w2, b2 = torch.randn(8, c), torch.randn(8), torch.randn(c, 8), torch.randn(c)
-        sc = torch.randn_like(x) if residual else None
-        y, p, u, z = se.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", shortcut=sc, out_act="relu" if sc is not None
-                                   else "identity")
-        se.se_backward(torch.randn_like(x), x, w1, w2, p, u, z, "relu", "sigmoid", shortcut=sc,
-                       out_act="relu" if sc is not None else "identity")
-
-    def eca_call(shape, cl):
-        x = torch.randn(shape).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        w = torch.randn(1, 1, 5)
-        y, p, s = eca.eca_forward(x, None, w, False)
-        eca.eca_backward(torch.randn_like(x), x, None, w, p, s, False)
-
-    def cbam_call(shape):
-        c = shape[1]
-        x = torch.randn(shape)
-        w1, w2, sw = torch.randn(4, c), torch.randn(c, 4), torch.randn(1, 2, 3, 3)
-        out = cbam.cbam_forward(x, w1, w2, sw)
-        cbam.cbam_backward(torch.randn_like(x), x, w1, w2, sw, *out[1:])
-
-    def bi_eca_call(shape):
-        c = shape[1]
-        x = torch.randn(shape)
-        args = (torch.randn(3), torch.randn(3), torch.randn(4, c), torch.randn(4), torch.randn(2, 4), torch.randn(2))
-        out = dynamic_eca.bi_eca_forward(x, *args)
-        dynamic_eca.bi_eca_backward(torch.randn_like(x), x, *args[:3], args[4], *out[1:])
-
-    def dmk_call(shape):
-        c = shape[1]
-        x = torch.randn(shape)
-        fw, fb, taps = torch.randn(3, c), torch.randn(3), [torch.randn(1, 1, k) for k in (3, 5, 7)]
-        y, p, s, blend = dynamic_eca.dmk_eca_forward(x, fw, fb, *taps)
-        dynamic_eca.dmk_eca_backward(torch.randn_like(x), x, fw, *taps, p, s, blend)
-
+    f32 = torch.float32  # compile_triton's case builders: inputs made and forward + backward launched
     cases = {
-        "se 2x520x3x3 (schedule b)": lambda: se_call((2, 520, 3, 3)),
-        "se_residual 3x24x5x5": lambda: se_call((3, 24, 5, 5), residual=True),
-        "eca 2x48x4x4 channels_last": lambda: eca_call((2, 48, 4, 4), True),
-        "cbam 2x16x5x5": lambda: cbam_call((2, 16, 5, 5)),
-        "bi_eca 2x40x3x3": lambda: bi_eca_call((2, 40, 3, 3)),
-        "dmk_eca 2x40x3x3": lambda: dmk_call((2, 40, 3, 3)),
+        "se 2x520x3x3 (schedule b)": lambda: ct.se_case(f32, shape=(2, 520, 3, 3), r=8),
+        "se_residual 3x24x5x5": lambda: ct.se_case(f32, residual=True, out_act="relu", shape=(3, 24, 5, 5), r=8),
+        "eca 2x48x4x4 channels_last": lambda: ct.eca_case(f32, (2, 48, 4, 4), 5, cl=True),
+        "cbam 2x16x5x5": lambda: ct.cbam_case(f32, (2, 16, 5, 5), 3),
+        "bi_eca 2x40x3x3": lambda: ct.bi_case(f32, shape=(2, 40, 3, 3)),
+        "dmk_eca 2x40x3x3": lambda: ct.dmk_case(f32, shape=(2, 40, 3, 3)),
     }
     checked, errors = [], []
     for name, call in cases.items():

@@ -4,8 +4,6 @@ path is checked with the Triton stand-in driver (kernels compiled for sm_90, lau
 subprocess (tests/ops/launch_probe.py), and on a GPU against the interpreter-free Triton path."""
 import json
 import os
-import subprocess
-import sys
 import types
 
 import pytest
@@ -14,19 +12,12 @@ import torch
 from attn_kernels import functional, reference
 from attn_kernels.ops import _layout
 
-from tests.helpers import check_parity
+from tests.helpers import check_parity, run_stand_in
 from tests.ops.test_se import se_inputs
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _probe(**env_over):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""  # the stand-in is for machines without a GPU
-    env.update(env_over)
-    proc = subprocess.run([sys.executable, os.path.join("tests", "ops", "launch_probe.py")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_stand_in([os.path.join("tests", "ops", "launch_probe.py")], **env_over)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

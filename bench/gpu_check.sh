@@ -33,7 +33,8 @@
 #   tests_rest       180  40-60 pytest -m "not gpu" on the rest                                  [background]
 #   memcheck         150  30-60 compute-sanitizer --tool memcheck  python bench/sanitize_check.py [during tests_rest]
 #   racecheck        150  30-60 compute-sanitizer --tool racecheck, the csrc/ CUDA kernels only      [during tests_rest]
-#   host             90   30-55 bench/host_overhead.py --cprofile: host us per call, fused vs eager, direct launches on/off [alone: timings]
+#   host             90   35-65 bench/host_overhead.py --cprofile: host us per call, fused vs eager, direct
+#                               launches on/off, replays on/off                                [alone: timings]
 #   bench_quick      200  90-150 attn-kernels bench --quick (compile dominates)                    [alone: timings]
 #   bench_key_shapes 120  45-75 se, eca, se_residual, se_silu at every model site, fwd+bwd, bf16, channels_last
 #   auto_table       30   ~3    bench/auto_table.py: auto's table entry for this GPU from the bench JSON files
@@ -116,7 +117,7 @@ keyline() {  # the log line that says most about a finished step
     auto_table) line=$(grep -E "cases from" "$log" | head -n 2 | tr '\n' ' ') ;;
     info) line=$(grep -A3 -E "^  cuda:" "$log" | grep -E "^ +cuda " | head -n 1 | sed 's/^ */cuda backend: /') ;;
     cpu_diag) line="$(grep -E "^cpu_diag:|smoke exit" "$log" | tr '\n' ' ')" ;;
-    host) line="fwd+bwd us/call: $(grep -E "^(se|eca) +fwd\+bwd +(eager|triton|triton:launches|triton:jit-path|cuda) " "$log" | awk '{printf "%s %s %s; ", $1, $3, $4}')" ;;
+    host) line="fwd+bwd us/call: $(grep -E "^(se|eca) +fwd\+bwd +(eager|triton|triton:launches|triton:jit-path|triton:no-replay|cuda) " "$log" | awk '{printf "%s %s %s; ", $1, $3, $4}')" ;;
   esac
   line=$(echo "$line" | sed 's/^[; ]*//; s/[; ]*$//')
   [ -n "$line" ] && echo " | $line"

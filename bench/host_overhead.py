@@ -15,8 +15,10 @@ and the parameters, as the benchmark's fwd+bwd). Each triton row is followed by 
 ``triton:launches`` row: the Triton launches that call made, replayed alone with the same arguments
 through ``ops._layout.run_kernel`` as the launchers make them (a specialisation's first launch through
 Triton's launch path, later ones through the compiled kernel's launcher; ``ATTN_KERNELS_DIRECT_LAUNCH=0``:
-always Triton's path), and a ``triton:jit-path`` row: the whole call with every launch through Triton's
-path, timed in blocks alternating with the direct path (its figure in ``direct_us``). ``--cprofile``
+always Triton's path), a ``triton:jit-path`` row: the whole call with every launch through Triton's
+path, timed in blocks alternating with the direct path (its figure in ``direct_us``), and for the ops
+whose launchers replay (SE, ECA and their residual forms) a ``triton:no-replay`` row: the call with
+replays off, alternating with replays on (``replay_us``). ``--cprofile``
 adds, for every fused row, the Python functions that took the most time per call (cProfile; its own
 overhead inflates them ~2x: read them as shares).
 
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
             for prov in providers:
                 row = dict(op=op, shape=f"{n}x{c}x{h}x{w}", dtype=args.dtype, layout=args.layout, mode=mode,
                            provider=prov, host_us=None, enqueue_us=None, top=None, error="")
-                launch_row = jit_row = None
+                launch_row = jit_row = replay_row = None
                 try:
                     fn = _callable(spec, op, prov, mode, xs, params, gy, c, r, torch)
                     row["host_us"], row["enqueue_us"] = time_host(fn, device, args.iters, args.repeats, torch)
@@ -167,14 +169,17 @@ def main(argv=None) -> int:
                     if prov == "triton":
                         launch_row = _launch_row(row, fn, device, args, torch)
                         jit_row = _jit_path_row(row, fn, device, args, torch)
+                        if op in ("se", "se_residual", "eca", "eca_residual"):  # the launchers with replays
+                            replay_row = _no_replay_row(row, fn, device, args, torch)
                 except Exception as exc:  # noqa: BLE001 -- a row records its error, the others still run
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                for rw in (row, launch_row, jit_row):
+                for rw in (row, launch_row, jit_row, replay_row):
                     if rw is None:
                         continue
                     rows.append(rw)
                     extra = (f" ({rw['launches']} launches)" if "launches" in rw else
-                             f" (direct path, alternating: {rw['direct_us']:.1f} us)" if rw.get("direct_us") else "")
+                             f" (direct path, alternating: {rw['direct_us']:.1f} us)" if rw.get("direct_us") else
+                             f" (replays, alternating: {rw['replay_us']:.1f} us)" if rw.get("replay_us") else "")
                     print(f"{op:13s} {mode:8s} {rw['provider']:15s} "
                           + (f"{rw['host_us']:8.1f} us{extra}" if rw["host_us"] is not None else rw["error"]),
                           flush=True)
@@ -317,23 +322,34 @@ def _jit_path_row(row, fn, device, args, torch):
     path), timed in blocks alternating with the direct path's so that both see the same host: what
     ``run_kernel``'s direct launches save per call. ``host_us``: Triton's path; ``direct_us``: the direct
     path in the same alternation (best blocks)."""
+    return _switched_row(row, fn, device, args, torch, "DIRECT_LAUNCH", "triton:jit-path", "direct_us")
+
+
+def _no_replay_row(row, fn, device, args, torch):
+    """The same call with replays off (``ATTN_KERNELS_REPLAY=0``: every call plans, packs its arguments and
+    keys its launch), alternating with replays on (``replay_us``): what the launchers' replays save per call."""
+    return _switched_row(row, fn, device, args, torch, "REPLAY", "triton:no-replay", "replay_us")
+
+
+def _switched_row(row, fn, device, args, torch, switch: str, provider: str, on_field: str):
+    """``fn`` timed with ``ops._layout.<switch>`` off (``host_us``) and on (``on_field``), in blocks taking
+    turns, the best block of each."""
     from attn_kernels.ops import _layout
 
     best = {True: float("inf"), False: float("inf")}
     enqueue = float("inf")
-    saved = _layout.DIRECT_LAUNCH
+    saved = getattr(_layout, switch)
     try:
         for _ in range(max(3, args.repeats // 2)):  # ~one timed row's calls: gpu_check's host step has 90 s
-            for direct in (True, False):
-                _layout.DIRECT_LAUNCH = direct
+            for on in (True, False):
+                setattr(_layout, switch, on)
                 host, enq = time_host(fn, device, args.iters, 1, torch)
-                best[direct] = min(best[direct], host)
-                if not direct:
+                best[on] = min(best[on], host)
+                if not on:
                     enqueue = min(enqueue, enq)
     finally:
-        _layout.DIRECT_LAUNCH = saved
-    return dict(row, provider="triton:jit-path", top=None, host_us=best[False], enqueue_us=enqueue,
-                direct_us=best[True])
+        setattr(_layout, switch, saved)
+    return dict(row, provider=provider, top=None, host_us=best[False], enqueue_us=enqueue, **{on_field: best[True]})
 
 
 def time_host(fn, device, iters: int, repeats: int, torch):
@@ -411,6 +427,8 @@ def markdown(rows, meta) -> str:
             us += f" (enqueue {r['enqueue_us']:.1f}: device-bound)"
         if r.get("direct_us"):
             us += f" (direct launches, alternating: {r['direct_us']:.1f})"
+        if r.get("replay_us"):
+            us += f" (replays, alternating: {r['replay_us']:.1f})"
         lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['layout']} | {r['mode']} | {r['provider']} | "
                      f"{us} | {ratio} |")
     for r in rows:

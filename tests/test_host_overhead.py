@@ -20,9 +20,10 @@ def test_stand_in_run_times_every_provider(tmp_path):
     assert cal["python_sum_range_100_us"] > 0 and cal["cpu_torch_add_us"] > 0 and "cuda_torch_add_enqueue_us" not in cal
     rows = {(r["mode"], r["provider"]): r for r in data["rows"]}
     for mode in ("fwd", "fwd+bwd"):
-        for prov in ("eager", "timm", "triton", "triton:launches", "triton:jit-path"):
+        for prov in ("eager", "timm", "triton", "triton:launches", "triton:jit-path", "triton:no-replay"):
             assert rows[(mode, prov)]["host_us"] > 0 and not rows[(mode, prov)]["error"], rows[(mode, prov)]
         assert rows[(mode, "triton:jit-path")]["direct_us"] > 0  # the direct path, timed alternately with it
+        assert rows[(mode, "triton:no-replay")]["replay_us"] > 0  # replays on, timed alternately with them off
         # one launch forward, one backward; the launches alone cost less than the whole call
         assert rows[(mode, "triton:launches")]["launches"] == (1 if mode == "fwd" else 2)
         assert rows[(mode, "triton:launches")]["host_us"] < rows[(mode, "triton")]["host_us"]
@@ -31,6 +32,7 @@ def test_stand_in_run_times_every_provider(tmp_path):
     md = open(tmp_path / path.replace(".json", ".md")).read()
     assert "| eca | 2x64x4x4 | bf16 | channels_last | fwd+bwd | triton |" in md and "top functions" in md
     assert "| triton:jit-path |" in md and "(direct launches, alternating: " in md
+    assert "| triton:no-replay |" in md and "(replays, alternating: " in md
     assert "Host calibration (us per call): {'python_sum_range_100_us'" in md
 
 

@@ -5,7 +5,9 @@ view whose spatial dims flatten to one stride (crops along the outer dims, x[::2
 those run without a copy. Only a view whose spatial dims do not flatten is copied.
 """
 import contextlib
+import functools
 import inspect
+import operator
 import os
 from typing import Optional, Tuple
 
@@ -71,6 +73,21 @@ def out_like(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, in
     return out, buf, flat_strides(buf)
 
 
+def getenv(name: str, default: str) -> str:
+    """``os.environ.get(name, default)``, read live (tests and sweeps set the knobs in-process) but without
+    its cost for an unset name -- a KeyError raised and caught, ~1 us on the 2-core VM, several reads per
+    fused call: a lookup in the dict os.environ keeps (every write through os.environ updates it; like
+    os.environ, it misses an os.putenv)."""
+    if _ENV_DATA is None:
+        return os.environ.get(name, default)
+    value = _ENV_DATA.get(_ENV_KEY(name))
+    return default if value is None else os.environ.decodevalue(value)
+
+
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = getattr(os.environ, "encodekey", None)
+
+
 def device_of(t: torch.Tensor):
     """Context making t's GPU the current one: Triton launches on the current CUDA device, so without it
     a tensor on cuda:1 while cuda:0 is current (one process driving several GPUs) would fail to launch."""
@@ -83,6 +100,9 @@ def device_of(t: torch.Tensor):
 # Launching: Triton's launch path once per specialisation, then the kernel it compiled, directly
 # ----------------------------------------------------------------------------------------------
 DIRECT_LAUNCH = os.environ.get("ATTN_KERNELS_DIRECT_LAUNCH", "1") != "0"  # module attribute: tests switch it
+# launchers repeat a call signature's recorded launch (``Replay``) with the new tensors; module attribute: tests
+# and bench/host_overhead.py switch it
+REPLAY = os.environ.get("ATTN_KERNELS_REPLAY", "1") != "0"
 recorder = None  # a list to get (kernel, grid, args, kw) of every launch (bench/host_overhead.py's replay)
 _COMPILED = {}  # (id(kernel), device, instrumentation, argument key, keywords) -> (kernel, CompiledKernel, tail)
 _TAILS = {}  # kernel -> its parameters' (name, default) in order: the bound-argument list's tail
@@ -100,7 +120,7 @@ def _specialisation_key(args) -> tuple:
                   for a in args])
 
 
-def run_kernel(kernel, grid: int, args: tuple, kw: dict) -> None:
+def run_kernel(kernel, grid: int, args: tuple, kw: dict, compiled: Optional[dict] = None, tensors: int = 0):
     """``kernel[(grid,)](*args, **kw)``, cheaper from the second call of a specialisation on.
 
     Why: Triton's launch path (``JITFunction.run``) binds and specialises every argument in Python on every
@@ -115,31 +135,115 @@ def run_kernel(kernel, grid: int, args: tuple, kw: dict) -> None:
     hook is set, with ``ATTN_KERNELS_DIRECT_LAUNCH=0``, and for unhashable arguments. Tensors belong in
     ``args``: one in ``kw`` would be keyed by identity (never a hit, kept alive by the cache). Not checked
     again on the direct path: that the kernel's global constants did not change since it was compiled
-    (Triton's check; ours are module constants)."""
+    (Triton's check; ours are module constants).
+
+    ``compiled`` (``replay``'s): a cache owned by the caller, for launches whose ``args[tensors:]``, ``kw``
+    and tensor dtypes are always the same; its key is only the device, the instrumentation mode and the
+    16-byte alignment of ``args[:tensors]`` (Triton's specialisation key less what the caller fixes)."""
     if recorder is not None:
         recorder.append((kernel, grid, args, kw))
     if (not DIRECT_LAUNCH or _HIP or type(kernel) is not JITFunction or kernel.pre_run_hooks or knobs.runtime.debug
             or getattr(knobs.runtime, "add_stages_inspection_hook", None) is not None):
         kernel[(grid,)](*args, **kw)
         return
-    # id(kernel): a JITFunction's own hash recomputes its cache key (~2 us); the entry holds the kernel, and
-    # a hit must be that very kernel (an id is reused only after its object is gone)
-    key = (id(kernel), driver.active.get_current_device(), getattr(knobs.compilation, "instrumentation_mode", None),
-           _specialisation_key(args), tuple(kw.items()))
+    device = driver.active.get_current_device()
+    instrumentation = getattr(knobs.compilation, "instrumentation_mode", None)
     try:
-        hit = _COMPILED.get(key)
+        if compiled is None:
+            compiled = _COMPILED
+            key = full = _full_key(kernel, device, instrumentation, args, kw)
+            hit = compiled.get(key)
+        else:
+            key = (device, instrumentation, _alignment(args[:tensors]))
+            hit = compiled.get(key)
+            if hit is None:  # a replay's first launch at this alignment: did a full-path launch compile it?
+                full = _full_key(kernel, device, instrumentation, args, kw)
+                hit = _COMPILED.get(full)
+                if hit is not None and hit[0] is kernel:
+                    _bounded_put(compiled, key, hit)
     except TypeError:  # an unhashable argument (none of ours): Triton's path, every time
         kernel[(grid,)](*args, **kw)
         return
     if hit is None or hit[0] is not kernel:
-        compiled = kernel[(grid,)](*args, **kw)  # JITFunction.run returns the kernel it compiled and launched
-        if isinstance(compiled, CompiledKernel):
-            if len(_COMPILED) >= 4096:  # a bound, like the launch-plan memos
-                _COMPILED.clear()
-            _COMPILED[key] = (kernel, compiled, _bound_tail(kernel, len(args), kw))
+        launched = kernel[(grid,)](*args, **kw)  # JITFunction.run returns the kernel it compiled and launched
+        if isinstance(launched, CompiledKernel):
+            hit = (kernel, launched, _bound_tail(kernel, len(args), kw))
+            _bounded_put(compiled, key, hit)
+            if compiled is not _COMPILED:  # (full paths of this specialisation find it too)
+                _bounded_put(_COMPILED, full, hit)
         return
-    _, compiled, tail = hit
-    compiled[(grid, 1, 1)](*args, *tail)
+    _, launched, tail = hit
+    launched[(grid, 1, 1)](*args, *tail)
+
+
+def _full_key(kernel, device, instrumentation, args: tuple, kw: dict) -> tuple:
+    # id(kernel): a JITFunction's own hash recomputes its cache key (~2 us); an entry holds its kernel, and a
+    # hit must be that very kernel (an id is reused only after its object is gone)
+    return id(kernel), device, instrumentation, _specialisation_key(args), tuple(kw.items())
+
+
+def _bounded_put(cache: dict, key, value) -> None:
+    if len(cache) >= 4096:  # a bound, like the launch-plan memos
+        cache.clear()
+    cache[key] = value
+
+
+_DATA_PTR = torch.Tensor.data_ptr
+
+
+def _alignment(tensors: tuple):
+    """True when every tensor's data pointer is 16-byte aligned (the usual case: one OR over them, no Python
+    loop), else each one's alignment: what Triton specialises tensors on (see ``_specialisation_key``)."""
+    ptrs = tuple(map(_DATA_PTR, tensors))
+    if not functools.reduce(operator.or_, ptrs, 0) & 15:
+        return True
+    return tuple(p % 16 == 0 for p in ptrs)
+
+
+class Replay:
+    """One launch as a launcher's full path made it -- kernel, grid, the arguments after its tensors,
+    meta-parameters -- to be made again with another call's tensors (``replay``). Launchers keep one per
+    call signature (everything their plan depends on: shapes, strides, dtypes, flags, tuning knobs), so
+    that a repeated call allocates its outputs and launches, skipping the planning, the argument packing
+    and the specialisation key (SE and ECA layers are small and many: host time per call counts).
+    ``compiled``: ``run_kernel``'s cache for this launch."""
+    __slots__ = ("kernel", "grid", "scalars", "kw", "tensors", "compiled")
+
+    def __init__(self, launch: tuple, tensors: int):
+        self.kernel, self.grid, args, self.kw = launch
+        if not all(isinstance(a, torch.Tensor) for a in args[:tensors]) or any(
+                isinstance(a, torch.Tensor) for a in args[tensors:]):
+            raise ValueError(f"{getattr(self.kernel, '__name__', self.kernel)}: the first {tensors} arguments "
+                             "must be its tensors, and only those")
+        self.scalars = tuple(args[tensors:])
+        self.tensors = tensors
+        self.compiled = {}
+
+
+def replay_key(*signature):
+    """A launcher's key for its recorded launches: ``signature`` -- everything its plan and its kernel's
+    specialisation depend on but tensor alignment (keyed at the launch): every tensor's shape, strides and
+    dtype (``meta``), the device, the flags, the knobs -- or None while replays are off."""
+    return signature if REPLAY else None
+
+
+def meta(t: Optional[torch.Tensor]):
+    """An optional tensor's part of a replay key."""
+    return None if t is None else (t.shape, t.stride(), t.dtype)
+
+
+def remember(replays: dict, key, entry) -> None:
+    """``replays[key] = entry``, the memo bounded like the launch-plan memos."""
+    if len(replays) >= 4096:
+        replays.clear()
+    replays[key] = entry
+
+
+def replay(launch: Replay, tensors: tuple) -> None:
+    """``launch`` again, on ``tensors`` (in the order of the recorded launch's)."""
+    if len(tensors) != launch.tensors:
+        raise ValueError(f"replay of {launch.kernel.__name__}: {len(tensors)} tensors for {launch.tensors}")
+    run_kernel(launch.kernel, launch.grid, tensors + launch.scalars, launch.kw, launch.compiled, launch.tensors)
 
 
 def _bound_tail(kernel, positional: int, kw: dict) -> tuple:

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._layout import cdiv, device_of, next_pow2, run_kernel
+from ._layout import cdiv, device_of, getenv, next_pow2, run_kernel
 
 __all__ = ["MAX_SPIN", "MAX_GROUP", "sample_sync", "meet", "schedule_mode", "device_sms", "split_plan",
            "sample_group", "group_plan", "tune", "tune_text", "co_resident_per_sm", "fit_occupancy", "emulate_split",
@@ -90,7 +90,7 @@ def meet(sync_ptr, n, P, target, max_spin, MULTI: tl.constexpr):
 
 
 def schedule_mode() -> str:
-    return os.environ.get("ATTN_KERNELS_SE_SCHEDULE", "auto")
+    return getenv("ATTN_KERNELS_SE_SCHEDULE", "auto")
 
 
 _SM_COUNT = {}
@@ -98,7 +98,7 @@ _SM_COUNT = {}
 
 def device_sms(device: torch.device) -> int:
     """SM count of a CUDA device; 0 (no schedule (b)) on CPU tensors and under the interpreter."""
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if device.type != "cuda" or getenv("TRITON_INTERPRET", "0") == "1":
         return 0
     idx = device.index if device.index is not None else torch.cuda.current_device()
     if idx not in _SM_COUNT:
@@ -210,7 +210,7 @@ def tune() -> dict:
 
 def tune_text() -> str:
     """ATTN_KERNELS_SE_TUNE's text (memoised launch configs take it as part of their key)."""
-    return os.environ.get("ATTN_KERNELS_SE_TUNE", "").strip()
+    return getenv("ATTN_KERNELS_SE_TUNE", "").strip()
 
 
 @functools.lru_cache(maxsize=64)
@@ -261,7 +261,7 @@ def sync_buffer(multi: int, n: int, device, tickets: int = 0) -> torch.Tensor:
 
 def check_error(sync: torch.Tensor, multi: int, n: int, op: str) -> None:
     """Debug only (ATTN_KERNELS_SE_CHECK=1): a host sync, so off by default (CUDA-graph capture)."""
-    if multi and os.environ.get("ATTN_KERNELS_SE_CHECK", "0") == "1":
+    if multi and getenv("ATTN_KERNELS_SE_CHECK", "0") == "1":
         if int(sync[n].item()) != 0:
             raise RuntimeError(f"fused {op}: a multi-program wait timed out (programs not co-resident?); "
                                "outputs are NaN. Set ATTN_KERNELS_SE_SCHEDULE=single to avoid this schedule.")
@@ -342,7 +342,7 @@ def fit_occupancy(kernel, like: torch.Tensor, cfg: dict, replan, prepared, key) 
 
 
 def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op: str, split: int = 0,
-           refill=(), meetings: int = 1) -> None:
+           refill=(), meetings: int = 1) -> tuple:
     """Launch ``kernel`` on the n·P grid of ``cfg`` (keys MULTI, P, chan_per_prog + the kernel's
     meta-parameters; n: the samples, or the sample groups of a kernel that groups them);
     ``args(sync, P, chan_per_prog, max_spin)`` builds its positional arguments; ``meta``: the other
@@ -352,7 +352,8 @@ def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op
     NaN-filled before the last launch. Why that many: in launch L every value a program publishes
     before its L-th meeting is exact (it depends only on what the peers published before earlier
     meetings, exact since launch L − 1 ended), so the last launch reads nothing stale; a peer
-    rewriting a value while it is read writes the same bits. One meeting: twice (module docstring)."""
+    rewriting a value while it is read writes the same bits. One meeting: twice (module docstring).
+    Returns the (last) launch as ``run_kernel``'s arguments (kernel, grid, args, kw): what ``Replay`` keeps."""
     if split:
         cfg = emulate_split(cfg, c, split)
     kw, p, per = _kernel_kwargs(cfg, meta)
@@ -363,6 +364,8 @@ def launch(kernel, like: torch.Tensor, n: int, c: int, cfg: dict, args, meta, op
         for t in refill if i and i == rounds - 1 else ():
             t.fill_(float("nan"))
         sync = sync_buffer(cfg["MULTI"], n, like.device, int(bool(cfg.get("RESIDENT"))))
+        launched = (kernel, n * p, args(sync, p, per, MAX_SPIN), kw)
         with device_of(like):
-            run_kernel(kernel, n * p, args(sync, p, per, MAX_SPIN), kw)
+            run_kernel(*launched)
         check_error(sync, cfg["MULTI"], n, op)
+    return launched

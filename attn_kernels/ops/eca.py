@@ -71,7 +71,8 @@ from . import _eager
 from ._layout import as_flat as _as_flat, cdiv as _cdiv, device_of as _device_of, multiple as _aligned
 from ._layout import multiple_rows as _aligned_rows
 from ._layout import next_pow2 as _next_pow2, out_like as _out_like, run_kernel as _run_kernel
-from ._layout import stream_alignment as _stream_alignment
+from ._layout import stream_alignment as _stream_alignment, Replay as _Replay, replay as _replay
+from ._layout import meta as _meta, remember as _remember, replay_key as _replay_key
 
 __all__ = ["eca", "eca_residual", "eca_forward", "eca_backward", "settings"]
 
@@ -442,15 +443,43 @@ def _plan(shape: torch.Size, elem: int, k: int, strides: tuple, loads: int) -> t
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
+# Replays (``_layout.Replay``): a call signature's first call takes the full path and keeps its launch; later
+# ones allocate and launch it again with their tensors. Kept only where the full path launched on the
+# caller's x / shortcut / grad_y themselves and wrote the outputs directly (flat layouts, as usual).
+_REPLAYS = {}
+
+
+def _taps(weight: torch.Tensor) -> torch.Tensor:
+    """The (k,) taps the kernels read, from (k,) or the Conv1d weight (1, 1, k)."""
+    return weight.reshape(-1).contiguous()
+
+
+def _fwd_tensors(x, shortcut, y, taps, pooled, s, ext) -> tuple:
+    """``_eca_fwd_kernel``'s tensor arguments, in order (x stands in for an absent shortcut: never read)."""
+    return x, x if shortcut is None else shortcut, y, taps, pooled, s, ext
+
+
 def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch.Tensor, circular: bool,
                 out_act: str = "none"):
     """(y, pooled, s): y like x; pooled and s (N, C) in the accumulation dtype. ``shortcut=None`` is
     plain ECA/CECA; otherwise y = out_act(x·s + shortcut). One launch (none when N·C = 0)."""
     _check_x(x)
-    taps = weight.reshape(-1).contiguous()
+    key = _replay_key("fwd", x.shape, x.stride(), x.dtype, x.device, _meta(shortcut), _meta(weight), circular,
+                      out_act)
+    hit = _REPLAYS.get(key) if key is not None else None
+    taps = _taps(weight)
     n, c = x.shape[:2]
-    k = taps.numel()
     acc = _acc_dtype(x)
+    if hit is not None:
+        launch, ext_shape = hit
+        y = _alloc.empty_like(x)
+        pooled = _alloc.empty((n, c), dtype=acc, device=x.device)
+        s = _alloc.empty((n, c), dtype=acc, device=x.device)
+        ext = torch.empty(ext_shape, dtype=acc, device=x.device)
+        with _device_of(x):
+            _replay(launch, _fwd_tensors(x, shortcut, y, taps, pooled, s, ext))
+        return y, pooled, s
+    k = taps.numel()
     y, y_buf, sy = _out_like(x)
     pooled = _alloc.empty((n, c), dtype=acc, device=x.device)
     s = _alloc.empty((n, c), dtype=acc, device=x.device)
@@ -461,24 +490,51 @@ def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch
     sck, ss = _as_flat(shortcut) if residual else (xk, sx)
     hw, tiles, width, meta = _plan(x.shape, x.element_size(), k, (sx, ss, sy), 1 + int(residual))
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)  # scratch, fully written before read
+    launched = (_eca_fwd_kernel, n * tiles,
+                _fwd_tensors(xk, sck if residual else None, y_buf, taps, pooled, s, ext)
+                + (c, hw, k, k // 2, tiles, width, *sx, *ss, *sy),
+                dict(CIRCULAR=int(bool(circular)), RESIDUAL=int(residual),
+                     OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0, ACC=_tl_acc(acc), **meta))
     with _device_of(xk):
-        _run_kernel(_eca_fwd_kernel, n * tiles, (
-            xk, sck, y_buf, taps, pooled, s, ext, c, hw, k, k // 2, tiles, width, *sx, *ss, *sy), dict(
-            CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **meta))
+        _run_kernel(*launched)
     if y_buf is not y:
         y.copy_(y_buf)
+    elif key is not None and xk is x and (not residual or sck is shortcut):
+        _remember(_REPLAYS, key, (_Replay(launched, 7), ext.shape))
     return y, pooled, s
+
+
+def _bwd_tensors(grad_y, x, shortcut, gx, gsc, taps, pooled, s, ext, gt) -> tuple:
+    """``_eca_bwd_kernel``'s tensor arguments, in order (stand-ins for an absent shortcut: never touched)."""
+    return grad_y, x, x if shortcut is None else shortcut, gx, gx if shortcut is None else gsc, taps, pooled, s, ext, gt
+
+
+def _tap_grads(gt: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad_weight from the per-tile partials ``gt`` (tiles, k): their sum, in weight's shape and dtype."""
+    gw = gt.sum(0).reshape(weight.shape)
+    return gw if gw.dtype == weight.dtype else gw.to(weight.dtype)
 
 
 def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch.Tensor,
                  pooled: torch.Tensor, s: torch.Tensor, circular: bool, out_act: str = "none"):
     """(grad_x, grad_shortcut or None, grad_weight): grad_weight in weight's shape and dtype."""
-    taps = weight.reshape(-1).contiguous()
+    key = _replay_key("bwd", grad_y.shape, grad_y.stride(), grad_y.dtype, x.shape, x.stride(), x.dtype, x.device,
+                      _meta(shortcut), _meta(weight), _meta(pooled), _meta(s), circular, out_act)
+    hit = _REPLAYS.get(key) if key is not None else None
+    taps = _taps(weight)
     n, c = x.shape[:2]
-    k = taps.numel()
     acc = pooled.dtype
     residual = shortcut is not None
+    if hit is not None:
+        launch, ext_shape, gt_shape = hit
+        gx = _alloc.empty_like(x)
+        gsc = _alloc.empty_like(x) if residual else None
+        ext = torch.empty(ext_shape, dtype=acc, device=x.device)
+        gt = _alloc.empty(gt_shape, dtype=acc, device=x.device)
+        with _device_of(grad_y):
+            _replay(launch, _bwd_tensors(grad_y, x, shortcut, gx, gsc, taps, pooled, s, ext, gt))
+        return gx, gsc, _tap_grads(gt, weight)
+    k = taps.numel()
     gx, gx_buf, sd = _out_like(x)
     gsc, gsc_buf, se = _out_like(x) if residual else (None, gx_buf, sd)
     if n * c == 0:
@@ -492,18 +548,21 @@ def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, shortcut: Optional[torch
     hw, tiles, width, meta = _plan(x.shape, x.element_size(), k, (sx, sg, ss, sd, se), 2 + int(residual))
     ext = torch.empty((n * tiles, width), dtype=acc, device=x.device)
     gt = _alloc.empty((n * tiles, k), dtype=acc, device=x.device)
+    launched = (_eca_bwd_kernel, n * tiles,
+                _bwd_tensors(gyk, xk, sck if residual else None, gx_buf, gsc_buf, taps, pooled, s, ext, gt)
+                + (c, hw, k, k // 2, tiles, width, *sg, *sx, *ss, *sd, *se),
+                dict(CIRCULAR=int(bool(circular)), RESIDUAL=int(residual),
+                     OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0, ACC=_tl_acc(acc), **meta))
     with _device_of(gyk):
-        _run_kernel(_eca_bwd_kernel, n * tiles, (
-            gyk, xk, sck, gx_buf, gsc_buf, taps, pooled, s, ext, gt, c, hw, k, k // 2, tiles, width,
-            *sg, *sx, *ss, *sd, *se), dict(
-            CIRCULAR=int(bool(circular)), RESIDUAL=int(residual), OUT_ACT=OUT_ACT_CODES[out_act] if residual else 0,
-            ACC=_tl_acc(acc), **meta))
+        _run_kernel(*launched)
     if gx_buf is not gx:
         gx.copy_(gx_buf)
     if residual and gsc_buf is not gsc:
         gsc.copy_(gsc_buf)
-    gw = gt.sum(0).reshape(weight.shape)
-    return gx, gsc, (gw if gw.dtype == weight.dtype else gw.to(weight.dtype))
+    if (key is not None and gx_buf is gx and (not residual or gsc_buf is gsc) and gyk is grad_y and xk is x
+            and (not residual or sck is shortcut)):
+        _remember(_REPLAYS, key, (_Replay(launched, 10), ext.shape, gt.shape))
+    return gx, gsc, _tap_grads(gt, weight)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -111,6 +111,64 @@ def main() -> int:
         else:
             checked.append(f"{name}: {len(first)} launches")
 
+    # Replays (SE, ECA) at a new alignment: x 4 bytes off 16-byte alignment after a call that recorded with
+    # an aligned x. The replay's first launch there compiles through Triton's path (a new specialisation), its
+    # second launches directly; both hand the launcher what the full path through Triton (replays and direct
+    # launches off) hands it for the same inputs.
+    from attn_kernels.ops import eca as E
+    from attn_kernels.ops import se as S
+
+    def shifted(t):  # t's values and strides, 4 bytes into a buffer
+        return torch.empty(t.numel() + 1, dtype=t.dtype)[1:].as_strided(t.shape, t.stride()).copy_(t)
+
+    def se_run(x):
+        c = x.shape[1]
+        w1, b1, w2, b2 = torch.randn(8, c), torch.randn(8), torch.randn(c, 8), torch.randn(c)
+        y, p, u, z = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")
+        S.se_backward(shifted(torch.randn_like(x)), x, w1, w2, p, u, z, "relu", "sigmoid")
+
+    def eca_run(x):
+        w = torch.randn(1, 1, 5)
+        y, p, s = E.eca_forward(x, None, w, False)
+        E.eca_backward(shifted(torch.randn_like(x)), x, None, w, p, s, False)
+
+    replays = [0]
+    for mod in (S, E):
+        def counting(launch, tensors, _replay=mod._replay):
+            replays[0] += 1
+            return _replay(launch, tensors)
+        mod._replay = counting
+    # launches that see the shifted x or grad_y (SE's weight-gradient kernel sees neither: its kernel is found)
+    cases = (("se", se_run, (2, 40, 3, 3), 2), ("eca", eca_run, (2, 48, 4, 4), 2))
+    for name, run_op, shape, respecialised in cases if _layout.DIRECT_LAUNCH else ():
+        try:
+            run_op(torch.randn(shape))  # records (aligned)
+            _layout.DIRECT_LAUNCH, _layout.REPLAY = False, False
+            LAUNCHES.clear()
+            run_op(shifted(torch.randn(shape)))
+            want = [_launch_key(a) for a in LAUNCHES]
+            _layout.DIRECT_LAUNCH, _layout.REPLAY = True, True
+            got = []
+            for _ in range(2):
+                LAUNCHES.clear()
+                jit_runs[0] = replays[0] = 0
+                run_op(shifted(torch.randn(shape)))
+                got.append(([_launch_key(a) for a in LAUNCHES], jit_runs[0], replays[0]))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{name} replay off alignment: {type(exc).__name__}: {exc}"[:500])
+            continue
+        (first, first_runs, first_replays), (second, second_runs, second_replays) = got
+        if first_replays != len(want) or second_replays != len(want):
+            errors.append(f"{name} replay off alignment: {first_replays} / {second_replays} of {len(want)} launches "
+                          "replayed")
+        elif first_runs != respecialised or second_runs:
+            errors.append(f"{name} replay off alignment: {first_runs} / {second_runs} launches through "
+                          f"JITFunction.run (want {respecialised} / 0)")
+        elif first != want or second != want:
+            errors.append(f"{name} replay off alignment: launcher arguments differ from the full path's")
+        else:
+            checked.append(f"{name} replay off alignment: {len(want)} launches")
+
     # Triton's tensor specialisation: dtype and 16-byte alignment of the data pointer, nothing finer
     import triton
     import triton.language as tl

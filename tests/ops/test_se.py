@@ -13,7 +13,7 @@ import triton
 
 import attn_kernels as ak
 from attn_kernels import functional, reference
-from attn_kernels.ops import _split
+from attn_kernels.ops import _layout, _split
 from attn_kernels.ops import se as S
 from tests.helpers import assert_close, check_parity, gradcheck, se_hardswish_inputs, short_spin_split, tolerances
 
@@ -854,6 +854,7 @@ def test_launch_plans_memoised_per_call_signature(monkeypatch):
     the compiled kernel depends on is in the key: a different shortcut dtype, stride or flag plans anew,
     and replacing launch_config re-plans."""
     monkeypatch.setattr(S, "_launch", lambda *a, **k: None)  # planning only
+    monkeypatch.setattr(_layout, "REPLAY", False)  # (a replay would skip the plan: test_replays)
     S.clear_plans()
     x = torch.randn(2, 8, 3, 3, dtype=torch.bfloat16)
     w1, b1, w2, b2 = torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8)
@@ -889,7 +890,7 @@ def test_param_grads_kernel_against_float64(device, n, c, r, act, w_dtype):
     du, u = torch.randn(n, max(r, 1), dtype=acc, device=device), torch.randn(n, max(r, 1), dtype=acc, device=device)
     w1 = torch.randn(r, c, device=device).to(w_dtype) if r else None
     w2 = torch.randn(c, r if r else c, device=device).to(w_dtype)
-    gw1, gb1, gw2, gb2 = S._param_grads(w1, w2, act, pooled, u, dz, du)
+    (gw1, gb1, gw2, gb2), _ = S._param_grads(w1, w2, act, pooled, u, dz, du)
     d = lambda t: t.double()  # noqa: E731
     h = reference.apply_act(d(u), act) if r else d(pooled)
     tol = dict(atol=1e-5 * max(n, 1), rtol=1e-5) if w_dtype in (torch.float32, torch.float64) else {}
@@ -902,7 +903,7 @@ def test_param_grads_kernel_against_float64(device, n, c, r, act, w_dtype):
         assert_close(gb1, d(du).sum(0), name="grad_b1", **tol)
     else:
         assert gw1.numel() == 0 and gb1.numel() == 0
-    again = S._param_grads(w1, w2, act, pooled, u, dz, du)
+    again, _ = S._param_grads(w1, w2, act, pooled, u, dz, du)
     for a, b in zip((gw1, gb1, gw2, gb2), again):
         assert torch.equal(a, b) or (a.numel() == 0 and b.numel() == 0)
 

@@ -45,8 +45,19 @@ def _check_param(t, name: str, shape, x: torch.Tensor) -> None:
         raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
+def _check_fc(t, name: str, shape, x: torch.Tensor) -> None:
+    """An FC weight of ``shape`` (out, in), or the weight of a 1×1 convolution doing that FC (out, in, 1, …):
+    the same values in the same memory order, so fused kernels take it as it is (no flatten view per call,
+    which would add an autograd node to every forward and backward)."""
+    if isinstance(t, torch.Tensor) and t.dim() > 2 and all(d == 1 for d in t.shape[2:]):
+        _check_param(t, name, tuple(shape) + (1,) * (t.dim() - 2), x)
+        return
+    _check_param(t, name, shape, x)
+
+
 def check_se_args(x, w1, b1, w2, b2, act: str, gate: str) -> None:
-    """Shapes for SE: w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None.
+    """Shapes for SE: w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None. The FC weights may also be
+    1×1 convolution weights, (R, C, 1, 1) and (C, R, 1, 1) (any number of trailing 1s).
 
     ``w1 is None`` selects effective SE (eSE): one C→C FC, so w2 is (C, C) and b1 must be None.
     """
@@ -59,17 +70,17 @@ def check_se_args(x, w1, b1, w2, b2, act: str, gate: str) -> None:
     if w1 is None:
         if b1 is not None:
             raise ValueError("b1 given without w1: effective SE (w1=None) has a single FC (w2, b2)")
-        _check_param(w2, "w2", (channels, channels), x)
+        _check_fc(w2, "w2", (channels, channels), x)
     else:
-        if not isinstance(w1, torch.Tensor) or w1.dim() != 2:
-            raise ValueError(f"w1 must be a 2-D (R, C) tensor, got {getattr(w1, 'shape', w1)}")
+        if not isinstance(w1, torch.Tensor) or w1.dim() < 2:
+            raise ValueError(f"w1 must be a 2-D (R, C) tensor (or a 1x1 conv weight), got {getattr(w1, 'shape', w1)}")
         rd = w1.shape[0]
         if rd < 1:
             raise ValueError("w1 has zero rows: the SE bottleneck needs at least one hidden unit")
-        _check_param(w1, "w1", (rd, channels), x)
+        _check_fc(w1, "w1", (rd, channels), x)
         if b1 is not None:
             _check_param(b1, "b1", (rd,), x)
-        _check_param(w2, "w2", (channels, rd), x)
+        _check_fc(w2, "w2", (channels, rd), x)
     if b2 is not None:
         _check_param(b2, "b2", (channels,), x)
 

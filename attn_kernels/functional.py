@@ -24,7 +24,10 @@ def se(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], 
     """Squeeze-and-excitation: ``x · gate(w2 · act(w1 · mean_spatial(x) + b1) + b2)``.
 
     x (N, C, *spatial); w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None. ``w1=None`` (and
-    ``b1=None``) is effective SE: ``x · gate(w2 · mean(x) + b2)`` with w2 (C, C).
+    ``b1=None``) is effective SE: ``x · gate(w2 · mean(x) + b2)`` with w2 (C, C). The FC weights may be
+    1×1 convolution weights, (R, C, 1, 1) / (C, R, 1, 1) (timm's SE modules hold conv layers): the Triton
+    kernels take them as they are -- no flatten view, one autograd node fewer each way per call -- and the
+    gradients come back in their shape.
     act ∈ relu/silu/gelu/hardswish (the bottleneck), gate ∈ sigmoid/hardsigmoid.
     """
     _checks.check_se_args(x, w1, b1, w2, b2, act, gate)

@@ -82,15 +82,21 @@ def se_excitation(pooled, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoi
     dt = pooled.dtype
     hidden = pooled
     if w1 is not None:
-        hidden = apply_act(F.linear(pooled, w1.to(dt), _cast(b1, dt)), act)
-    return apply_gate(F.linear(hidden, w2.to(dt), _cast(b2, dt)), gate)
+        hidden = apply_act(F.linear(pooled, fc_matrix(w1).to(dt), _cast(b1, dt)), act)
+    return apply_gate(F.linear(hidden, fc_matrix(w2).to(dt), _cast(b2, dt)), gate)
+
+
+def fc_matrix(w: torch.Tensor) -> torch.Tensor:
+    """An FC weight as the (out, in) matrix: itself, or a 1×1 convolution's weight (out, in, 1, …) flattened."""
+    return w if w.dim() == 2 else w.flatten(1)
 
 
 def se(x, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid") -> torch.Tensor:
     """Squeeze-and-excitation: y = x · gate(W2 · act(W1 · mean_spatial(x) + b1) + b2).
 
-    w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None. ``w1=None`` is effective SE (eSE,
-    VoVNetV2): one C→C FC, y = x · gate(W2 · mean(x) + b2).
+    w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None; the FC weights may also be 1×1 convolution
+    weights, (R, C, 1, 1) and (C, R, 1, 1). ``w1=None`` is effective SE (eSE, VoVNetV2): one C→C FC,
+    y = x · gate(W2 · mean(x) + b2).
     """
     check_se_args(x, w1, b1, w2, b2, act, gate)
     s = se_excitation(x.mean(_spatial_dims(x)), w1, b1, w2, b2, act, gate)

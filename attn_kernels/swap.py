@@ -50,7 +50,7 @@ from ._backend import BackendUnavailableError, _check_name, preload, resolve
 from .modules import (FusedAdaptiveSE, FusedBidirectionalECA, FusedCBAM, FusedDynamicMultiKernelECA, FusedECA,
                       FusedEffectiveSE, FusedSE)
 from .reference import (CBAM, ECA, OUT_ACTS, AdaptiveSE, BidirectionalECA, DynamicMultiKernelECA, EffectiveSE,
-                        SEBlock)
+                        SEBlock, fc_matrix)
 from .models import SEBottleneck
 
 __all__ = ["swap", "unswap", "SwapReport", "SwapEntry", "LeftAlone", "SwappedSE", "SwappedECA",
@@ -157,13 +157,16 @@ class SwappedSE(_Swapped):
         return not (bn.training or bn.running_mean is None or bn.running_var is None)
 
     def se_params(self):
+        """(w1, b1, w2, b2) for ``functional.se``: the FC layers' own weights (a 1×1 conv's as it is: the
+        kernels take it unflattened, no view in the autograd graph), the norm folded in where there is one."""
         l2 = self._layer(self._w2)
-        w2 = l2.weight.flatten(1)
+        w2 = l2.weight
         if self._w1 is None:
             return None, None, w2, l2.bias
         l1 = self._layer(self._w1)
-        w1, b1 = l1.weight.flatten(1), l1.bias
+        w1, b1 = l1.weight, l1.bias
         if self._norm is not None:  # y = (u - mean) * weight / sqrt(var + eps) + bias, u = W1 p + b1
+            w1 = fc_matrix(w1)
             bn = self._layer(self._norm)
             scale = torch.rsqrt(bn.running_var + bn.eps)
             if bn.weight is not None:

@@ -582,6 +582,33 @@ def test_swapped_tiny_model_runs_on_triton():
         assert out_err <= 1e-5 * max(1.0, out_max) and grad_err <= 1e-4 * max(1.0, grad_max), (train, out_err, grad_err)
 
 
+@pytest.mark.triton
+def test_swapped_conv_se_hands_the_op_its_conv_weights():
+    """timm's SE modules hold 1×1 convs: the swapped module passes their weights unflattened (no view node
+    per call), and on the triton backend in a channels_last model every weight's gradient comes back in the
+    weight's own strides (no layout copy in AccumulateGrad) and matches the original module's."""
+    from tests.conftest import HAS_CUDA, INTERPRET
+
+    if not (INTERPRET or HAS_CUDA):
+        pytest.skip("triton needs CUDA or TRITON_INTERPRET=1")
+    device = "cuda" if HAS_CUDA else "cpu"
+    torch.manual_seed(0)
+    original = nn.Sequential(SEModule(16, rd_ratio=0.25)).to(device).to(memory_format=torch.channels_last)
+    swapped = copy.deepcopy(original)
+    ak.swap(swapped, backend="triton")
+    se = swapped[0]
+    assert isinstance(se, SwappedSE)
+    w1, b1, w2, b2 = se.se_params()
+    assert w1 is se.fc1.weight and w2 is se.fc2.weight and w1.dim() == 4
+    x = torch.randn(2, 16, 5, 5, device=device).to(memory_format=torch.channels_last)
+    gy = torch.randn_like(x)
+    for m in (original, swapped):
+        m(x).backward(gy)
+    for (name, p), q in zip(swapped.named_parameters(), original.parameters()):
+        assert p.grad.stride() == p.stride(), name
+        assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, name=name)
+
+
 def test_swap_check_text():
     text = swap_check("timm:mobilenetv3_small_050", input_size=(2, 3, 32, 32), backend="reference", float64=False)
     assert "state_dict keys unchanged: True" in text and "-> se [reference]" in text

@@ -207,7 +207,13 @@ for _name, _n_maps, _n_codes in (("se", 1, 2), ("eca", 1, 1), ("se_residual", 2,
 # ----------------------------------------------------------------------------------------------
 def se(x, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid") -> torch.Tensor:
     """Fused SE on the extension; arguments as ``reference.se`` (validated by ``functional.se``)."""
+    w1, w2 = _fc(w1), _fc(w2)  # the C++ ops take (out, in) matrices
     return _eager.call(_SPECS["se"], x, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate])[0]
+
+
+def _fc(w):
+    """A 1×1 convolution's weight as the FC matrix (a view; None stays None)."""
+    return w if w is None or w.dim() == 2 else w.flatten(1)
 
 
 def eca(x, weight, circular: bool = False) -> torch.Tensor:
@@ -218,6 +224,7 @@ def eca(x, weight, circular: bool = False) -> torch.Tensor:
 def se_residual(x, shortcut, w1, b1, w2, b2, act: str = "relu", gate: str = "sigmoid",
                 out_act: str = "relu") -> torch.Tensor:
     """Fused out_act(se(x) + shortcut) (CPU); arguments as ``reference.se_residual`` (validated by ``functional``)."""
+    w1, w2 = _fc(w1), _fc(w2)
     return _eager.call(_SPECS["se_residual"], x, shortcut, w1, b1, w2, b2, ACT_CODES[act], GATE_CODES[gate],
                        OUT_ACT_CODES[out_act])[0]
 

@@ -1036,15 +1036,23 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 _PG_BLOCK = dict(BLOCK_N=16, BLOCK_I=32, BLOCK_J=32, num_warps=4)  # tl.dot needs every side >= 16
 
 
+def _weight_grad(w: torch.Tensor, empty_like=_alloc.empty_like, empty=_alloc.empty) -> torch.Tensor:
+    """A weight's gradient buffer, which the kernel writes as the row-major (out, in) matrix: in the weight's
+    own strides where it is contiguous (those of a 1×1 conv weight in a channels_last model differ from the
+    default ones only on its size-1 dims; matching them spares AccumulateGrad a copy), else contiguous."""
+    if w.is_contiguous():
+        return empty_like(w)
+    return empty(tuple(w.shape), dtype=w.dtype, device=w.device)
+
+
 def _param_grad_outputs(w1, w2, acc: torch.dtype, bias_dtypes):
     """(gw1, gb1, gw2, gb2) as ``_param_grads`` returns them, unwritten."""
     c, device = w2.shape[0], w2.device
-    gw2 = _alloc.empty(tuple(w2.shape), dtype=w2.dtype, device=device)
+    gw2 = _weight_grad(w2)
     gb2 = _alloc.empty((c,), dtype=bias_dtypes[1] or acc, device=device)
     if w1 is None:
         return w2.new_empty((0,)), w2.new_empty((0,), dtype=acc), gw2, gb2  # distinct: outputs must not alias
-    return (_alloc.empty(tuple(w1.shape), dtype=w1.dtype, device=device),
-            _alloc.empty((w1.shape[0],), dtype=bias_dtypes[0] or acc, device=device), gw2, gb2)
+    return _weight_grad(w1), _alloc.empty((w1.shape[0],), dtype=bias_dtypes[0] or acc, device=device), gw2, gb2
 
 
 def _param_grad_tensors(dz, du, pooled, u, gw1, gb1, gw2, gb2, has_fc1: bool) -> tuple:
@@ -1199,13 +1207,17 @@ def _fake_fwd(x, w1):
 
 
 def _fake_param_grads(x, w1, w2):
-    """As _param_grads returns them: contiguous in the weights' shapes and dtypes (whatever the weights'
-    strides), bias grads in the accumulation dtype."""
+    """As _param_grads returns them: in the weights' shapes and dtypes (strides: ``_weight_grad``), bias
+    grads in the accumulation dtype."""
     acc = _acc(x)[0]
     gb2 = w2.new_empty((w2.shape[0],), dtype=acc)
     if w1 is not None:
-        return w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],), dtype=acc), w2.new_empty(w2.shape), gb2
-    return w2.new_empty((0,)), w2.new_empty((0,), dtype=acc), w2.new_empty(w2.shape), gb2
+        return _fake_weight_grad(w1), w1.new_empty((w1.shape[0],), dtype=acc), _fake_weight_grad(w2), gb2
+    return w2.new_empty((0,)), w2.new_empty((0,), dtype=acc), _fake_weight_grad(w2), gb2
+
+
+def _fake_weight_grad(w):
+    return _weight_grad(w, torch.empty_like, lambda shape, dtype, device: w.new_empty(shape))
 
 
 def _se_fwd_impl(x: torch.Tensor, w1: Optional[torch.Tensor], b1: Optional[torch.Tensor], w2: torch.Tensor,

@@ -159,6 +159,19 @@ def test_se_non_contiguous(view, dtype):
                  dtype=dtype, names=NAMES)
 
 
+def test_se_conv_weights():
+    """1×1 conv weights (out, in, 1, 1): flattened for the C++ ops, gradients in the weights' shape."""
+    torch.manual_seed(0)
+    c, r = 12, 4
+    x = torch.randn(2, c, 3, 3, requires_grad=True)
+    ws = [torch.randn(r, c, 1, 1, requires_grad=True), torch.randn(r, requires_grad=True),
+          torch.randn(c, r, 1, 1, requires_grad=True), torch.randn(c, requires_grad=True)]
+    check_parity(lambda *a: functional.se(*a, backend="cpu"), reference.se, [x] + ws, dtype=torch.float32)
+    sc = torch.randn_like(x, requires_grad=True)
+    check_parity(lambda *a: functional.se_residual(*a, backend="cpu"), reference.se_residual, [x, sc] + ws,
+                 dtype=torch.float32)
+
+
 def test_se_fp32_weights_with_bf16_x():
     x = _x((2, 16, 4, 4))
     params = _se_params(16, 4)

@@ -218,6 +218,59 @@ def test_opcheck(ese, channels_last, device):
     # transposed-view weights: the fake kernel's weight grads are contiguous, as the real ones
     wt1, wt2 = [None if w is None else w.t().contiguous().t() for w in (w1, w2)]
     torch.library.opcheck(torch.ops.attn_kernels.se_bwd, (gy, x, wt1, wt2, pooled, u, z, "silu", "sigmoid"))
+    # 1x1 conv weights in channels_last strides: the fake kernel's weight grads take their strides, as the real
+    wc1, wc2 = [None if w is None else w.reshape(*w.shape, 1, 1).to(memory_format=torch.channels_last)
+                for w in (w1, w2)]
+    torch.library.opcheck(torch.ops.attn_kernels.se_bwd, (gy, x, wc1, wc2, pooled, u, z, "silu", "sigmoid"))
+
+
+def _as_conv(w, channels_last=False):
+    """An FC weight as a 1×1 Conv2d's (out, in, 1, 1): the same values, optionally in channels_last strides
+    (what model.to(memory_format=torch.channels_last) gives a conv weight)."""
+    w = w.detach().reshape(*w.shape, 1, 1)
+    return (w.to(memory_format=torch.channels_last) if channels_last else w.clone()).requires_grad_()
+
+
+@pytest.mark.parametrize("ese,channels_last,residual", [(False, False, False), (False, True, False),
+                                                         (True, True, False), (False, True, True)])
+def test_conv_weights_taken_as_they_are(ese, channels_last, residual, device):
+    """1×1 conv weights (timm's SE modules): the Triton op takes them unflattened -- no view node between the
+    parameter and the op in the autograd graph -- and is right against float64 (the reference flattens);
+    every weight's gradient comes back in the weight's shape and strides (channels_last ones too), and
+    equals the 2-D weights' gradient."""
+    torch.manual_seed(0)
+    x, w1, b1, w2, b2 = se_inputs((2, 12, 3, 3), None if ese else 4, ese=ese, device=device)
+    cw1, cw2 = (None if w1 is None else _as_conv(w1, channels_last)), _as_conv(w2, channels_last)
+    sc = torch.randn_like(x).requires_grad_() if residual else None
+    if residual:
+        fused = lambda x, s, *p: functional.se_residual(x, s, *p, backend="triton")  # noqa: E731
+        check_parity(fused, reference.se_residual, [x, sc, cw1, b1, cw2, b2], dtype=torch.float32, names=RES_NAMES)
+    else:
+        check_parity(fused_se("relu", "sigmoid"), ref_se("relu", "sigmoid"), [x, cw1, b1, cw2, b2],
+                     dtype=torch.float32, names=NAMES)
+    ins = [x] + ([sc] if residual else []) + [cw1, b1, cw2, b2]
+    y = (functional.se_residual if residual else functional.se)(*ins, backend="triton")
+    nodes = {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None}
+    assert not any("View" in name or "Reshape" in name for name in nodes), nodes
+    gy = torch.randn_like(y)
+    weights = [w for w in (cw1, cw2) if w is not None]
+    grads = torch.autograd.grad(y, weights, gy)
+    flat = [w.detach().flatten(1).requires_grad_() for w in weights]
+    ins2 = [x] + ([sc] if residual else []) + ([flat[0], b1, flat[1], b2] if not ese else [None, None, flat[0], b2])
+    grads2 = torch.autograd.grad((functional.se_residual if residual else functional.se)(*ins2, backend="triton"),
+                                 flat, gy)
+    for w, g, g2 in zip(weights, grads, grads2):
+        assert g.shape == w.shape and g.stride() == w.stride() and g.dtype == w.dtype
+        assert torch.equal(g.flatten(1), g2)
+
+
+def test_conv_weight_shapes_checked():
+    """A weight with trailing dims that are not all 1 is not a 1×1 conv weight: a clear error."""
+    x, w1, b1, w2, b2 = se_inputs((2, 12, 3, 3), 4)
+    with pytest.raises(ValueError, match=r"w1 has shape \(4, 12, 3, 1\), expected \(4, 12\)"):
+        functional.se(x, w1.detach().reshape(4, 12, 1, 1).expand(4, 12, 3, 1), b1, w2, b2, backend="triton")
+    with pytest.raises(ValueError, match=r"w2 has shape \(12, 5, 1, 1\), expected \(12, 4, 1, 1\)"):
+        functional.se(x, w1, b1, torch.randn(12, 5, 1, 1), b2, backend="triton")
 
 
 @pytest.mark.parametrize("case", ["se_gelu", "se_hardswish", "ese", "residual_silu"])

@@ -117,7 +117,7 @@ keyline() {  # the log line that says most about a finished step
     auto_table) line=$(grep -E "cases from" "$log" | head -n 2 | tr '\n' ' ') ;;
     info) line=$(grep -A3 -E "^  cuda:" "$log" | grep -E "^ +cuda " | head -n 1 | sed 's/^ */cuda backend: /') ;;
     cpu_diag) line="$(grep -E "^cpu_diag:|smoke exit" "$log" | tr '\n' ' ')" ;;
-    host) line="fwd+bwd us/call: $(grep -E "^(se|eca) +fwd\+bwd +(eager|triton|triton:launches|triton:jit-path|triton:no-replay|cuda) " "$log" | awk '{printf "%s %s %s; ", $1, $3, $4}')" ;;
+    host) line="fwd+bwd us/call: $(grep -E "^(se|eca) +fwd\+bwd +(eager|triton|triton:launches|triton:jit-path|triton:no-replay|timm:swapped|cuda) " "$log" | awk '{printf "%s %s %s; ", $1, $3, $4}')" ;;
   esac
   line=$(echo "$line" | sed 's/^[; ]*//; s/[; ]*$//')
   [ -n "$line" ] && echo " | $line"

@@ -9,7 +9,8 @@ side alone: tiny tensors (default 2x64x4x4, so that the GPU work per call is a f
 loop is bound by the host), ``--iters`` calls back to back, the device synchronised once after them;
 host us per call = wall time / calls, the best of ``--repeats`` blocks. Providers: ``eager`` (the
 reference ops, as the benchmark's eager provider), ``timm`` (timm's EcaModule / SEModule when timm is
-installed), and the fused backends available here through ``functional`` (``backend=`` pinned, as the
+installed), ``timm:swapped`` (that module after ``attn_kernels.swap(..., backend="triton")``: what a
+block of a swapped model costs, the module's glue included), and the fused backends available here through ``functional`` (``backend=`` pinned, as the
 benchmark calls them). Modes: ``fwd`` (under no_grad) and ``fwd+bwd`` (autograd.grad w.r.t. x, shortcut
 and the parameters, as the benchmark's fwd+bwd). Each triton row is followed by a
 ``triton:launches`` row: the Triton launches that call made, replayed alone with the same arguments
@@ -209,10 +210,12 @@ def _providers(op, device, args, unavailable_reason, B):
     if args.providers:
         return [p.strip() for p in args.providers.split(",") if p.strip()]
     out = ["eager"]
+    timm = False
     if op in ("se", "eca"):
         try:
             import timm  # noqa: F401
             out.append("timm")
+            timm = True
         except Exception:
             pass
     for be in B.FUSED_BACKENDS:
@@ -222,12 +225,27 @@ def _providers(op, device, args, unavailable_reason, B):
             out.append(be)
         elif (be != "triton" or device.type == "cuda") and unavailable_reason(be, device.type) is None:
             out.append(be)
+    if timm and "triton" in out:
+        out.append("timm:swapped")  # what a swapped model's block costs: the module's glue + the fused op
     return out
 
 
 def _callable(spec, op, prov, mode, xs, params, gy, c, r, torch):
     """One call of ``op`` by ``prov`` in ``mode``, as the benchmark makes it (fresh leaves once)."""
-    module = _timm_module(op, c, params, xs[0], torch) if prov == "timm" else None
+    module = _timm_module(op, c, params, xs[0], torch) if prov in ("timm", "timm:swapped") else None
+    if prov == "timm:swapped":  # timm's module swapped (attn_kernels.swap), then run on the triton backend
+        import attn_kernels as ak
+        from attn_kernels.swap import SwappedECA, SwappedSE
+
+        module = torch.nn.Sequential(module)  # swap replaces a parent's children
+        # swapped on the reference backend, whose probe runs anywhere (the stand-in's no-op launches would
+        # fail it), then pinned to triton: the same module, the call a swapped model makes
+        report = ak.swap(module, backend="reference")
+        if not report.kinds():
+            raise RuntimeError(f"swap left timm's {op} module alone: {report}")
+        for m in module.modules():
+            if isinstance(m, (SwappedSE, SwappedECA)):
+                m.backend = "triton"
     f = (lambda x_, *p: module(x_)) if module is not None else spec.fn(None if prov == "eager" else prov)
     if mode == "fwd":
         def call():

@@ -20,7 +20,8 @@ def test_stand_in_run_times_every_provider(tmp_path):
     assert cal["python_sum_range_100_us"] > 0 and cal["cpu_torch_add_us"] > 0 and "cuda_torch_add_enqueue_us" not in cal
     rows = {(r["mode"], r["provider"]): r for r in data["rows"]}
     for mode in ("fwd", "fwd+bwd"):
-        for prov in ("eager", "timm", "triton", "triton:launches", "triton:jit-path", "triton:no-replay"):
+        for prov in ("eager", "timm", "triton", "triton:launches", "triton:jit-path", "triton:no-replay",
+                     "timm:swapped"):
             assert rows[(mode, prov)]["host_us"] > 0 and not rows[(mode, prov)]["error"], rows[(mode, prov)]
         assert rows[(mode, "triton:jit-path")]["direct_us"] > 0  # the direct path, timed alternately with it
         assert rows[(mode, "triton:no-replay")]["replay_us"] > 0  # replays on, timed alternately with them off

@@ -586,7 +586,7 @@ def test_swapped_tiny_model_runs_on_triton():
 def test_swapped_conv_se_hands_the_op_its_conv_weights():
     """timm's SE modules hold 1×1 convs: the swapped module passes their weights unflattened (no view node
     per call), and on the triton backend in a channels_last model every weight's gradient comes back in the
-    weight's own strides (no layout copy in AccumulateGrad) and matches the original module's."""
+    weight's own strides (as eager autograd gives them) and matches the original module's."""
     from tests.conftest import HAS_CUDA, INTERPRET
 
     if not (INTERPRET or HAS_CUDA):

@@ -76,8 +76,9 @@ def out_like(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, in
 def getenv(name: str, default: str) -> str:
     """``os.environ.get(name, default)``, read live (tests and sweeps set the knobs in-process) but without
     its cost for an unset name -- a KeyError raised and caught, ~1 us on the 2-core VM, several reads per
-    fused call: a lookup in the dict os.environ keeps (every write through os.environ updates it; like
-    os.environ, it misses an os.putenv)."""
+    fused call: a lookup in the dict os.environ keeps (every write through os.environ updates it, also
+    monkeypatch.setenv and patch.dict; like os.environ, it misses an os.putenv, and it would miss an
+    os.environ replaced by another object)."""
     if _ENV_DATA is None:
         return os.environ.get(name, default)
     value = _ENV_DATA.get(_ENV_KEY(name))

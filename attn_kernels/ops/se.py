@@ -935,14 +935,16 @@ def _hidden_parts(groups: int, p: int, group: int, r: int, acc: torch.dtype, dev
 # the plan and the kernel's specialisation depend on: every tensor's shape, strides and dtype, the device,
 # the flags, the tuning knobs and the planners (tests replace them); tensor alignment is keyed at the
 # launch. A launch is kept only when the full path passed the caller's tensors themselves (no copy of a
-# non-contiguous weight or a non-flat x, no separate output buffer) and launched once (no emulated split).
+# non-contiguous weight or a non-flat x, no separate output buffer) and launched once (no emulated split);
+# replayed only while it launches the module's kernel itself (tests wrap the kernels).
 _REPLAYS = {}  # replay key -> what the full path launched for it
 
 
 def _replay_key(*signature):
-    """``_layout.replay_key`` with what ``_fitted``'s memo also keys on: the schedule and tuning knobs and
-    the planners (tests replace them)."""
-    return _replay_key_of(*signature, _schedule_mode(), _tune_text(), launch_config, _fit_occupancy)
+    """``_layout.replay_key`` with what ``_fitted``'s memo also keys on -- the schedule and tuning knobs and
+    the planners (tests replace them) -- and the meeting's spin bound (a scalar argument; tests lower it)."""
+    return _replay_key_of(*signature, _schedule_mode(), _tune_text(), launch_config, _fit_occupancy,
+                          _split_mod.MAX_SPIN)
 
 
 def _fwd_aux(n: int, c: int, r: int, acc: torch.dtype, device):
@@ -970,15 +972,15 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
     n, c = x.shape[:2]
     r = w1.shape[0] if w1 is not None else 0
     acc, acc_tl = _acc(x)
-    if hit is not None:  # the recorded launch, on this call's tensors
-        launch, hidden_rows, multi, tickets = hit
+    if hit is not None and hit[0].kernel is _se_fwd_kernel:  # the recorded launch, on this call's tensors
+        launch, hidden_rows, multi, tickets, groups = hit
         y = _alloc.empty_like(x)
         pooled, u, z = _fwd_aux(n, c, r, acc, x.device)
         hpart = _alloc.empty((hidden_rows, max(r, 1)), dtype=acc, device=x.device)
-        sync = _split_mod.sync_buffer(multi, n, x.device, tickets)
+        sync = _split_mod.sync_buffer(multi, groups, x.device, tickets)  # as _split.launch: per sample group
         with _device_of(x):
             _replay(launch, _fwd_tensors(x, shortcut, y, w1, b1, w2, b2, pooled, u, z, hpart, sync))
-        _split_mod.check_error(sync, multi, n, "SE")
+        _split_mod.check_error(sync, multi, groups, "SE")
         return y, pooled, u, z
     hw = int(torch.Size(x.shape[2:]).numel())
     y, y_buf, sy = _out_like(x)
@@ -1016,7 +1018,7 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
     elif key is not None and not _split and xk is x and sck is (x if shortcut is None else shortcut) and all(
             a is b for a, b in ((w1c, w1), (b1c, b1), (w2c, w2), (b2c, b2))):
         _remember(_REPLAYS, key, (_Replay(launched, 12), hpart[0].shape[0], cfg["MULTI"],
-                                  int(bool(cfg.get("RESIDENT")))))
+                                  int(bool(cfg.get("RESIDENT"))), groups))
     return y, pooled, u, z
 
 
@@ -1038,8 +1040,9 @@ _PG_BLOCK = dict(BLOCK_N=16, BLOCK_I=32, BLOCK_J=32, num_warps=4)  # tl.dot need
 
 def _weight_grad(w: torch.Tensor, empty_like=_alloc.empty_like, empty=_alloc.empty) -> torch.Tensor:
     """A weight's gradient buffer, which the kernel writes as the row-major (out, in) matrix: in the weight's
-    own strides where it is contiguous (those of a 1×1 conv weight in a channels_last model differ from the
-    default ones only on its size-1 dims; matching them spares AccumulateGrad a copy), else contiguous."""
+    own strides where it is contiguous (a 1×1 conv weight in a channels_last model: they differ from the
+    default ones only on its size-1 dims, so the memory is the same; the gradient then has the strides eager
+    autograd gives it), else contiguous."""
     if w.is_contiguous():
         return empty_like(w)
     return empty(tuple(w.shape), dtype=w.dtype, device=w.device)
@@ -1106,23 +1109,23 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
     for fp64 x). ``_split``: test hook, see ``_split.launch``."""
     key = None if _split else _replay_key(
         "bwd", grad_y.shape, grad_y.stride(), grad_y.dtype, x.shape, x.stride(), x.dtype, x.device, _tmeta(w1),
-        _tmeta(w2), _tmeta(pooled), _tmeta(u), _tmeta(z), _tmeta(shortcut), act, gate, out_act, bias_dtypes,
+        _tmeta(w2), _tmeta(pooled), _tmeta(u), _tmeta(z), _tmeta(shortcut), act, gate, out_act, tuple(bias_dtypes),
         _device_sms(x.device))
     hit = _REPLAYS.get(key) if key is not None else None
     n, c = x.shape[:2]
     r = w1.shape[0] if w1 is not None else 0
     acc, acc_tl = _acc(x)
-    if hit is not None:  # the recorded launches, on this call's tensors
-        launch, grads_launch, hidden_rows, multi, tickets = hit
+    if hit is not None and hit[0].kernel is _se_bwd_kernel and hit[1].kernel is _se_param_grads_kernel:
+        launch, grads_launch, hidden_rows, multi, tickets, groups = hit  # replayed on this call's tensors
         gx = _alloc.empty_like(x)
         gsc = _alloc.empty_like(x) if shortcut is not None else x.new_empty((0,))
         dz, du, dp = _bwd_aux(n, c, r, acc, x.device)
         hpart = _alloc.empty((hidden_rows, max(r, 1)), dtype=acc, device=x.device)
-        sync = _split_mod.sync_buffer(multi, n, x.device, tickets)
+        sync = _split_mod.sync_buffer(multi, groups, x.device, tickets)
         grads = gw1, gb1, gw2, gb2 = _param_grad_outputs(w1, w2, acc, bias_dtypes)
         with _device_of(x):
             _replay(launch, _bwd_tensors(grad_y, x, shortcut, gx, gsc, w1, w2, u, z, dz, du, dp, hpart, sync))
-            _split_mod.check_error(sync, multi, n, "SE")
+            _split_mod.check_error(sync, multi, groups, "SE")
             _replay(grads_launch, _param_grad_tensors(dz, du, pooled, u, gw1, gb1, gw2, gb2, w1 is not None))
         return (gx, gsc) + grads
     hw = int(torch.Size(x.shape[2:]).numel())
@@ -1174,7 +1177,7 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
     grads, grads_launch = _param_grads(w1, w2, act, pooled, u, dz, du, bias_dtypes)
     if replayable and grads_launch is not None and pooled.is_contiguous() and u.is_contiguous():
         _remember(_REPLAYS, key, (_Replay(launched, 14), _Replay(grads_launch, 8), hpart[0].shape[0], cfg["MULTI"],
-                        int(bool(cfg.get("RESIDENT")))))
+                                  int(bool(cfg.get("RESIDENT"))), groups))
     return (gx, gsc) + grads
 
 

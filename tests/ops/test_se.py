@@ -786,6 +786,8 @@ def test_resident_plan(monkeypatch):
 
 
 def _record_launches(monkeypatch):
+    """[(kernel name, cfg, meta)] of every launch the full path makes (replays off: each call plans)."""
+    monkeypatch.setattr(_layout, "REPLAY", False)
     launches = []
     launch = S._launch
     monkeypatch.setattr(S, "_launch", lambda kernel, *a: launches.append((kernel.__name__, a[3], a[5])) or
@@ -847,6 +849,31 @@ def test_resident_multi_tickets(monkeypatch):
     assert syncs[-1].tolist() == [3, 3, 1, 6]
     assert torch.isnan(gx[:, :8]).all()
     assert_close(gx[:, 8:], gx1[:, 8:], name="grad_x of the last program")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1", reason="interpreter only: programs run in order")
+def test_replayed_multi_launch_checks_its_error_flag(monkeypatch):
+    """Schedule (b) with sample groups (GROUP=2, MULTI=1, a 3-iteration wait: the meeting times out): the
+    error flag sits after the groups' counters; with ATTN_KERNELS_SE_CHECK=1 the full path and the replayed
+    call both raise, forward and backward (a replay once sized and read the buffer by samples: no error)."""
+    monkeypatch.setenv("ATTN_KERNELS_SE_TUNE", "GROUP=2,BLOCK_C=4")
+    S.clear_plans()
+    syncs = short_spin_split(monkeypatch, S, split=2, cfg_name="launch_config")
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 3, 3)
+    w1, b1, w2, b2 = torch.randn(4, 16), torch.randn(4), torch.randn(16, 4), torch.randn(16)
+    aux = S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")[1:]  # records (the check off)
+    S.se_backward(torch.randn_like(x), x, w1, w2, *aux, "relu", "sigmoid")
+    assert syncs[-1].tolist()[:3] == [2, 2, 1]  # 2 groups of 2 samples: arrivals per group, the error flag
+    monkeypatch.setenv("ATTN_KERNELS_SE_CHECK", "1")
+    count = [0]
+    replay = S._replay
+    monkeypatch.setattr(S, "_replay", lambda *a: count.__setitem__(0, count[0] + 1) or replay(*a))
+    with pytest.raises(RuntimeError, match="multi-program wait timed out"):
+        S.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid")
+    with pytest.raises(RuntimeError, match="multi-program wait timed out"):
+        S.se_backward(torch.randn_like(x), x, w1, w2, *aux, "relu", "sigmoid")
+    assert count[0] == 2 and syncs[-1].numel() == 3  # replayed, on a (groups + 1) buffer
 
 
 @pytest.mark.gpu

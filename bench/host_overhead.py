@@ -10,8 +10,8 @@ loop is bound by the host), ``--iters`` calls back to back, the device synchroni
 host us per call = wall time / calls, the best of ``--repeats`` blocks. Providers: ``eager`` (the
 reference ops, as the benchmark's eager provider), ``timm`` (timm's EcaModule / SEModule when timm is
 installed), ``timm:swapped`` (that module after ``attn_kernels.swap(..., backend="triton")``: what a
-block of a swapped model costs, the module's glue included), and the fused backends available here through ``functional`` (``backend=`` pinned, as the
-benchmark calls them). Modes: ``fwd`` (under no_grad) and ``fwd+bwd`` (autograd.grad w.r.t. x, shortcut
+block of a swapped model costs, the module's glue included), and the fused backends available here
+through ``functional`` (``backend=`` pinned, as the benchmark calls them). Modes: ``fwd`` (under no_grad) and ``fwd+bwd`` (autograd.grad w.r.t. x, shortcut
 and the parameters, as the benchmark's fwd+bwd). Each triton row is followed by a
 ``triton:launches`` row: the Triton launches that call made, replayed alone with the same arguments
 through ``ops._layout.run_kernel`` as the launchers make them (a specialisation's first launch through
@@ -210,12 +210,10 @@ def _providers(op, device, args, unavailable_reason, B):
     if args.providers:
         return [p.strip() for p in args.providers.split(",") if p.strip()]
     out = ["eager"]
-    timm = False
     if op in ("se", "eca"):
         try:
             import timm  # noqa: F401
             out.append("timm")
-            timm = True
         except Exception:
             pass
     for be in B.FUSED_BACKENDS:
@@ -225,7 +223,7 @@ def _providers(op, device, args, unavailable_reason, B):
             out.append(be)
         elif (be != "triton" or device.type == "cuda") and unavailable_reason(be, device.type) is None:
             out.append(be)
-    if timm and "triton" in out:
+    if "timm" in out and "triton" in out:
         out.append("timm:swapped")  # what a swapped model's block costs: the module's glue + the fused op
     return out
 

@@ -161,7 +161,7 @@ def run_kernel(kernel, grid: int, args: tuple, kw: dict, compiled: Optional[dict
                 full = _full_key(kernel, device, instrumentation, args, kw)
                 hit = _COMPILED.get(full)
                 if hit is not None and hit[0] is kernel:
-                    _bounded_put(compiled, key, hit)
+                    remember(compiled, key, hit)
     except TypeError:  # an unhashable argument (none of ours): Triton's path, every time
         kernel[(grid,)](*args, **kw)
         return
@@ -169,9 +169,9 @@ def run_kernel(kernel, grid: int, args: tuple, kw: dict, compiled: Optional[dict
         launched = kernel[(grid,)](*args, **kw)  # JITFunction.run returns the kernel it compiled and launched
         if isinstance(launched, CompiledKernel):
             hit = (kernel, launched, _bound_tail(kernel, len(args), kw))
-            _bounded_put(compiled, key, hit)
+            remember(compiled, key, hit)
             if compiled is not _COMPILED:  # (full paths of this specialisation find it too)
-                _bounded_put(_COMPILED, full, hit)
+                remember(_COMPILED, full, hit)
         return
     _, launched, tail = hit
     launched[(grid, 1, 1)](*args, *tail)
@@ -181,12 +181,6 @@ def _full_key(kernel, device, instrumentation, args: tuple, kw: dict) -> tuple:
     # id(kernel): a JITFunction's own hash recomputes its cache key (~2 us); an entry holds its kernel, and a
     # hit must be that very kernel (an id is reused only after its object is gone)
     return id(kernel), device, instrumentation, _specialisation_key(args), tuple(kw.items())
-
-
-def _bounded_put(cache: dict, key, value) -> None:
-    if len(cache) >= 4096:  # a bound, like the launch-plan memos
-        cache.clear()
-    cache[key] = value
 
 
 _DATA_PTR = torch.Tensor.data_ptr

@@ -454,6 +454,11 @@ def _taps(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(-1).contiguous()
 
 
+def _pooled_and_gate(n: int, c: int, acc: torch.dtype, device):
+    """The forward's (pooled, s), (N, C) each, saved for the backward."""
+    return _alloc.empty((n, c), dtype=acc, device=device), _alloc.empty((n, c), dtype=acc, device=device)
+
+
 def _fwd_tensors(x, shortcut, y, taps, pooled, s, ext) -> tuple:
     """``_eca_fwd_kernel``'s tensor arguments, in order (x stands in for an absent shortcut: never read)."""
     return x, x if shortcut is None else shortcut, y, taps, pooled, s, ext
@@ -473,16 +478,14 @@ def eca_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], weight: torch
     if hit is not None and hit[0].kernel is _eca_fwd_kernel:  # (a test may have replaced the kernel since)
         launch, ext_shape = hit
         y = _alloc.empty_like(x)
-        pooled = _alloc.empty((n, c), dtype=acc, device=x.device)
-        s = _alloc.empty((n, c), dtype=acc, device=x.device)
+        pooled, s = _pooled_and_gate(n, c, acc, x.device)
         ext = torch.empty(ext_shape, dtype=acc, device=x.device)
         with _device_of(x):
             _replay(launch, _fwd_tensors(x, shortcut, y, taps, pooled, s, ext))
         return y, pooled, s
     k = taps.numel()
     y, y_buf, sy = _out_like(x)
-    pooled = _alloc.empty((n, c), dtype=acc, device=x.device)
-    s = _alloc.empty((n, c), dtype=acc, device=x.device)
+    pooled, s = _pooled_and_gate(n, c, acc, x.device)
     if n * c == 0:
         return y, pooled, s
     xk, sx = _as_flat(x)

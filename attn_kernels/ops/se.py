@@ -948,8 +948,9 @@ def _replay_key(*signature):
                           _split_mod.MAX_SPIN)
 
 
-def _fwd_aux(n: int, c: int, r: int, acc: torch.dtype, device):
-    """The forward's (pooled, u, z), saved for the backward."""
+def _per_sample(n: int, c: int, r: int, acc: torch.dtype, device):
+    """Three per-sample vectors, (N, C), (N, R), (N, C): the forward's (pooled, u, z), saved for the
+    backward; the backward's (dz, du, dp), whose dz and du the weight-gradient kernel reduces over N."""
     return (_alloc.empty((n, c), dtype=acc, device=device), _alloc.empty((n, r), dtype=acc, device=device),
             _alloc.empty((n, c), dtype=acc, device=device))
 
@@ -976,7 +977,7 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
     if hit is not None and hit[0].kernel is _se_fwd_kernel:  # the recorded launch, on this call's tensors
         launch, hidden_rows, multi, tickets, groups = hit
         y = _alloc.empty_like(x)
-        pooled, u, z = _fwd_aux(n, c, r, acc, x.device)
+        pooled, u, z = _per_sample(n, c, r, acc, x.device)
         hpart = _alloc.empty((hidden_rows, max(r, 1)), dtype=acc, device=x.device)
         sync = _split_mod.sync_buffer(multi, groups, x.device, tickets)  # as _split.launch: per sample group
         with _device_of(x):
@@ -985,7 +986,7 @@ def se_forward(x, w1, b1, w2, b2, act: str, gate: str, shortcut=None, out_act: s
         return y, pooled, u, z
     hw = int(torch.Size(x.shape[2:]).numel())
     y, y_buf, sy = _out_like(x)
-    pooled, u, z = _fwd_aux(n, c, r, acc, x.device)
+    pooled, u, z = _per_sample(n, c, r, acc, x.device)
     if n == 0:
         return y, pooled, u, z
     xk, sx = _as_flat(x)
@@ -1090,12 +1091,6 @@ def _param_grads(w1, w2, act, pooled, u, dz, du, bias_dtypes=(None, None)):
     return grads, launched
 
 
-def _bwd_aux(n: int, c: int, r: int, acc: torch.dtype, device):
-    """The backward's per-sample (dz, du, dp): the weight-gradient kernel reduces dz and du over N."""
-    return (_alloc.empty((n, c), dtype=acc, device=device), _alloc.empty((n, r), dtype=acc, device=device),
-            _alloc.empty((n, c), dtype=acc, device=device))
-
-
 def _bwd_tensors(grad_y, x, shortcut, gx, gsc, w1, w2, u, z, dz, du, dp, hpart, sync) -> tuple:
     """``_se_bwd_kernel``'s tensor arguments, in order (stand-ins for what is absent: never read or written)."""
     return (grad_y, x, x if shortcut is None else shortcut, gx, gx if shortcut is None else gsc,
@@ -1120,7 +1115,7 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
         launch, grads_launch, hidden_rows, multi, tickets, groups = hit  # replayed on this call's tensors
         gx = _alloc.empty_like(x)
         gsc = _alloc.empty_like(x) if shortcut is not None else x.new_empty((0,))
-        dz, du, dp = _bwd_aux(n, c, r, acc, x.device)
+        dz, du, dp = _per_sample(n, c, r, acc, x.device)
         hpart = _alloc.empty((hidden_rows, max(r, 1)), dtype=acc, device=x.device)
         sync = _split_mod.sync_buffer(multi, groups, x.device, tickets)
         grads = gw1, gb1, gw2, gb2 = _param_grad_outputs(w1, w2, acc, bias_dtypes)
@@ -1136,7 +1131,7 @@ def se_backward(grad_y, x, w1, w2, pooled, u, z, act: str, gate: str, shortcut=N
     else:
         gsc = gsc_buf = x.new_empty((0,))
         so = sd
-    dz, du, dp = _bwd_aux(n, c, r, acc, x.device)
+    dz, du, dp = _per_sample(n, c, r, acc, x.device)
     replayable = False
     if n > 0:
         xk, sx = _as_flat(x)
